@@ -1,0 +1,53 @@
+//! Facts about a connection and its requests that the data path hands to the layers above it
+//! (tracing, metrics) through request/response extensions.
+
+use std::net::SocketAddr;
+
+/// Which listener accepted the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Traffic from other pods to the local application.
+    Inbound,
+    /// Traffic from the local application to other pods.
+    Outbound,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Per-connection facts, shared by every request on the connection (one `Arc` clone per
+/// request is put into the request's extensions).
+#[derive(Clone, Debug)]
+pub struct ConnMeta {
+    pub direction: Direction,
+    /// The peer that connected to the proxy.
+    pub client_addr: SocketAddr,
+    /// The proxy's own address for this connection.
+    pub local_addr: SocketAddr,
+    /// Where the connection was going before it was redirected (`SO_ORIGINAL_DST`), or the fixed
+    /// target; `None` in explicit (forward-proxy) mode.
+    pub orig_dst: Option<SocketAddr>,
+}
+
+/// Response extension set by the upstream client: the address the request was actually sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamPeer(pub SocketAddr);
+
+/// A low-cardinality name for an error, used for the `error.type` span attribute and for the
+/// `meshtrace-proxy-error` response header. Implemented by the data path's error types so the
+/// trace layers can stay generic over them.
+pub trait ErrorType {
+    fn error_type(&self) -> &'static str;
+}
+
+impl ErrorType for std::convert::Infallible {
+    fn error_type(&self) -> &'static str {
+        match *self {}
+    }
+}
