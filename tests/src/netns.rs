@@ -481,13 +481,15 @@ impl Pod {
             let attempt = self.connect((Ipv4Addr::LOCALHOST, port).into()).await;
             match attempt {
                 Ok(_) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
                         "nothing accepted on 127.0.0.1:{port} in pod {} within {timeout:?}: {e}",
                         self.ns
                     ),
-                )),
+                    ))
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
