@@ -203,3 +203,57 @@ async fn unmeshed_pods_are_untouched() {
     let server = accept_from(&app, &mut client).await;
     assert_eq!(server.local_addr().unwrap().port(), port);
 }
+
+/// The same uid rule for whole processes, the way the real proxy runs (`setpriv` to 2102),
+/// versus the application's processes (root).
+#[tokio::test]
+async fn processes_are_redirected_by_their_user() {
+    let Some(node) = Node::new_or_skip() else {
+        return;
+    };
+    let meshed = node.pod("meshed").unwrap();
+    let peer = node.pod("peer").unwrap();
+    init_in(&meshed, &[]);
+    let proxy_outbound = meshed.listen(OUTBOUND).unwrap();
+    let peer_app = peer.listen(0).unwrap();
+    let peer_addr = SocketAddr::from((peer.ip(), peer_app.local_addr().unwrap().port()));
+    let send_hello = format!(
+        "exec 3<>/dev/tcp/{}/{}; printf hello >&3; read -r -n 1 reply <&3",
+        peer_addr.ip(),
+        peer_addr.port()
+    );
+
+    for (who, mut command, listener, redirected) in [
+        (
+            "proxy user",
+            meshed.command_as(PROXY_UID, PROXY_UID, "bash"),
+            &peer_app,
+            false,
+        ),
+        (
+            "application (root)",
+            meshed.command("bash"),
+            &proxy_outbound,
+            true,
+        ),
+    ] {
+        command.args(["-c", &send_hello]);
+        let mut child = meshed.spawn(command).unwrap();
+        let (mut server, _) = tokio::time::timeout(TIMEOUT, listener.accept())
+            .await
+            .unwrap_or_else(|_| panic!("{who}: the connection did not arrive where expected"))
+            .unwrap();
+        let mut hello = [0u8; 5];
+        server.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"hello", "{who}");
+        if redirected {
+            assert_eq!(original_dst(&server).unwrap(), peer_addr, "{who}");
+        }
+        server.write_all(b"k").await.unwrap();
+        let status = tokio::task::spawn_blocking(move || child.child_mut().wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{who}: {status}");
+    }
+}
