@@ -1,13 +1,14 @@
 //! "Pods" as Linux network namespaces, so the mesh can be tested end to end on one machine
 //! (as root), with real iptables interception and real addresses.
 //!
-//! Topology of one [`Node`] (a per-test unique /24 from the benchmarking range 198.18.0.0/15):
+//! Topology of one [`Node`] (a per-test unique /24 from the benchmarking range 198.18.0.0/15,
+//! plus, when the kernel has IPv6, a /64 from the benchmarking range 2001:2::/48):
 //! ```text
-//!   root namespace (the test process)           node namespace `mtns-<pid>-<n>-node`
-//!   mth<idx> 198.18.X.1/24  ── veth ──  host ─┐
-//!                                               br0 (bridge)
-//!   pod namespace `mtns-<pid>-<n>-<i>-<label>`  │
-//!   eth0 198.18.X.(i+1)/24  ─────────── veth ── p<i> ─┘
+//!   root namespace (the test process)             node namespace `mtns-<pid>-<n>-node`
+//!   mth<idx> 198.18.X.1/24, 2001:2:0:<idx>::1/64 ── veth ── host ─┐
+//!                                                                br0 (bridge)
+//!   pod namespace `mtns-<pid>-<n>-<i>-<label>`                     │
+//!   eth0 198.18.X.<i>/24, 2001:2:0:<idx>::<i>/64 ── veth ── p<i> ─┘   (i = 2, 3, ...)
 //! ```
 //! The bridge lives in its own namespace so that deleting the namespaces removes every link;
 //! the root namespace only gets one veth end carrying [`Node::host_ip`], through which pods
@@ -35,7 +36,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -96,6 +97,9 @@ struct NodeInner {
     host_if: String,
     /// The first three octets of the node's /24.
     net: [u8; 3],
+    /// The node's IPv6 /64 (`2001:2:0:<idx>::/64`, in the benchmarking range 2001:2::/48), when
+    /// the kernel has IPv6.
+    net6: Option<u16>,
     next_pod: AtomicU8,
 }
 
@@ -127,6 +131,7 @@ impl Node {
             ns,
             host_if: String::new(),
             net: [0; 3],
+            net6: None,
             next_pod: AtomicU8::new(2),
         };
         ip(&["-n", &inner.ns, "link", "set", "lo", "up"])?;
@@ -173,6 +178,11 @@ impl Node {
         let host_cidr = format!("{}/24", inner.host_ip());
         ip(&["link", "set", &inner.host_if, "alias", &inner.id])?;
         ip(&["addr", "add", &host_cidr, "dev", &inner.host_if])?;
+        if ipv6_available() {
+            inner.net6 = Some(idx as u16);
+            let host_cidr6 = format!("{}/64", inner.v6(1));
+            ip(&["addr", "add", &host_cidr6, "dev", &inner.host_if, "nodad"])?;
+        }
         ip(&["link", "set", &inner.host_if, "up"])?;
         ip(&[
             "-n", &inner.ns, "link", "set", "host", "master", "br0", "up",
@@ -186,6 +196,11 @@ impl Node {
     /// `0.0.0.0`).
     pub fn host_ip(&self) -> Ipv4Addr {
         self.inner.host_ip()
+    }
+
+    /// The test process's IPv6 address on the node, if the kernel has IPv6.
+    pub fn host_ip6(&self) -> Option<Ipv6Addr> {
+        self.inner.net6.map(|_| self.inner.v6(1))
     }
 
     /// The node's subnet, e.g. `198.18.7.0/24`.
@@ -231,6 +246,7 @@ impl Node {
             label,
             bridge_port: format!("p{i}"),
             ip: Ipv4Addr::new(a, b, c, i),
+            ip6: self.inner.net6.map(|_| self.inner.v6(i.into())),
         };
         // `pod` is dropped (namespace deleted) if any step fails.
         let ns = pod.ns.as_str();
@@ -255,6 +271,12 @@ impl Node {
         ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", ns, "route", "add", "default", "via", &gateway])?;
+        if let Some(ip6) = pod.ip6 {
+            let cidr6 = format!("{ip6}/64");
+            let gateway6 = self.inner.v6(1).to_string();
+            ip(&["-n", ns, "addr", "add", &cidr6, "dev", "eth0", "nodad"])?;
+            ip(&["-n", ns, "-6", "route", "add", "default", "via", &gateway6])?;
+        }
         ip(&[
             "-n",
             node_ns,
@@ -274,6 +296,16 @@ impl NodeInner {
         let [a, b, c] = self.net;
         Ipv4Addr::new(a, b, c, 1)
     }
+
+    /// Host `host` of the node's IPv6 /64 (only called when `net6` is set).
+    fn v6(&self, host: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 2, 0, self.net6.unwrap_or_default(), 0, 0, 0, host)
+    }
+}
+
+fn ipv6_available() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+        .is_ok_and(|v| v.trim() == "0")
 }
 
 impl Drop for NodeInner {
@@ -292,6 +324,7 @@ pub struct Pod {
     label: String,
     bridge_port: String,
     ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
 }
 
 impl Drop for Pod {
@@ -316,6 +349,11 @@ impl Pod {
     /// The pod's address (like a Kubernetes pod IP).
     pub fn ip(&self) -> Ipv4Addr {
         self.ip
+    }
+
+    /// The pod's IPv6 address (`2001:2:0:<node>::<i>`), if the kernel has IPv6.
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.ip6
     }
 
     /// The namespace name, for `ip netns exec <name> ...`.
@@ -424,7 +462,13 @@ impl Pod {
     /// A tokio listener on `0.0.0.0:port` inside the pod (port 0: any free port). Must be
     /// called within a tokio runtime.
     pub fn listen(&self, port: u16) -> io::Result<tokio::net::TcpListener> {
-        let listener = self.bind_std((Ipv4Addr::UNSPECIFIED, port).into())?;
+        self.listen_on((Ipv4Addr::UNSPECIFIED, port).into())
+    }
+
+    /// A tokio listener on `addr` inside the pod (e.g. `[::]:port` for IPv6). Must be called
+    /// within a tokio runtime.
+    pub fn listen_on(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+        let listener = self.bind_std(addr)?;
         listener.set_nonblocking(true)?;
         tokio::net::TcpListener::from_std(listener)
     }
@@ -568,7 +612,7 @@ pub fn original_dst<S: AsRawFd>(socket: &S) -> io::Result<SocketAddr> {
         )
     };
     if rc == 0 {
-        let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
+        let ip = Ipv6Addr::from(v6.sin6_addr.s6_addr);
         return Ok((ip, u16::from_be(v6.sin6_port)).into());
     }
     Err(v4_error)

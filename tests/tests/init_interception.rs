@@ -257,3 +257,44 @@ async fn processes_are_redirected_by_their_user() {
         assert!(status.success(), "{who}: {status}");
     }
 }
+
+#[tokio::test]
+async fn ipv6_connections_are_redirected_with_ipv6() {
+    let Some(node) = Node::new_or_skip() else {
+        return;
+    };
+    let meshed = node.pod("meshed6").unwrap();
+    let peer = node.pod("peer6").unwrap();
+    let (Some(meshed6), Some(peer6)) = (meshed.ip6(), peer.ip6()) else {
+        eprintln!("SKIPPED: the kernel has IPv6 disabled");
+        return;
+    };
+    init_in(&meshed, &["--ipv6"]);
+    let any6 = |port| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let proxy_inbound = meshed.listen_on(any6(INBOUND)).unwrap();
+    let proxy_outbound = meshed.listen_on(any6(OUTBOUND)).unwrap();
+    let admin = meshed.listen_on(any6(ADMIN)).unwrap();
+    let peer_app = peer.listen_on(any6(0)).unwrap();
+    let peer_addr = SocketAddr::from((peer6, peer_app.local_addr().unwrap().port()));
+
+    // Inbound over IPv6: to the inbound port, original destination via IP6T_SO_ORIGINAL_DST.
+    let mut client = peer.connect((meshed6, 8080).into()).await.unwrap();
+    let server = accept_from(&proxy_inbound, &mut client).await;
+    assert_eq!(
+        original_dst(&server).unwrap(),
+        SocketAddr::from((meshed6, 8080))
+    );
+    // The admin port is skipped over IPv6 too.
+    let mut client = peer.connect((meshed6, ADMIN).into()).await.unwrap();
+    accept_from(&admin, &mut client).await;
+
+    // Outbound over IPv6: the application is redirected, the proxy is not.
+    let mut app = meshed.connect(peer_addr).await.unwrap();
+    let server = accept_from(&proxy_outbound, &mut app).await;
+    assert_eq!(original_dst(&server).unwrap(), peer_addr);
+    let mut proxy = meshed
+        .connect_as(PROXY_UID, PROXY_UID, peer_addr)
+        .await
+        .unwrap();
+    accept_from(&peer_app, &mut proxy).await;
+}

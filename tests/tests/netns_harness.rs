@@ -260,3 +260,30 @@ async fn stale_namespaces_of_dead_processes_are_found() {
         "a live process's namespaces are never stale"
     );
 }
+
+#[tokio::test]
+async fn pods_talk_over_ipv6() {
+    let Some(node) = Node::new_or_skip() else {
+        return;
+    };
+    let a = node.pod("a6").unwrap();
+    let b = node.pod("b6").unwrap();
+    let (Some(a6), Some(b6), Some(host6)) = (a.ip6(), b.ip6(), node.host_ip6()) else {
+        eprintln!("SKIPPED: the kernel has IPv6 disabled");
+        return;
+    };
+    let listener = b
+        .listen_on((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut client = a.connect((b6, port).into()).await.unwrap();
+    let (mut server, peer) = accept(&listener).await;
+    assert_eq!(peer.ip(), IpAddr::V6(a6));
+    ping_pong(&mut client, &mut server).await;
+
+    let outside = tokio::net::TcpListener::bind((host6, 0)).await.unwrap();
+    let mut client = a.connect(outside.local_addr().unwrap()).await.unwrap();
+    let (mut server, peer) = accept(&outside).await;
+    assert_eq!(peer.ip(), IpAddr::V6(a6));
+    ping_pong(&mut client, &mut server).await;
+}

@@ -85,12 +85,12 @@ pub struct InitArgs {
     pub iptables_mode: IptablesMode,
 
     /// Also program ip6tables with the same rules.
-    #[arg(long, env = "MESHTRACE_INIT_IPV6")]
+    #[arg(long, env = "MESHTRACE_INIT_IPV6", value_parser = clap::builder::BoolishValueParser::new())]
     pub ipv6: bool,
 
     /// Print the commands (and the rules they would load) instead of running them; reads the
     /// current tables to choose the backend but changes nothing.
-    #[arg(long, env = "MESHTRACE_INIT_DRY_RUN")]
+    #[arg(long, env = "MESHTRACE_INIT_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
     pub dry_run: bool,
 }
 
