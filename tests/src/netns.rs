@@ -520,18 +520,24 @@ impl Pod {
     /// (e.g. a proxy or application started with [`Pod::spawn`]), polling; an error after
     /// `timeout`.
     pub async fn wait_for_port(&self, port: u16, timeout: Duration) -> io::Result<()> {
+        self.wait_for((Ipv4Addr::LOCALHOST, port).into(), timeout)
+            .await
+    }
+
+    /// Waits until a connection from inside the pod to `addr` succeeds, polling (there is no
+    /// readiness signal from another process to await); an error after `timeout`.
+    pub async fn wait_for(&self, addr: SocketAddr, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let attempt = self.connect((Ipv4Addr::LOCALHOST, port).into()).await;
-            match attempt {
+            match self.connect(addr).await {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!(
-                        "nothing accepted on 127.0.0.1:{port} in pod {} within {timeout:?}: {e}",
-                        self.ns
-                    ),
+                            "nothing accepted on {addr} from pod {} within {timeout:?}: {e}",
+                            self.ns
+                        ),
                     ))
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

@@ -262,6 +262,10 @@ pub fn plan(args: &InitArgs) -> Result<Plan, InitError> {
 }
 
 /// Programs the pod's nat table (or, with `--dry-run`, prints what it would run).
+///
+/// The caller (`main`'s `init` subcommand) should print the error (its `Display` names the
+/// failing command and carries iptables' stderr) and exit non-zero, so the init container fails
+/// and the pod does not start without interception.
 pub fn run(args: &InitArgs) -> Result<(), InitError> {
     let plan = plan(args)?;
     if args.dry_run {
