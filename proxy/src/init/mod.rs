@@ -188,6 +188,8 @@ pub enum InitError {
 pub struct Plan {
     pub backend: Backend,
     pub steps: Vec<RestoreStep>,
+    /// What a dry run had to assume because the current state could not be read.
+    pub notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,6 +213,9 @@ impl fmt::Display for Plan {
             "# meshtrace-proxy init: iptables backend {}",
             self.backend.name()
         )?;
+        for note in &self.notes {
+            writeln!(f, "# note: {note}")?;
+        }
         for step in &self.steps {
             writeln!(
                 f,
@@ -225,12 +230,22 @@ impl fmt::Display for Plan {
 
 /// Decides what to run without changing anything: chooses the backend and reads the current
 /// nat tables (read-only `*-save` commands) to keep the result idempotent.
+///
+/// With `--dry-run`, iptables being unusable here (previewing on a workstation, say) is not an
+/// error: the plan then assumes nft and empty tables, and says so in its notes.
 pub fn plan(args: &InitArgs) -> Result<Plan, InitError> {
     let config = args.rule_config()?;
+    let mut notes = Vec::new();
     let backend = match args.iptables_mode {
         IptablesMode::Nft => Backend::Nft,
         IptablesMode::Legacy => Backend::Legacy,
-        IptablesMode::Auto => backend::detect()?,
+        IptablesMode::Auto => dry_run_fallback(
+            args.dry_run,
+            &mut notes,
+            backend::detect(),
+            Backend::Nft,
+            "the nft backend",
+        )?,
     };
     let families: &[Family] = if args.ipv6 {
         &[Family::V4, Family::V6]
@@ -249,7 +264,13 @@ pub fn plan(args: &InitArgs) -> Result<Plan, InitError> {
     let steps = families
         .iter()
         .map(|&family| {
-            let current = backend::run(backend.save_program(family), &["-t", "nat"], None)?;
+            let current = dry_run_fallback(
+                args.dry_run,
+                &mut notes,
+                backend::run(backend.save_program(family), &["-t", "nat"], None),
+                String::new(),
+                "an empty nat table",
+            )?;
             Ok(RestoreStep {
                 family,
                 program: backend.restore_program(family),
@@ -258,7 +279,27 @@ pub fn plan(args: &InitArgs) -> Result<Plan, InitError> {
             })
         })
         .collect::<Result<_, InitError>>()?;
-    Ok(Plan { backend, steps })
+    Ok(Plan {
+        backend,
+        steps,
+        notes,
+    })
+}
+
+fn dry_run_fallback<T>(
+    dry_run: bool,
+    notes: &mut Vec<String>,
+    result: Result<T, InitError>,
+    fallback: T,
+    assumed: &str,
+) -> Result<T, InitError> {
+    match result {
+        Err(e) if dry_run => {
+            notes.push(format!("{e}; assuming {assumed}"));
+            Ok(fallback)
+        }
+        other => other,
+    }
 }
 
 /// Programs the pod's nat table (or, with `--dry-run`, prints what it would run).
@@ -381,10 +422,12 @@ mod tests {
                 args: RESTORE_ARGS.to_vec(),
                 input: "*nat\nCOMMIT\n".into(),
             }],
+            notes: vec!["could not read the table; assuming an empty nat table".into()],
         };
         assert_eq!(
             plan.to_string(),
             "# meshtrace-proxy init: iptables backend legacy\n\
+             # note: could not read the table; assuming an empty nat table\n\
              iptables-legacy-restore --noflush --wait 10 <<'EOF'\n*nat\nCOMMIT\nEOF\n"
         );
     }
