@@ -295,7 +295,7 @@ fn dry_run_fallback<T>(
 ) -> Result<T, InitError> {
     match result {
         Err(e) if dry_run => {
-            notes.push(format!("{e}; assuming {assumed}"));
+            notes.push(format!("{e}; assuming {assumed}").replace('\n', " "));
             Ok(fallback)
         }
         other => other,
