@@ -85,6 +85,14 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// Prints `SKIPPED: <reason>` straight to stderr, bypassing the test harness's output capture
+/// so that the skip shows in CI logs even though the test passes.
+pub fn print_skip(reason: &str) {
+    use std::io::Write as _;
+    let test = std::thread::current().name().unwrap_or("test").to_owned();
+    let _ = writeln!(io::stderr(), "SKIPPED {test}: {reason}");
+}
+
 /// A "node": a bridge that pods attach to, plus the test process's address on it.
 pub struct Node {
     inner: Arc<NodeInner>,
@@ -108,7 +116,7 @@ impl Node {
     /// the test) if the environment should work but setting up the node fails.
     pub fn new_or_skip() -> Option<Node> {
         if let Some(reason) = skip_reason() {
-            eprintln!("SKIPPED: {reason}");
+            print_skip(&reason);
             return None;
         }
         match Node::new() {

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use meshtrace_proxy::init::{self, InitArgs};
-use meshtrace_tests::netns::{original_dst, Node, Pod};
+use meshtrace_tests::netns::{self, original_dst, Node, Pod};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -266,7 +266,7 @@ async fn ipv6_connections_are_redirected_with_ipv6() {
     let meshed = node.pod("meshed6").unwrap();
     let peer = node.pod("peer6").unwrap();
     let (Some(meshed6), Some(peer6)) = (meshed.ip6(), peer.ip6()) else {
-        eprintln!("SKIPPED: the kernel has IPv6 disabled");
+        netns::print_skip("the kernel has IPv6 disabled");
         return;
     };
     init_in(&meshed, &["--ipv6"]);

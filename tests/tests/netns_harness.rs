@@ -233,8 +233,8 @@ async fn cleanup_happens_when_a_test_panics() {
 
 #[tokio::test]
 async fn stale_namespaces_of_dead_processes_are_found() {
-    if netns::skip_reason().is_some() {
-        eprintln!("SKIPPED: {}", netns::skip_reason().unwrap_or_default());
+    if let Some(reason) = netns::skip_reason() {
+        netns::print_skip(&reason);
         return;
     }
     // A pid that existed and is gone now.
@@ -269,7 +269,7 @@ async fn pods_talk_over_ipv6() {
     let a = node.pod("a6").unwrap();
     let b = node.pod("b6").unwrap();
     let (Some(a6), Some(b6), Some(host6)) = (a.ip6(), b.ip6(), node.host_ip6()) else {
-        eprintln!("SKIPPED: the kernel has IPv6 disabled");
+        netns::print_skip("the kernel has IPv6 disabled");
         return;
     };
     let listener = b
