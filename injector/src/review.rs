@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
@@ -220,15 +221,12 @@ impl<C: Cluster> Webhook<C> {
         if let Some(warnings) = &response.warnings {
             self.metrics.warnings.inc_by(warnings.len() as u64);
         }
-        // Serializing plain data into a Vec cannot fail; answer allowed-unchanged if it ever does.
-        Ok(
-            serde_json::to_vec(&response.into_review()).unwrap_or_else(|err| {
-                self.metrics.error("internal");
-                tracing::error!(error = %err, "could not serialize an admission response");
-                let fallback = AdmissionResponse::from(&request).into_review();
-                serde_json::to_vec(&fallback).unwrap_or_default()
-            }),
-        )
+        // Serializing plain data cannot fail; answer allowed-unchanged if it ever does.
+        Ok(encode_response(response).unwrap_or_else(|err| {
+            self.metrics.error("internal");
+            tracing::error!(error = %err, "could not serialize an admission response");
+            encode_response(AdmissionResponse::from(&request)).unwrap_or_default()
+        }))
     }
 
     async fn admit(&self, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
@@ -362,6 +360,20 @@ fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRevie
         )));
     }
     review.try_into().map_err(|_| BadReview::NoRequest)
+}
+
+/// The response review as JSON, with the patch in the documented base64 form (kube-core
+/// serializes `Vec<u8>` as an array of numbers).
+fn encode_response(response: AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
+    let patch = response
+        .patch
+        .as_deref()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    let mut review = serde_json::to_value(response.into_review())?;
+    if let (Some(patch), Some(slot)) = (patch, review.pointer_mut("/response/patch")) {
+        *slot = serde_json::Value::String(patch);
+    }
+    serde_json::to_vec(&review)
 }
 
 fn pod_from_object(object: &DynamicObject) -> Result<Pod, serde_json::Error> {
