@@ -22,6 +22,8 @@ use tokio::sync::broadcast;
 use tokio_stream_shim::BroadcastLines;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
+/// An edit of a stored object, made by "someone else".
+pub type Edit = Box<dyn FnOnce(&mut Value) + Send>;
 
 #[derive(Default)]
 pub struct State {
@@ -34,7 +36,7 @@ pub struct State {
     pub webhook_configs: BTreeMap<String, Value>,
     /// Bumps the config's resourceVersion and runs this edit right after the next GET of a
     /// webhook config: a concurrent writer.
-    pub concurrent_edit: Option<Box<dyn FnOnce(&mut Value) + Send>>,
+    pub concurrent_edit: Option<Edit>,
     pub resource_version: u64,
     pub minor_version: String,
 }
