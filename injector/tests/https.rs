@@ -338,7 +338,7 @@ async fn oversized_reviews_are_refused() {
         "oversized",
         http1(
             running.addr,
-            &[boot.ca_der.clone()],
+            std::slice::from_ref(&boot.ca_der),
             "POST",
             "/inject",
             fixture("01-create-pod-from-replicaset.json"),
@@ -438,7 +438,7 @@ async fn whole_chain_against_the_local_kubernetes_api() {
         "inject",
         http1(
             running.addr,
-            &[boot.ca_der.clone()],
+            std::slice::from_ref(&boot.ca_der),
             "POST",
             "/inject",
             review,
