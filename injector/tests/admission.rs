@@ -675,3 +675,58 @@ fn the_known_fields_check_catches_a_misspelled_field() {
     object["spec"]["containers"][0]["restartPolcy"] = "Always".into();
     assert_only_known_fields(&object);
 }
+
+/// The injected pods, written to `tests/golden/` where `scripts/validate-manifests.sh` validates
+/// them against the Kubernetes schemas: regular-container pods against the oldest available
+/// schema (1.25, strict: a field 1.24/1.25 does not know fails), native-sidecar pods against 1.29.
+/// The test fails when a golden file is stale; `MESHTRACE_BLESS=1` rewrites them.
+#[tokio::test]
+async fn golden_injected_pods_are_up_to_date() {
+    let cases = [
+        (
+            "01-create-pod-from-replicaset.json",
+            true,
+            "pod-01-native-sidecar.json",
+        ),
+        (
+            "01-create-pod-from-replicaset.json",
+            false,
+            "pod-01-regular-container.json",
+        ),
+        (
+            "07-create-pod-opt-in-statefulset.json",
+            true,
+            "pod-07-regular-container.json",
+        ),
+    ];
+    let bless = std::env::var_os("MESHTRACE_BLESS").is_some();
+    let mut stale = Vec::new();
+    for (input, native, golden) in cases {
+        let request = fixture_json(input);
+        let response = respond(&webhook(native), &serde_json::to_vec(&request).unwrap()).await;
+        let mut pod = apply(&request, &response);
+        // The pod as stored: named, without managedFields and nulls.
+        let metadata = pod["metadata"].as_object_mut().unwrap();
+        metadata.remove("managedFields");
+        if let Some(prefix) = metadata.remove("generateName") {
+            metadata.insert(
+                "name".into(),
+                format!("{}x7k2p", prefix.as_str().unwrap()).into(),
+            );
+        }
+        strip_nulls(&mut pod);
+        let rendered = serde_json::to_string_pretty(&pod).unwrap() + "\n";
+        let path = format!("{}/tests/golden/{golden}", env!("CARGO_MANIFEST_DIR"));
+        if bless {
+            std::fs::create_dir_all(format!("{}/tests/golden", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+            std::fs::write(&path, &rendered).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(rendered.as_str()) {
+            stale.push(golden);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale golden pods {stale:?}: rerun with MESHTRACE_BLESS=1"
+    );
+}
