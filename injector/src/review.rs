@@ -13,6 +13,7 @@ use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
+use tracing::Instrument;
 
 use crate::config::{keys, NativeSidecarMode, ProxyDefaults, ProxySettings};
 use crate::metrics::Metrics;
@@ -230,11 +231,20 @@ impl<C: Cluster> Webhook<C> {
     }
 
     async fn admit(&self, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
-        let response = AdmissionResponse::from(request);
         let namespace = request.namespace.as_deref().unwrap_or("default");
         let span =
             tracing::info_span!("admit", uid = %request.uid, %namespace, dry_run = request.dry_run);
-        let _entered = span.enter();
+        self.admit_in_span(request, namespace)
+            .instrument(span)
+            .await
+    }
+
+    async fn admit_in_span(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        namespace: &str,
+    ) -> AdmissionResponse {
+        let response = AdmissionResponse::from(request);
 
         if request.operation != Operation::Create {
             return self.skip(response, SkipReason::NotCreate, None);
