@@ -116,7 +116,10 @@ impl CertFiles {
         interval: Duration,
         metrics: Arc<Metrics>,
     ) {
-        let mut last = self.read().await.ok();
+        // Nothing is assumed about what `resolver` holds: the first (immediate) tick installs the
+        // files as they are then, so a change between the initial load and this task's start is
+        // not missed.
+        let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
