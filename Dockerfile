@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# meshtrace images, from one build of the workspace:
+#   docker build --target proxy    -t ghcr.io/meshtrace/proxy:0.1.0 .
+#   docker build --target injector -t ghcr.io/meshtrace/injector:0.1.0 .
+
+ARG RUST_VERSION=1.95
+ARG DEBIAN_RELEASE=bookworm
+
+FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
+WORKDIR /src
+COPY . .
+# The cache mounts keep the registry and target/ between builds; the binaries are copied out in
+# the same step because cache mounts are not part of the image.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p meshtrace-proxy -p meshtrace-injector \
+    && mkdir -p /out \
+    && cp target/release/meshtrace-proxy target/release/meshtrace-injector /out/
+
+# The proxy, and its init step (`meshtrace-proxy init`, which needs iptables). bash is used by the
+# postStart hook that holds app containers until the proxy is ready on pre-1.29 clusters.
+FROM debian:${DEBIAN_RELEASE}-slim AS proxy
+# Debian's stable archive only carries the current security-patched version: pinning would break.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends iptables ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/meshtrace-proxy /usr/local/bin/meshtrace-proxy
+# The proxy's identity (iptables lets its own traffic through by this uid); the init container
+# runs as root through its securityContext.
+USER 2102:2102
+EXPOSE 4140 4143 4191
+ENTRYPOINT ["/usr/local/bin/meshtrace-proxy"]
+
+# The admission webhook: a static-enough binary on a minimal non-root base.
+FROM gcr.io/distroless/cc-debian12:nonroot AS injector
+COPY --from=build /out/meshtrace-injector /usr/local/bin/meshtrace-injector
+USER 65532:65532
+EXPOSE 8443 9090
+ENTRYPOINT ["/usr/local/bin/meshtrace-injector"]

@@ -1,0 +1,383 @@
+//! What is injected: one RFC 6902 JSON Patch, a pure function of the pod and the resolved
+//! [`ProxySettings`], so it is tested without any server or cluster.
+//!
+//! Only fields every supported Kubernetes version (1.24+) knows are written, except
+//! `restartPolicy: Always` on an init container, which is only used in native-sidecar mode
+//! (1.29+, or forced by annotation).
+
+use std::collections::BTreeMap;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{json, Value};
+
+use crate::config::{keys, ProxySettings};
+
+pub const PROXY_CONTAINER: &str = "meshtrace-proxy";
+pub const INIT_CONTAINER: &str = "meshtrace-init";
+/// emptyDir mounted on the init container's `/run`: iptables needs a writable lock file there
+/// while the root filesystem stays read-only.
+pub const XTABLES_VOLUME: &str = "meshtrace-xtables";
+pub const INBOUND_PORT: u16 = 4143;
+pub const OUTBOUND_PORT: u16 = 4140;
+pub const ADMIN_PORT: u16 = 4191;
+pub const PROXY_UID: i64 = 2102;
+/// `kubectl logs`/`exec` default: the app, not the proxy that became the first container.
+const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+
+/// Blocks the app containers until the proxy is ready when the proxy is a regular container: the
+/// kubelet starts the next container only after this postStart hook returns. Uses bash's
+/// `/dev/tcp` so the proxy image needs no HTTP client; gives up (and the kubelet restarts the
+/// proxy) after two minutes.
+const AWAIT_READY_SCRIPT: &str = "for _ in $(seq 1 120); do \
+if exec 3<>/dev/tcp/127.0.0.1/4191; then \
+printf 'GET /ready HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3; read -r status <&3; exec 3<&-; \
+case \"$status\" in *' 200 '*) exit 0;; esac; fi 2>/dev/null; sleep 1; done; \
+echo 'meshtrace-proxy not ready after 120s' >&2; exit 1";
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+/// The workload a pod belongs to: the Deployment (ReplicaSet owner minus its pod-template-hash),
+/// else the `app.kubernetes.io/name` label, else the `app` label, else the controlling owner's
+/// name, else the pod's own name.
+pub fn workload_name(pod: &Pod) -> String {
+    let meta = &pod.metadata;
+    let labels = meta.labels.as_ref();
+    let label = |k: &str| {
+        labels
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let owners = meta.owner_references.as_deref().unwrap_or_default();
+    let owner = owners
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| owners.first());
+
+    if let Some(owner) = owner.filter(|o| o.kind == "ReplicaSet") {
+        let hash = label("pod-template-hash");
+        let deployment =
+            hash.and_then(|h| owner.name.strip_suffix(&format!("-{h}")).map(str::to_owned));
+        if let Some(deployment) = deployment.filter(|d| !d.is_empty()) {
+            return deployment;
+        }
+    }
+    label("app.kubernetes.io/name")
+        .or_else(|| label("app"))
+        .or_else(|| owner.map(|o| o.name.clone()))
+        .or_else(|| meta.name.clone().filter(|n| !n.is_empty()))
+        .or_else(|| {
+            meta.generate_name
+                .as_deref()
+                .map(|g| g.trim_end_matches('-').to_owned())
+                .filter(|g| !g.is_empty())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// TCP ports declared by the app containers, sorted and deduplicated: what the proxy serves
+/// inbound.
+pub fn app_inbound_ports(pod: &Pod) -> Vec<u16> {
+    let mut ports: Vec<u16> = pod
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .filter(|&p| p != 0)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+fn field_env(name: &str, field_path: &str) -> Value {
+    json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field_path}}})
+}
+
+fn value_env(name: &str, value: impl Into<String>) -> Value {
+    json!({"name": name, "value": value.into()})
+}
+
+fn proxy_env(pod: &Pod, settings: &ProxySettings) -> Value {
+    let workload = workload_name(pod);
+    let inbound_ports = app_inbound_ports(pod)
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    json!([
+        field_env("MESHTRACE_POD_NAME", "metadata.name"),
+        field_env("MESHTRACE_POD_NAMESPACE", "metadata.namespace"),
+        field_env("MESHTRACE_NODE_NAME", "spec.nodeName"),
+        field_env("MESHTRACE_POD_UID", "metadata.uid"),
+        field_env("MESHTRACE_POD_IP", "status.podIP"),
+        value_env("MESHTRACE_WORKLOAD", workload.clone()),
+        value_env("OTEL_SERVICE_NAME", workload),
+        value_env("MESHTRACE_SAMPLE_RATE", settings.sample_rate.to_string()),
+        value_env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            settings.collector_endpoint.to_string()
+        ),
+        value_env(
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            settings.collector_protocol.to_string()
+        ),
+        value_env("MESHTRACE_OPAQUE_PORTS", settings.opaque_ports.to_string()),
+        value_env("MESHTRACE_INBOUND_PORTS", inbound_ports),
+        value_env("MESHTRACE_LOG", settings.log_level.to_string()),
+    ])
+}
+
+fn proxy_resources(settings: &ProxySettings) -> Value {
+    let mut limits = serde_json::Map::new();
+    if let Some(cpu) = &settings.cpu_limit {
+        limits.insert("cpu".into(), cpu.as_str().into());
+    }
+    if let Some(memory) = &settings.memory_limit {
+        limits.insert("memory".into(), memory.as_str().into());
+    }
+    let mut resources = json!({
+        "requests": {"cpu": settings.cpu_request.as_str(), "memory": settings.memory_request.as_str()}
+    });
+    if !limits.is_empty() {
+        resources["limits"] = Value::Object(limits);
+    }
+    resources
+}
+
+fn admin_probe(path: &str, period_seconds: u32, failure_threshold: u32) -> Value {
+    json!({
+        "httpGet": {"path": path, "port": ADMIN_PORT, "scheme": "HTTP"},
+        "periodSeconds": period_seconds,
+        "timeoutSeconds": 1,
+        "successThreshold": 1,
+        "failureThreshold": failure_threshold,
+    })
+}
+
+fn proxy_container(pod: &Pod, settings: &ProxySettings, native_sidecar: bool) -> Value {
+    let mut container = json!({
+        "name": PROXY_CONTAINER,
+        "image": settings.image.as_str(),
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [
+            {"name": "meshtrace-proxy", "containerPort": INBOUND_PORT, "protocol": "TCP"},
+            {"name": "meshtrace-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+        ],
+        "env": proxy_env(pod, settings),
+        "resources": proxy_resources(settings),
+        "livenessProbe": admin_probe("/live", 10, 3),
+        "readinessProbe": admin_probe("/ready", 5, 3),
+        "securityContext": {
+            "runAsUser": PROXY_UID,
+            "runAsNonRoot": true,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
+    if native_sidecar {
+        container["restartPolicy"] = json!("Always");
+        container["startupProbe"] = admin_probe("/ready", 1, 120);
+    } else {
+        container["lifecycle"] = json!({
+            "postStart": {"exec": {"command": ["/bin/bash", "-c", AWAIT_READY_SCRIPT]}}
+        });
+    }
+    container
+}
+
+fn init_container(settings: &ProxySettings) -> Value {
+    let mut args = vec![
+        "init".to_owned(),
+        "--inbound-port".to_owned(),
+        INBOUND_PORT.to_string(),
+        "--outbound-port".to_owned(),
+        OUTBOUND_PORT.to_string(),
+        "--proxy-uid".to_owned(),
+        PROXY_UID.to_string(),
+    ];
+    if !settings.skip_inbound_ports.is_empty() {
+        args.push("--skip-inbound-ports".to_owned());
+        args.push(settings.skip_inbound_ports.to_string());
+    }
+    if !settings.skip_outbound_ports.is_empty() {
+        args.push("--skip-outbound-ports".to_owned());
+        args.push(settings.skip_outbound_ports.to_string());
+    }
+    json!({
+        "name": INIT_CONTAINER,
+        "image": settings.image.as_str(),
+        "imagePullPolicy": "IfNotPresent",
+        "args": args,
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": false,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": XTABLES_VOLUME, "mountPath": "/run"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+/// The patch meshing `pod`. `native_sidecar` picks the proxy's form (decided by the caller from
+/// the annotation and the API server's version).
+///
+/// Native sidecar: `meshtrace-init`, then the proxy, run before any existing init container (so
+/// their traffic is proxied too). Regular container: `meshtrace-init` runs after the existing
+/// init containers (nothing would serve their redirected traffic) and the proxy becomes the first
+/// container.
+pub fn build(pod: &Pod, settings: &ProxySettings, native_sidecar: bool) -> Patch {
+    let mut ops = Vec::new();
+    let spec = pod.spec.as_ref();
+
+    let mut added_annotations = BTreeMap::from([
+        (keys::INJECTED.to_owned(), "true".to_owned()),
+        (keys::PROXY_VERSION.to_owned(), settings.version.clone()),
+    ]);
+    let existing_annotations = pod.metadata.annotations.as_ref();
+    if !native_sidecar {
+        let app = spec
+            .and_then(|s| s.containers.first())
+            .map(|c| c.name.clone());
+        let already_set =
+            existing_annotations.is_some_and(|a| a.contains_key(DEFAULT_CONTAINER_ANNOTATION));
+        if let Some(app) = app.filter(|_| !already_set) {
+            added_annotations.insert(DEFAULT_CONTAINER_ANNOTATION.to_owned(), app);
+        }
+    }
+    match existing_annotations {
+        None => ops.push(add(&["metadata", "annotations"], json!(added_annotations))),
+        Some(_) => {
+            for (key, value) in added_annotations {
+                ops.push(add(&["metadata", "annotations", &key], json!(value)));
+            }
+        }
+    }
+
+    let xtables = json!({"name": XTABLES_VOLUME, "emptyDir": {}});
+    match spec.and_then(|s| s.volumes.as_ref()) {
+        None => ops.push(add(&["spec", "volumes"], json!([xtables]))),
+        Some(_) => ops.push(add(&["spec", "volumes", "-"], xtables)),
+    }
+
+    let init = init_container(settings);
+    let proxy = proxy_container(pod, settings, native_sidecar);
+    let has_init_containers = spec.and_then(|s| s.init_containers.as_ref()).is_some();
+    if native_sidecar {
+        if has_init_containers {
+            ops.push(add(&["spec", "initContainers", "0"], proxy));
+            ops.push(add(&["spec", "initContainers", "0"], init));
+        } else {
+            ops.push(add(&["spec", "initContainers"], json!([init, proxy])));
+        }
+    } else {
+        if has_init_containers {
+            ops.push(add(&["spec", "initContainers", "-"], init));
+        } else {
+            ops.push(add(&["spec", "initContainers"], json!([init])));
+        }
+        ops.push(add(&["spec", "containers", "0"], proxy));
+    }
+    Patch(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn pod(value: Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn owner(kind: &str, name: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: "u".into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }
+    }
+
+    #[test]
+    fn workload_is_the_deployment_behind_the_replicaset() {
+        let mut p =
+            pod(json!({"metadata": {"labels": {"pod-template-hash": "66cd9b5cbc", "app": "x"}}}));
+        p.metadata.owner_references = Some(vec![owner("ReplicaSet", "checkout-66cd9b5cbc")]);
+        assert_eq!(workload_name(&p), "checkout");
+    }
+
+    #[test]
+    fn workload_falls_back_through_labels_then_owner_then_name() {
+        let mut p = pod(
+            json!({"metadata": {"labels": {"app": "web", "app.kubernetes.io/name": "storefront"}}}),
+        );
+        p.metadata.owner_references = Some(vec![owner("StatefulSet", "db")]);
+        assert_eq!(workload_name(&p), "storefront");
+        p.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove("app.kubernetes.io/name");
+        assert_eq!(workload_name(&p), "web");
+        p.metadata.labels = None;
+        assert_eq!(workload_name(&p), "db");
+        // A bare ReplicaSet (no pod-template-hash) is its own workload.
+        p.metadata.owner_references = Some(vec![owner("ReplicaSet", "legacy-rs")]);
+        assert_eq!(workload_name(&p), "legacy-rs");
+        p.metadata.owner_references = None;
+        p.metadata.generate_name = Some("batch-".into());
+        assert_eq!(workload_name(&p), "batch");
+        p.metadata.name = Some("solo".into());
+        assert_eq!(workload_name(&p), "solo");
+    }
+
+    #[test]
+    fn inbound_ports_are_tcp_app_ports_sorted_once() {
+        let p = pod(json!({"spec": {"containers": [
+            {"name": "a", "ports": [{"containerPort": 9090}, {"containerPort": 8080, "protocol": "TCP"}]},
+            {"name": "b", "ports": [{"containerPort": 8080}, {"containerPort": 53, "protocol": "UDP"}]},
+            {"name": "c"},
+        ]}}));
+        assert_eq!(app_inbound_ports(&p), vec![8080, 9090]);
+    }
+
+    #[test]
+    fn annotation_keys_are_escaped_in_pointers() {
+        let p = pod(
+            json!({"metadata": {"annotations": {"a": "b"}}, "spec": {"containers": [{"name": "app"}]}}),
+        );
+        let settings = crate::config::tests_support::settings();
+        let patch = build(&p, &settings, true);
+        let paths: Vec<String> = patch.0.iter().map(|op| op.path().to_string()).collect();
+        assert!(
+            paths.contains(&"/metadata/annotations/meshtrace.io~1injected".to_owned()),
+            "{paths:?}"
+        );
+    }
+}
