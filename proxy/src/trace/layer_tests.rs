@@ -658,6 +658,23 @@ async fn b3_multi_64_bit_ids_stay_64_bit_in_b3_and_pad_in_w3c() {
 }
 
 #[tokio::test]
+async fn b3_sampling_state_only_starts_a_trace_with_that_decision() {
+    let mut upstream = start_upstream().await;
+    let mut proxy = start_proxy(args(1.0), upstream.addr).await;
+    let (rsp, _) = send(request(&proxy, Method::GET, "/", &[("b3", "0")])).await;
+    let seen = next_seen(&mut upstream).await;
+    assert_no_spans(&mut proxy.queue);
+    let (trace, span, flags) = traceparent(&seen.headers, "traceparent");
+    assert_eq!(flags, "02", "inherited 'no', fresh random trace id");
+    let b3 = header(&seen.headers, "b3").unwrap();
+    assert!(b3.starts_with(&format!("{trace}-{span}-0-")), "{b3}");
+    assert!(
+        rsp.headers.get("traceresponse").is_some(),
+        "this proxy started the trace"
+    );
+}
+
+#[tokio::test]
 async fn b3_debug_forces_sampling() {
     let mut upstream = start_upstream().await;
     let mut proxy = start_proxy(args(0.0), upstream.addr).await;
