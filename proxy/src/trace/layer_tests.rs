@@ -810,10 +810,13 @@ async fn client_gone_mid_stream_ends_both_spans_as_cancelled() {
 
 #[tokio::test]
 async fn failed_upstream_still_yields_both_spans_with_error_status() {
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    // Bound but not listening: the port stays reserved and every connect is refused.
+    let reserved =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    reserved
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let closed = reserved.local_addr().unwrap().as_socket().unwrap();
     let mut proxy = start_proxy(args(1.0), closed).await;
     let (rsp, _) = send(request(&proxy, Method::GET, "/users/7", &[])).await;
     assert_eq!(rsp.status, StatusCode::BAD_GATEWAY);
