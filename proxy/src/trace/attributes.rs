@@ -1,0 +1,396 @@
+//! Span attributes from OpenTelemetry's stable HTTP semantic conventions (plus `rpc.*` for
+//! gRPC and `meshtrace.direction`).
+//!
+//! Only computed for sampled requests. Never reads credentials: `Authorization`,
+//! `Proxy-Authorization`, `Cookie` and `Set-Cookie` are never looked at, URLs are rebuilt from
+//! host, port and path so userinfo and query strings cannot leak into a span.
+
+use std::net::SocketAddr;
+
+use http::header::{HeaderMap, CONTENT_TYPE, HOST, USER_AGENT};
+use http::request::Parts;
+use http::uri::Authority;
+use http::{Method, Version};
+
+use crate::meta::ConnMeta;
+use crate::span::AttrValue;
+
+use super::naming::known_method;
+
+pub type Attributes = Vec<(&'static str, AttrValue)>;
+
+pub const DIRECTION: &str = "meshtrace.direction";
+pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+pub const HTTP_REQUEST_METHOD_ORIGINAL: &str = "http.request.method_original";
+pub const URL_PATH: &str = "url.path";
+pub const URL_SCHEME: &str = "url.scheme";
+pub const URL_FULL: &str = "url.full";
+pub const SERVER_ADDRESS: &str = "server.address";
+pub const SERVER_PORT: &str = "server.port";
+pub const CLIENT_ADDRESS: &str = "client.address";
+pub const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
+pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
+pub const NETWORK_PEER_PORT: &str = "network.peer.port";
+pub const USER_AGENT_ORIGINAL: &str = "user_agent.original";
+pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+pub const HTTP_REQUEST_BODY_SIZE: &str = "http.request.body.size";
+pub const HTTP_RESPONSE_BODY_SIZE: &str = "http.response.body.size";
+pub const ERROR_TYPE: &str = "error.type";
+pub const RPC_SYSTEM: &str = "rpc.system";
+pub const RPC_SERVICE: &str = "rpc.service";
+pub const RPC_METHOD: &str = "rpc.method";
+pub const RPC_GRPC_STATUS_CODE: &str = "rpc.grpc.status_code";
+
+/// `network.protocol.version` values.
+pub fn protocol_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_11 => "1.1",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "unknown",
+    }
+}
+
+/// Whether the request is gRPC (`content-type: application/grpc[+proto|...]`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// `(rpc.service, rpc.method)` from a gRPC path `/{package.Service}/{Method}`.
+pub fn grpc_method(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
+fn push_method(attrs: &mut Attributes, method: &Method) {
+    match known_method(method) {
+        Some(name) => attrs.push((HTTP_REQUEST_METHOD, AttrValue::Static(name))),
+        None => {
+            attrs.push((HTTP_REQUEST_METHOD, AttrValue::Static("_OTHER")));
+            attrs.push((
+                HTTP_REQUEST_METHOD_ORIGINAL,
+                AttrValue::String(method.as_str().to_owned()),
+            ));
+        }
+    }
+}
+
+/// The host and port the request was addressed to: the URI authority (HTTP/2, absolute
+/// form), else the `Host` header. Userinfo is never part of the result.
+fn target_authority(req: &Parts) -> Option<Authority> {
+    if let Some(authority) = req.uri.authority() {
+        return Some(authority.clone());
+    }
+    let host = req.headers.get(HOST)?;
+    Authority::try_from(host.as_bytes()).ok()
+}
+
+fn scheme(req: &Parts) -> &'static str {
+    match req.uri.scheme_str() {
+        Some("https") => "https",
+        _ => "http",
+    }
+}
+
+fn strip_brackets(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+fn push_server_target(
+    attrs: &mut Attributes,
+    authority: Option<&Authority>,
+    fallback: Option<SocketAddr>,
+    scheme: &str,
+) {
+    match (authority, fallback) {
+        (Some(authority), _) => {
+            attrs.push((
+                SERVER_ADDRESS,
+                AttrValue::String(strip_brackets(authority.host()).to_owned()),
+            ));
+            let port = authority
+                .port_u16()
+                .unwrap_or(if scheme == "https" { 443 } else { 80 });
+            attrs.push((SERVER_PORT, AttrValue::Int(i64::from(port))));
+        }
+        (None, Some(addr)) => {
+            attrs.push((SERVER_ADDRESS, AttrValue::String(addr.ip().to_string())));
+            attrs.push((SERVER_PORT, AttrValue::Int(i64::from(addr.port()))));
+        }
+        (None, None) => {}
+    }
+}
+
+fn push_peer(attrs: &mut Attributes, peer: SocketAddr) {
+    attrs.push((
+        NETWORK_PEER_ADDRESS,
+        AttrValue::String(peer.ip().to_string()),
+    ));
+    attrs.push((NETWORK_PEER_PORT, AttrValue::Int(i64::from(peer.port()))));
+}
+
+fn push_common(attrs: &mut Attributes, req: &Parts, conn: Option<&ConnMeta>, grpc: bool) {
+    if let Some(conn) = conn {
+        attrs.push((DIRECTION, AttrValue::Static(conn.direction.as_str())));
+    }
+    push_method(attrs, &req.method);
+    attrs.push((
+        NETWORK_PROTOCOL_VERSION,
+        AttrValue::Static(protocol_version(req.version)),
+    ));
+    if let Some(agent) = req.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()) {
+        attrs.push((USER_AGENT_ORIGINAL, AttrValue::String(agent.to_owned())));
+    }
+    if grpc {
+        attrs.push((RPC_SYSTEM, AttrValue::Static("grpc")));
+        if let Some((service, method)) = grpc_method(req.uri.path()) {
+            attrs.push((RPC_SERVICE, AttrValue::String(service.to_owned())));
+            attrs.push((RPC_METHOD, AttrValue::String(method.to_owned())));
+        }
+    }
+}
+
+/// Attributes of the SERVER span known when the request arrives.
+pub fn server(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
+    let mut attrs = Attributes::with_capacity(24);
+    push_common(&mut attrs, req, conn, grpc);
+    let scheme = scheme(req);
+    attrs.push((URL_PATH, AttrValue::String(req.uri.path().to_owned())));
+    attrs.push((URL_SCHEME, AttrValue::Static(scheme)));
+    let fallback = conn.map(|c| c.orig_dst.unwrap_or(c.local_addr));
+    push_server_target(&mut attrs, target_authority(req).as_ref(), fallback, scheme);
+    if let Some(conn) = conn {
+        attrs.push((
+            CLIENT_ADDRESS,
+            AttrValue::String(conn.client_addr.ip().to_string()),
+        ));
+        push_peer(&mut attrs, conn.client_addr);
+    }
+    attrs
+}
+
+/// Attributes of the CLIENT span known when the request is forwarded.
+pub fn client(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
+    let mut attrs = Attributes::with_capacity(24);
+    push_common(&mut attrs, req, conn, grpc);
+    let scheme = scheme(req);
+    let authority = target_authority(req);
+    let orig_dst = conn.and_then(|c| c.orig_dst);
+    if let Some(url) = url_full(scheme, authority.as_ref(), orig_dst, req.uri.path()) {
+        attrs.push((URL_FULL, AttrValue::String(url)));
+    }
+    push_server_target(&mut attrs, authority.as_ref(), orig_dst, scheme);
+    attrs
+}
+
+/// `scheme://host[:port]/path`: no userinfo, no query, no fragment.
+pub fn url_full(
+    scheme: &str,
+    authority: Option<&Authority>,
+    fallback: Option<SocketAddr>,
+    path: &str,
+) -> Option<String> {
+    let path = if path.is_empty() { "/" } else { path };
+    let mut url = String::with_capacity(scheme.len() + 3 + 64 + path.len());
+    url.push_str(scheme);
+    url.push_str("://");
+    match (authority, fallback) {
+        (Some(authority), _) => {
+            url.push_str(authority.host());
+            if let Some(port) = authority.port() {
+                url.push(':');
+                url.push_str(port.as_str());
+            }
+        }
+        (None, Some(addr)) => url.push_str(&addr.to_string()),
+        (None, None) => return None,
+    }
+    url.push_str(path);
+    Some(url)
+}
+
+/// Adds the network peer after the response, for the CLIENT span.
+pub fn push_upstream_peer(attrs: &mut Attributes, peer: SocketAddr) {
+    push_peer(attrs, peer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::Direction;
+    use http::Request;
+    use std::sync::Arc;
+
+    fn conn() -> Arc<ConnMeta> {
+        Arc::new(ConnMeta {
+            direction: Direction::Inbound,
+            client_addr: "10.0.0.7:51000".parse().unwrap(),
+            local_addr: "10.0.0.9:4143".parse().unwrap(),
+            orig_dst: Some("10.0.0.9:8080".parse().unwrap()),
+        })
+    }
+
+    fn get<'a>(attrs: &'a Attributes, key: &str) -> Option<&'a AttrValue> {
+        attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    fn s(v: &str) -> AttrValue {
+        AttrValue::String(v.into())
+    }
+
+    fn secret_request() -> Parts {
+        Request::builder()
+            .method("POST")
+            .uri("http://alice:hunter2@svc.ns:8080/orders/7?token=s3cr3t")
+            .header("authorization", "Bearer s3cr3t")
+            .header("proxy-authorization", "Basic s3cr3t")
+            .header("cookie", "session=s3cr3t")
+            .header("user-agent", "curl/8")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    fn assert_no_secrets(attrs: &Attributes) {
+        let dump = format!("{attrs:?}");
+        for secret in [
+            "s3cr3t", "hunter2", "alice", "token", "frag", "Bearer", "session",
+        ] {
+            assert!(!dump.contains(secret), "{secret} leaked: {dump}");
+        }
+    }
+
+    #[test]
+    fn server_attributes() {
+        let conn = conn();
+        let req = Request::builder()
+            .uri("/orders/7?x=1")
+            .header("host", "svc.ns:8080")
+            .header("user-agent", "curl/8")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let attrs = server(&req, Some(&conn), false);
+        assert_eq!(get(&attrs, DIRECTION), Some(&AttrValue::Static("inbound")));
+        assert_eq!(
+            get(&attrs, HTTP_REQUEST_METHOD),
+            Some(&AttrValue::Static("GET"))
+        );
+        assert_eq!(get(&attrs, URL_PATH), Some(&s("/orders/7")));
+        assert_eq!(get(&attrs, URL_SCHEME), Some(&AttrValue::Static("http")));
+        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(&s("svc.ns")));
+        assert_eq!(get(&attrs, SERVER_PORT), Some(&AttrValue::Int(8080)));
+        assert_eq!(get(&attrs, CLIENT_ADDRESS), Some(&s("10.0.0.7")));
+        assert_eq!(get(&attrs, NETWORK_PEER_ADDRESS), Some(&s("10.0.0.7")));
+        assert_eq!(get(&attrs, NETWORK_PEER_PORT), Some(&AttrValue::Int(51000)));
+        assert_eq!(
+            get(&attrs, NETWORK_PROTOCOL_VERSION),
+            Some(&AttrValue::Static("1.1"))
+        );
+        assert_eq!(get(&attrs, USER_AGENT_ORIGINAL), Some(&s("curl/8")));
+        assert_eq!(get(&attrs, RPC_SYSTEM), None);
+    }
+
+    #[test]
+    fn server_target_falls_back_to_original_destination() {
+        let conn = conn();
+        let req = Request::builder().uri("/").body(()).unwrap().into_parts().0;
+        let attrs = server(&req, Some(&conn), false);
+        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(&s("10.0.0.9")));
+        assert_eq!(get(&attrs, SERVER_PORT), Some(&AttrValue::Int(8080)));
+    }
+
+    #[test]
+    fn client_attributes_and_url_full() {
+        let conn = conn();
+        let req = Request::builder()
+            .uri("/a/b?q=1")
+            .header("host", "[::1]:9000")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let attrs = client(&req, Some(&conn), false);
+        assert_eq!(get(&attrs, URL_FULL), Some(&s("http://[::1]:9000/a/b")));
+        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(&s("::1")));
+        assert_eq!(
+            get(&attrs, NETWORK_PROTOCOL_VERSION),
+            Some(&AttrValue::Static("2"))
+        );
+        assert_eq!(get(&attrs, CLIENT_ADDRESS), None);
+
+        let req = Request::builder()
+            .uri("/x")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let attrs = client(&req, Some(&conn), false);
+        assert_eq!(get(&attrs, URL_FULL), Some(&s("http://10.0.0.9:8080/x")));
+        let attrs = client(&req, None, false);
+        assert_eq!(get(&attrs, URL_FULL), None);
+        assert_eq!(get(&attrs, DIRECTION), None);
+    }
+
+    #[test]
+    fn never_records_credentials_query_or_userinfo() {
+        let conn = conn();
+        let req = secret_request();
+        let server_attrs = server(&req, Some(&conn), false);
+        let client_attrs = client(&req, Some(&conn), false);
+        assert_no_secrets(&server_attrs);
+        assert_no_secrets(&client_attrs);
+        assert_eq!(
+            get(&client_attrs, URL_FULL),
+            Some(&s("http://svc.ns:8080/orders/7"))
+        );
+        assert_eq!(get(&server_attrs, SERVER_ADDRESS), Some(&s("svc.ns")));
+    }
+
+    #[test]
+    fn grpc_attributes() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/helloworld.Greeter/SayHello")
+            .header("content-type", "application/grpc+proto")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert!(is_grpc(&req.headers));
+        let attrs = client(&req, None, true);
+        assert_eq!(get(&attrs, RPC_SYSTEM), Some(&AttrValue::Static("grpc")));
+        assert_eq!(get(&attrs, RPC_SERVICE), Some(&s("helloworld.Greeter")));
+        assert_eq!(get(&attrs, RPC_METHOD), Some(&s("SayHello")));
+        assert_eq!(grpc_method("/onlyservice"), None);
+        assert_eq!(grpc_method("/a/b/c"), None);
+        assert_eq!(grpc_method("//m"), None);
+    }
+
+    #[test]
+    fn unknown_methods_are_bounded() {
+        let req = Request::builder()
+            .method("PURGE")
+            .uri("/")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let attrs = server(&req, None, false);
+        assert_eq!(
+            get(&attrs, HTTP_REQUEST_METHOD),
+            Some(&AttrValue::Static("_OTHER"))
+        );
+        assert_eq!(get(&attrs, HTTP_REQUEST_METHOD_ORIGINAL), Some(&s("PURGE")));
+    }
+}

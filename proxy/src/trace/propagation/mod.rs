@@ -1,0 +1,522 @@
+//! Propagation formats: reading the incoming trace context and writing the outgoing one.
+//!
+//! Pure functions of headers (no I/O, no clock) so every parsing rule is unit-testable.
+//! Reading order is W3C Trace Context, then B3 single, then B3 multi: the first *valid* one is
+//! authoritative. Writing replaces every propagation header so no stale value of any format
+//! survives a hop.
+
+pub mod b3;
+pub mod w3c;
+
+use bytes::{BufMut, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::span::{SpanId, TraceId};
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+pub const B3: HeaderName = HeaderName::from_static("b3");
+pub const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+
+/// W3C trace flag: the caller may have recorded the trace.
+pub const FLAG_SAMPLED: u8 = 0x01;
+/// W3C Level 2 trace flag: the trace id's rightmost 7 bytes are random.
+pub const FLAG_RANDOM: u8 = 0x02;
+/// The flag bits this proxy understands; the others are cleared when re-emitting.
+pub const KNOWN_FLAGS: u8 = FLAG_SAMPLED | FLAG_RANDOM;
+
+/// Which B3 encodings to write (or which arrived).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct B3Forms {
+    /// The single `b3` header.
+    pub single: bool,
+    /// The `x-b3-*` headers.
+    pub multi: bool,
+}
+
+impl B3Forms {
+    pub const NONE: B3Forms = B3Forms {
+        single: false,
+        multi: false,
+    };
+
+    pub fn any(self) -> bool {
+        self.single || self.multi
+    }
+}
+
+/// The format that supplied the authoritative context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    TraceContext,
+    B3Single,
+    B3Multi,
+}
+
+/// The caller's span this hop continues.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteParent {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// W3C random flag, copied exactly when continuing a W3C trace; false for B3.
+    pub random: bool,
+    /// Valid W3C `tracestate`, only when the context came from `traceparent`.
+    pub trace_state: Option<HeaderValue>,
+    /// The trace id arrived as a 64-bit B3 id (kept at 64 bits in B3 output).
+    pub trace_id_64: bool,
+}
+
+/// What an incoming request says about its trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extracted {
+    /// The authoritative format, if any was valid.
+    pub format: Option<Format>,
+    /// `None`: no valid ids (or a B3 sampling-only header): a new trace starts here.
+    pub parent: Option<RemoteParent>,
+    /// The caller's sampling decision; `None` defers it to this proxy.
+    pub sampled: Option<bool>,
+    /// B3 debug (`x-b3-flags: 1` or `b3: ...-d`): force sampling.
+    pub debug: bool,
+    /// B3 encodings present on the request (valid or not): they are the ones written back.
+    pub b3_arrived: B3Forms,
+}
+
+/// Reads the incoming context: the first valid of W3C, B3 single, B3 multi.
+pub fn extract(headers: &HeaderMap) -> Extracted {
+    let b3_arrived = b3::arrived(headers);
+    if let Some(parent) = w3c::extract(headers) {
+        return Extracted {
+            format: Some(Format::TraceContext),
+            sampled: Some(parent.flags & FLAG_SAMPLED != 0),
+            parent: Some(RemoteParent {
+                trace_id: parent.trace_id,
+                span_id: parent.parent_id,
+                random: parent.flags & FLAG_RANDOM != 0,
+                trace_state: w3c::extract_tracestate(headers),
+                trace_id_64: false,
+            }),
+            debug: false,
+            b3_arrived,
+        };
+    }
+    let from_b3 = if b3_arrived.single {
+        b3::extract_single(headers).map(|ctx| (Format::B3Single, ctx))
+    } else {
+        None
+    };
+    let from_b3 = from_b3.or_else(|| {
+        if b3_arrived.multi {
+            b3::extract_multi(headers).map(|ctx| (Format::B3Multi, ctx))
+        } else {
+            None
+        }
+    });
+    match from_b3 {
+        Some((format, ctx)) => Extracted {
+            format: Some(format),
+            parent: ctx.ids.map(|ids| RemoteParent {
+                trace_id: ids.trace_id,
+                span_id: ids.span_id,
+                random: false,
+                trace_state: None,
+                trace_id_64: ids.trace_id_64,
+            }),
+            sampled: ctx.sampled,
+            debug: ctx.debug,
+            b3_arrived,
+        },
+        None => Extracted {
+            b3_arrived,
+            ..Extracted::default()
+        },
+    }
+}
+
+/// The context written on a forwarded request.
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    pub trace_id: &'a TraceId,
+    /// The span the receiver becomes a child of (this proxy's CLIENT span).
+    pub span_id: &'a SpanId,
+    /// That span's parent (this proxy's SERVER span), written as `x-b3-parentspanid`.
+    pub parent_span_id: &'a SpanId,
+    /// W3C flags; unknown bits are cleared when written.
+    pub flags: u8,
+    pub debug: bool,
+    pub trace_state: Option<&'a HeaderValue>,
+    pub trace_id_64: bool,
+    /// Whether to write `traceparent` (+`tracestate`).
+    pub tracecontext: bool,
+    pub b3: B3Forms,
+}
+
+impl Outgoing<'_> {
+    pub fn sampled(&self) -> bool {
+        self.flags & FLAG_SAMPLED != 0
+    }
+}
+
+/// Removes every propagation header of every format.
+pub fn clear(headers: &mut HeaderMap) {
+    for name in [
+        TRACEPARENT,
+        TRACESTATE,
+        B3,
+        X_B3_TRACEID,
+        X_B3_SPANID,
+        X_B3_PARENTSPANID,
+        X_B3_SAMPLED,
+        X_B3_FLAGS,
+    ] {
+        headers.remove(name);
+    }
+}
+
+// traceparent + b3 single + x-b3-traceid/spanid/parentspanid, rounded up.
+const WRITE_BUFFER: usize = 192;
+
+/// Replaces every propagation header with `out`. All generated values share one buffer.
+pub fn inject(headers: &mut HeaderMap, out: &Outgoing<'_>) {
+    clear(headers);
+    let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
+    if out.tracecontext {
+        w3c::write_traceparent(&mut buf, out.trace_id, out.span_id, out.flags);
+        push(headers, TRACEPARENT, &mut buf);
+        if let Some(state) = out.trace_state {
+            headers.insert(TRACESTATE, state.clone());
+        }
+    }
+    if out.b3.single {
+        b3::write_single(&mut buf, out);
+        push(headers, B3, &mut buf);
+    }
+    if out.b3.multi {
+        b3::write_trace_id(&mut buf, out.trace_id, out.trace_id_64);
+        push(headers, X_B3_TRACEID, &mut buf);
+        put_hex(&mut buf, out.span_id);
+        push(headers, X_B3_SPANID, &mut buf);
+        put_hex(&mut buf, out.parent_span_id);
+        push(headers, X_B3_PARENTSPANID, &mut buf);
+        if out.debug {
+            headers.insert(X_B3_FLAGS, HeaderValue::from_static("1"));
+        } else {
+            headers.insert(
+                X_B3_SAMPLED,
+                HeaderValue::from_static(if out.sampled() { "1" } else { "0" }),
+            );
+        }
+    }
+}
+
+/// Moves what was written to `buf` into a header value (hex and dashes are always valid).
+fn push(headers: &mut HeaderMap, name: HeaderName, buf: &mut BytesMut) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
+        headers.insert(name, value);
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `bytes` as lowercase hex.
+pub(crate) fn put_hex(buf: &mut BytesMut, bytes: &[u8]) {
+    for byte in bytes {
+        buf.put_u8(HEX[usize::from(byte >> 4)]);
+        buf.put_u8(HEX[usize::from(byte & 0x0f)]);
+    }
+}
+
+/// Formats `bytes` as lowercase hex (tests, logs).
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut buf = BytesMut::with_capacity(bytes.len() * 2);
+    put_hex(&mut buf, bytes);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn lower_hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes exactly `N` bytes from `2N` lowercase hex characters (uppercase is invalid).
+pub(crate) fn parse_lower_hex<const N: usize>(src: &[u8]) -> Option<[u8; N]> {
+    if src.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(src.chunks_exact(2)) {
+        *byte = (lower_hex_digit(pair[0])? << 4) | lower_hex_digit(pair[1])?;
+    }
+    Some(out)
+}
+
+/// The only value of a header that must not repeat: `Err` when it appears more than once.
+pub(crate) fn single_value<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a HeaderValue>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(());
+    }
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn hex_round_trip_and_lowercase_only() {
+        assert_eq!(parse_lower_hex::<2>(b"0aff"), Some([0x0a, 0xff]));
+        assert_eq!(parse_lower_hex::<2>(b"0AFF"), None);
+        assert_eq!(parse_lower_hex::<2>(b"0af"), None);
+        assert_eq!(parse_lower_hex::<2>(b"0ag0"), None);
+        assert_eq!(to_hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+    }
+
+    #[test]
+    fn no_headers_means_new_trace() {
+        let got = extract(&HeaderMap::new());
+        assert_eq!(got, Extracted::default());
+    }
+
+    #[test]
+    fn w3c_wins_over_b3() {
+        let got = extract(&headers(&[
+            ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0"),
+            ("traceparent", TP),
+            ("X-B3-TraceId", "463ac35c9f6413ad"),
+            ("X-B3-SpanId", "a2fb4a1d1a96d312"),
+        ]));
+        assert_eq!(got.format, Some(Format::TraceContext));
+        let parent = got.parent.unwrap();
+        assert_eq!(to_hex(&parent.trace_id), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(to_hex(&parent.span_id), "b7ad6b7169203331");
+        assert_eq!(got.sampled, Some(true));
+        assert_eq!(
+            got.b3_arrived,
+            B3Forms {
+                single: true,
+                multi: true
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_w3c_falls_back_to_b3_single_then_multi() {
+        let got = extract(&headers(&[
+            (
+                "traceparent",
+                "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            ),
+            ("tracestate", "a=1"),
+            ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0"),
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+        ]));
+        assert_eq!(got.format, Some(Format::B3Single));
+        let parent = got.parent.unwrap();
+        assert_eq!(to_hex(&parent.trace_id), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!(
+            parent.trace_state, None,
+            "tracestate of an invalid traceparent"
+        );
+        assert_eq!(got.sampled, Some(false));
+
+        let got = extract(&headers(&[
+            ("b3", "not-valid"),
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "1"),
+        ]));
+        assert_eq!(got.format, Some(Format::B3Multi));
+        let parent = got.parent.unwrap();
+        assert!(parent.trace_id_64);
+        assert_eq!(to_hex(&parent.trace_id), "0000000000000000463ac35c9f6413ad");
+        assert_eq!(got.sampled, Some(true));
+    }
+
+    #[test]
+    fn all_invalid_is_a_new_trace_that_remembers_b3_forms() {
+        let got = extract(&headers(&[
+            (
+                "traceparent",
+                "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("tracestate", "a=1"),
+            ("b3", "zzz"),
+        ]));
+        assert_eq!(got.format, None);
+        assert_eq!(got.parent, None);
+        assert_eq!(got.sampled, None);
+        assert!(got.b3_arrived.single && !got.b3_arrived.multi);
+    }
+
+    #[test]
+    fn header_names_are_case_insensitive() {
+        let got = extract(&headers(&[("TraceParent", TP), ("TRACESTATE", "k=v")]));
+        assert_eq!(got.format, Some(Format::TraceContext));
+        assert_eq!(
+            got.parent.unwrap().trace_state,
+            Some(HeaderValue::from_static("k=v"))
+        );
+    }
+
+    fn outgoing<'a>(
+        trace_id: &'a TraceId,
+        span_id: &'a SpanId,
+        parent: &'a SpanId,
+        b3: B3Forms,
+    ) -> Outgoing<'a> {
+        Outgoing {
+            trace_id,
+            span_id,
+            parent_span_id: parent,
+            flags: FLAG_SAMPLED | FLAG_RANDOM,
+            debug: false,
+            trace_state: None,
+            trace_id_64: false,
+            tracecontext: true,
+            b3,
+        }
+    }
+
+    #[test]
+    fn inject_writes_every_format_with_the_same_ids_and_no_stale_header() {
+        let mut map = headers(&[
+            ("traceparent", TP),
+            ("tracestate", "old=1"),
+            ("b3", "0"),
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-parentspanid", "0020000000000001"),
+            ("x-b3-sampled", "0"),
+            ("x-b3-flags", "0"),
+            ("other", "kept"),
+        ]);
+        let trace_id = [0x11; 16];
+        let span_id = [0x22; 8];
+        let parent = [0x33; 8];
+        let state = HeaderValue::from_static("new=2");
+        let mut out = outgoing(
+            &trace_id,
+            &span_id,
+            &parent,
+            B3Forms {
+                single: true,
+                multi: true,
+            },
+        );
+        out.trace_state = Some(&state);
+        inject(&mut map, &out);
+        let t = "11111111111111111111111111111111";
+        let s = "2222222222222222";
+        let p = "3333333333333333";
+        assert_eq!(map["traceparent"], format!("00-{t}-{s}-03").as_str());
+        assert_eq!(map["tracestate"], "new=2");
+        assert_eq!(map["b3"], format!("{t}-{s}-1-{p}").as_str());
+        assert_eq!(map["x-b3-traceid"], t);
+        assert_eq!(map["x-b3-spanid"], s);
+        assert_eq!(map["x-b3-parentspanid"], p);
+        assert_eq!(map["x-b3-sampled"], "1");
+        assert!(map.get("x-b3-flags").is_none());
+        assert_eq!(map["other"], "kept");
+        assert_eq!(map.len(), 8);
+        for name in ["traceparent", "b3", "x-b3-traceid"] {
+            assert_eq!(map.get_all(name).iter().count(), 1);
+        }
+    }
+
+    #[test]
+    fn inject_only_selected_forms() {
+        let mut map = headers(&[("x-b3-sampled", "1"), ("tracestate", "a=1")]);
+        let (t, s, p) = ([1; 16], [2; 8], [3; 8]);
+        let mut out = outgoing(&t, &s, &p, B3Forms::NONE);
+        out.flags = 0;
+        inject(&mut map, &out);
+        assert_eq!(
+            map["traceparent"],
+            "00-01010101010101010101010101010101-0202020202020202-00"
+        );
+        assert_eq!(map.len(), 1, "{map:?}");
+
+        let mut map = HeaderMap::new();
+        let mut out = outgoing(
+            &t,
+            &s,
+            &p,
+            B3Forms {
+                single: true,
+                multi: false,
+            },
+        );
+        out.tracecontext = false;
+        out.flags = FLAG_SAMPLED | 0x80;
+        inject(&mut map, &out);
+        assert_eq!(map.len(), 1);
+        assert!(map.get("b3").is_some());
+    }
+
+    #[test]
+    fn inject_clears_unknown_flag_bits() {
+        let mut map = HeaderMap::new();
+        let (t, s, p) = ([1; 16], [2; 8], [3; 8]);
+        let mut out = outgoing(&t, &s, &p, B3Forms::NONE);
+        out.flags = 0xff;
+        inject(&mut map, &out);
+        assert!(map["traceparent"].to_str().unwrap().ends_with("-03"));
+    }
+
+    #[test]
+    fn inject_debug_and_64_bit_b3() {
+        let mut map = HeaderMap::new();
+        let mut t = [0u8; 16];
+        t[8..].copy_from_slice(&[0x46, 0x3a, 0xc3, 0x5c, 0x9f, 0x64, 0x13, 0xad]);
+        let (s, p) = ([2; 8], [3; 8]);
+        let mut out = outgoing(
+            &t,
+            &s,
+            &p,
+            B3Forms {
+                single: true,
+                multi: true,
+            },
+        );
+        out.debug = true;
+        out.trace_id_64 = true;
+        inject(&mut map, &out);
+        assert_eq!(map["x-b3-traceid"], "463ac35c9f6413ad");
+        assert_eq!(map["x-b3-flags"], "1");
+        assert!(map.get("x-b3-sampled").is_none());
+        assert_eq!(
+            map["b3"],
+            "463ac35c9f6413ad-0202020202020202-d-0303030303030303"
+        );
+        assert_eq!(
+            map["traceparent"],
+            "00-0000000000000000463ac35c9f6413ad-0202020202020202-03"
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! W3C Trace Context (Level 2): `traceparent` and `tracestate`.
+//!
+//! Rules: lowercase hex only; version `ff` is invalid; a future version is parsed for its first
+//! four fields (and re-emitted as `00`); version `00` with anything after the flags is invalid;
+//! all-zero ids are invalid; more than one `traceparent` field is invalid. `tracestate` fields
+//! are combined in order, empty members dropped; a list that breaks the grammar, repeats a key
+//! or exceeds 32 members is dropped whole.
+
+use bytes::{BufMut, BytesMut};
+use http::header::{HeaderMap, HeaderValue};
+
+use super::{parse_lower_hex, put_hex, single_value, KNOWN_FLAGS, TRACEPARENT, TRACESTATE};
+use crate::span::{SpanId, TraceId};
+
+/// The length of a version-00 `traceparent`.
+pub const TRACEPARENT_LEN: usize = 55;
+/// The most list members a valid `tracestate` has.
+pub const TRACESTATE_MAX_MEMBERS: usize = 32;
+
+/// A valid `traceparent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceParent {
+    pub version: u8,
+    pub trace_id: TraceId,
+    pub parent_id: SpanId,
+    /// As received, unknown bits included (they are cleared when written).
+    pub flags: u8,
+}
+
+/// Reads the request's `traceparent`; `None` when missing, repeated or invalid.
+pub fn extract(headers: &HeaderMap) -> Option<TraceParent> {
+    let value = single_value(headers, &TRACEPARENT).ok()??;
+    parse_traceparent(value.as_bytes())
+}
+
+/// Parses one `traceparent` value.
+pub fn parse_traceparent(src: &[u8]) -> Option<TraceParent> {
+    if src.len() < TRACEPARENT_LEN {
+        return None;
+    }
+    let [version] = parse_lower_hex::<1>(&src[0..2])?;
+    if version == 0xff {
+        return None;
+    }
+    if version == 0 && src.len() != TRACEPARENT_LEN {
+        return None;
+    }
+    // A future version may append fields, always after another dash.
+    if src.len() > TRACEPARENT_LEN && src[TRACEPARENT_LEN] != b'-' {
+        return None;
+    }
+    if src[2] != b'-' || src[35] != b'-' || src[52] != b'-' {
+        return None;
+    }
+    let trace_id = parse_lower_hex::<16>(&src[3..35])?;
+    let parent_id = parse_lower_hex::<8>(&src[36..52])?;
+    let [flags] = parse_lower_hex::<1>(&src[53..55])?;
+    if trace_id == [0; 16] || parent_id == [0; 8] {
+        return None;
+    }
+    Some(TraceParent {
+        version,
+        trace_id,
+        parent_id,
+        flags,
+    })
+}
+
+/// Appends `00-{trace-id}-{span-id}-{flags}`, keeping only the flag bits this proxy knows.
+pub fn write_traceparent(buf: &mut BytesMut, trace_id: &TraceId, span_id: &SpanId, flags: u8) {
+    buf.put_slice(b"00-");
+    put_hex(buf, trace_id);
+    buf.put_u8(b'-');
+    put_hex(buf, span_id);
+    buf.put_u8(b'-');
+    put_hex(buf, &[flags & KNOWN_FLAGS]);
+}
+
+/// A `traceparent`-shaped header value (also used for `traceresponse`).
+pub fn traceparent_value(trace_id: &TraceId, span_id: &SpanId, flags: u8) -> Option<HeaderValue> {
+    let mut buf = BytesMut::with_capacity(TRACEPARENT_LEN);
+    write_traceparent(&mut buf, trace_id, span_id, flags);
+    HeaderValue::from_maybe_shared(buf.freeze()).ok()
+}
+
+/// Reads the request's `tracestate` (call only when its `traceparent` was valid).
+///
+/// One field without empty members is kept byte for byte (no copy); several fields or empty
+/// members are rewritten as the members joined by `,`. `None` when absent, empty or invalid.
+pub fn extract_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut fields = headers.get_all(TRACESTATE).iter();
+    let first = fields.next()?;
+    let mut rest = fields.peekable();
+    let mut members = 0usize;
+    let mut dropped_empty = false;
+    let mut keys: [&[u8]; TRACESTATE_MAX_MEMBERS] = [&[]; TRACESTATE_MAX_MEMBERS];
+    let multiple = rest.peek().is_some();
+    for field in std::iter::once(first).chain(rest) {
+        for member in field.as_bytes().split(|&c| c == b',') {
+            let member = trim_ows(member);
+            if member.is_empty() {
+                dropped_empty = true;
+                continue;
+            }
+            let key = parse_member(member)?;
+            if members == TRACESTATE_MAX_MEMBERS || keys[..members].contains(&key) {
+                return None;
+            }
+            keys[members] = key;
+            members += 1;
+        }
+    }
+    if members == 0 {
+        return None;
+    }
+    if !multiple && !dropped_empty {
+        return Some(first.clone());
+    }
+    let mut joined = BytesMut::new();
+    for field in headers.get_all(TRACESTATE) {
+        for member in field.as_bytes().split(|&c| c == b',') {
+            let member = trim_ows(member);
+            if member.is_empty() {
+                continue;
+            }
+            if !joined.is_empty() {
+                joined.put_u8(b',');
+            }
+            joined.put_slice(member);
+        }
+    }
+    HeaderValue::from_maybe_shared(joined.freeze()).ok()
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Validates `key=value`; returns the key.
+fn parse_member(member: &[u8]) -> Option<&[u8]> {
+    let eq = member.iter().position(|&c| c == b'=')?;
+    let (key, value) = (&member[..eq], &member[eq + 1..]);
+    (valid_key(key) && valid_value(value)).then_some(key)
+}
+
+fn key_char(c: u8) -> bool {
+    matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/')
+}
+
+/// `simple-key` or `tenant-id@system-id`.
+fn valid_key(key: &[u8]) -> bool {
+    match key.iter().position(|&c| c == b'@') {
+        None => {
+            (1..=256).contains(&key.len())
+                && key[0].is_ascii_lowercase()
+                && key.iter().all(|&c| key_char(c))
+        }
+        Some(at) => {
+            let (tenant, system) = (&key[..at], &key[at + 1..]);
+            (1..=241).contains(&tenant.len())
+                && (tenant[0].is_ascii_lowercase() || tenant[0].is_ascii_digit())
+                && tenant.iter().all(|&c| key_char(c))
+                && (1..=14).contains(&system.len())
+                && system[0].is_ascii_lowercase()
+                && system.iter().all(|&c| key_char(c))
+        }
+    }
+}
+
+/// `0*255(chr) nblk-chr`: printable ASCII except `,` and `=`, not ending in a space.
+fn valid_value(value: &[u8]) -> bool {
+    let nblk = |c: u8| matches!(c, 0x21..=0x2b | 0x2d..=0x3c | 0x3e..=0x7e);
+    match value.split_last() {
+        Some((&last, init)) => {
+            value.len() <= 256 && nblk(last) && init.iter().all(|&c| c == b' ' || nblk(c))
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderName;
+
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const SPAN: &str = "b7ad6b7169203331";
+
+    fn tp(version: &str, trace: &str, span: &str, flags: &str) -> String {
+        format!("{version}-{trace}-{span}-{flags}")
+    }
+
+    fn parse(s: &str) -> Option<TraceParent> {
+        parse_traceparent(s.as_bytes())
+    }
+
+    #[test]
+    fn valid_version_00() {
+        let got = parse(&tp("00", TRACE, SPAN, "01")).unwrap();
+        assert_eq!(got.version, 0);
+        assert_eq!(super::super::to_hex(&got.trace_id), TRACE);
+        assert_eq!(super::super::to_hex(&got.parent_id), SPAN);
+        assert_eq!(got.flags, 1);
+        assert_eq!(parse(&tp("00", TRACE, SPAN, "00")).unwrap().flags, 0);
+        assert_eq!(parse(&tp("00", TRACE, SPAN, "03")).unwrap().flags, 3);
+    }
+
+    #[test]
+    fn unknown_flags_are_accepted_and_kept_until_written() {
+        assert_eq!(parse(&tp("00", TRACE, SPAN, "ff")).unwrap().flags, 0xff);
+        let mut buf = BytesMut::new();
+        write_traceparent(&mut buf, &[1; 16], &[2; 8], 0xfd);
+        assert!(buf.ends_with(b"-01"));
+    }
+
+    #[test]
+    fn uppercase_hex_is_invalid_everywhere() {
+        assert!(parse(&tp("00", &TRACE.to_uppercase(), SPAN, "01")).is_none());
+        assert!(parse(&tp("00", TRACE, &SPAN.to_uppercase(), "01")).is_none());
+        assert!(parse(&tp("00", TRACE, SPAN, "0A")).is_none());
+        assert!(parse(&tp("0A", TRACE, SPAN, "01")).is_none());
+    }
+
+    #[test]
+    fn version_ff_is_invalid() {
+        assert!(parse(&tp("ff", TRACE, SPAN, "01")).is_none());
+    }
+
+    #[test]
+    fn version_00_with_extra_content_is_invalid() {
+        assert!(parse(&format!("{}-extra", tp("00", TRACE, SPAN, "01"))).is_none());
+        assert!(parse(&format!("{}-", tp("00", TRACE, SPAN, "01"))).is_none());
+        assert!(parse(&format!("{}0", tp("00", TRACE, SPAN, "01"))).is_none());
+    }
+
+    #[test]
+    fn future_versions_parse_their_first_four_fields() {
+        let got = parse(&format!("{}-what-ever", tp("cc", TRACE, SPAN, "01"))).unwrap();
+        assert_eq!(got.version, 0xcc);
+        assert_eq!(got.flags, 1);
+        assert!(parse(&tp("01", TRACE, SPAN, "00")).is_some());
+        // Extra content must start with a dash.
+        assert!(parse(&format!("{}x", tp("cc", TRACE, SPAN, "01"))).is_none());
+        // Still lowercase-hex, non-zero, well-delimited.
+        assert!(parse(&tp("cc", &"0".repeat(32), SPAN, "01")).is_none());
+        // Re-emitted as version 00.
+        let mut buf = BytesMut::new();
+        write_traceparent(&mut buf, &got.trace_id, &got.parent_id, got.flags);
+        assert_eq!(&buf[..], tp("00", TRACE, SPAN, "01").as_bytes());
+    }
+
+    #[test]
+    fn zero_ids_are_invalid() {
+        assert!(parse(&tp("00", &"0".repeat(32), SPAN, "01")).is_none());
+        assert!(parse(&tp("00", TRACE, &"0".repeat(16), "01")).is_none());
+    }
+
+    #[test]
+    fn malformed_shapes_are_invalid() {
+        for bad in [
+            String::new(),
+            "00".into(),
+            tp("00", &TRACE[1..], SPAN, "01"),
+            tp("00", TRACE, &SPAN[1..], "01"),
+            tp("00", TRACE, SPAN, "1"),
+            tp("0", TRACE, SPAN, "01"),
+            format!("00_{TRACE}-{SPAN}-01"),
+            format!("00-{TRACE}_{SPAN}-01"),
+            format!("00-{TRACE}-{SPAN}_01"),
+            format!("00-{}g-{SPAN}-01", &TRACE[1..]),
+            format!(" 00-{TRACE}-{SPAN}-01"),
+            format!("00-{TRACE}-{SPAN}-0x"),
+        ] {
+            assert!(parse(&bad).is_none(), "{bad:?}");
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn more_than_one_traceparent_is_invalid() {
+        let good = tp("00", TRACE, SPAN, "01");
+        assert!(extract(&map(&[("traceparent", &good)])).is_some());
+        assert!(extract(&map(&[("traceparent", &good), ("traceparent", &good)])).is_none());
+    }
+
+    fn state(fields: &[&str]) -> Option<String> {
+        let pairs: Vec<_> = fields.iter().map(|f| ("tracestate", *f)).collect();
+        extract_tracestate(&map(&pairs)).map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn tracestate_single_field_kept_as_received() {
+        assert_eq!(
+            state(&["congo=t61rcWkgMzE"]).as_deref(),
+            Some("congo=t61rcWkgMzE")
+        );
+        assert_eq!(
+            state(&["rojo=00f067aa0ba902b7, congo=t61rcWkgMzE"]).as_deref(),
+            Some("rojo=00f067aa0ba902b7, congo=t61rcWkgMzE")
+        );
+        assert_eq!(
+            state(&["tenant1@vendor=v", "a=b c"]).as_deref(),
+            Some("tenant1@vendor=v,a=b c")
+        );
+    }
+
+    #[test]
+    fn tracestate_fields_combined_in_order_empty_members_dropped() {
+        assert_eq!(state(&["a=1", "b=2"]).as_deref(), Some("a=1,b=2"));
+        assert_eq!(state(&["a=1,,  ,b=2", ""]).as_deref(), Some("a=1,b=2"));
+        assert_eq!(state(&[" , "]), None);
+        assert_eq!(state(&[]), None);
+    }
+
+    #[test]
+    fn tracestate_grammar_violations_drop_it() {
+        for bad in [
+            "A=1",     // uppercase key
+            "1a=1",    // simple key starts with a digit
+            "a",       // no '='
+            "=1",      // empty key
+            "a=",      // empty value
+            "a=x=y",   // '=' in value
+            "a=x\ty",  // tab in value
+            "a@=1",    // empty system id
+            "@b=1",    // empty tenant id
+            "a@B=1",   // uppercase system id
+            "a@0b=1",  // system id starts with digit
+            "a=1,a=2", // duplicate key
+            "a b=1",   // space in key
+        ] {
+            assert_eq!(state(&[bad]), None, "{bad:?}");
+        }
+        // Whitespace around a member is list OWS, not part of the value.
+        assert_eq!(state(&["a=1 \t"]).as_deref(), Some("a=1 \t"));
+        // One bad member drops the whole list, even across fields.
+        assert_eq!(state(&["a=1", "B=2"]), None);
+    }
+
+    #[test]
+    fn tracestate_key_and_value_lengths() {
+        let key256 = format!("a{}", "b".repeat(255));
+        assert!(state(&[&format!("{key256}=1")]).is_some());
+        assert!(state(&[&format!("{key256}b=1")]).is_none());
+        let value256 = "v".repeat(256);
+        assert!(state(&[&format!("a={value256}")]).is_some());
+        assert!(state(&[&format!("a={value256}v")]).is_none());
+        let tenant241 = format!("0{}", "t".repeat(240));
+        assert!(state(&[&format!("{tenant241}@sys=1")]).is_some());
+        assert!(state(&[&format!("{tenant241}t@sys=1")]).is_none());
+        assert!(state(&[&format!("t@{}=1", "s".repeat(14))]).is_some());
+        assert!(state(&[&format!("t@{}=1", "s".repeat(15))]).is_none());
+    }
+
+    #[test]
+    fn tracestate_member_limit_is_32() {
+        let members: Vec<String> = (0..32).map(|i| format!("k{i}=v")).collect();
+        assert!(state(&[&members.join(",")]).is_some());
+        // Spread over fields, with empty members that do not count.
+        let (a, b) = members.split_at(10);
+        assert!(state(&[&a.join(","), "", &format!(",{}", b.join(","))]).is_some());
+        let mut over = members.clone();
+        over.push("k32=v".into());
+        assert!(state(&[&over.join(",")]).is_none());
+    }
+
+    #[test]
+    fn traceresponse_value_shape() {
+        let v = traceparent_value(&[0xab; 16], &[0xcd; 8], 0x01).unwrap();
+        assert_eq!(
+            v,
+            format!("00-{}-{}-01", "ab".repeat(16), "cd".repeat(8)).as_str()
+        );
+    }
+}
