@@ -392,7 +392,10 @@ async fn receiver_down_at_start_then_up_gets_the_spans() {
 async fn restarted_receiver_is_found_again() {
     for protocol in PROTOCOLS {
         let receiver = receiver(protocol).await;
-        let exporter = start_exporter(config_for(&receiver, &[]), &test_resource());
+        // By name, so every new connection goes through name resolution.
+        let by_name = format!("http://localhost:{}", receiver.addr().port());
+        let config = config_for(&receiver, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &by_name)]);
+        let exporter = start_exporter(config, &test_resource());
         let first = send_hops(&exporter.sink, 0..2);
         receiver
             .wait_for_spans(first, WAIT)

@@ -95,7 +95,14 @@ impl ExporterHandle {
         // The task honours the deadline itself; the grace period only covers its last steps.
         let grace = Duration::from_millis(500);
         match tokio::time::timeout_at(deadline + grace, &mut task).await {
-            Ok(_) => Ok(()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                // A panic in the task loses what it held; count it rather than hide it.
+                tracing::error!(%error, "span export task failed");
+                let dropped = self.held.swap(0, Ordering::AcqRel);
+                self.metrics.drop_spans(DropReason::ExportFailed, dropped);
+                Ok(())
+            }
             Err(_) => {
                 task.abort();
                 let dropped = self.held.swap(0, Ordering::AcqRel);
@@ -238,6 +245,7 @@ impl ExportTask {
                 () = self.shutdown.expired() => break Err("shutdown deadline reached".to_owned()),
             };
             let elapsed = started.elapsed();
+            self.metrics.set_queue_depth(self.queue.rx.len());
             match attempt {
                 Attempt::Accepted { rejected, message } => {
                     let rejected = rejected.min(count);
