@@ -2,3 +2,4 @@
 //! the crates' integration tests, the end-to-end tests and the benchmarks.
 
 pub mod netns;
+pub mod otlp;

@@ -1,0 +1,88 @@
+//! OTLP batch encoding throughput: what the exporter task spends per span turning
+//! `SpanRecord`s into an OTLP request and its protobuf bytes (off the request path, but it
+//! bounds how many spans/s one proxy can export).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use meshtrace_proxy::export::{encode, ProxyResource};
+use meshtrace_proxy::span::{AttrValue, SpanKind, SpanRecord, SpanStatus};
+use prost::Message;
+
+/// A span shaped like the proxy's: a dozen HTTP semantic-convention attributes.
+fn span(n: u64) -> SpanRecord {
+    SpanRecord {
+        trace_id: [(n % 251) as u8; 16],
+        span_id: n.to_be_bytes(),
+        parent_span_id: Some((n + 1).to_be_bytes()),
+        trace_state: None,
+        flags: 1,
+        kind: if n % 2 == 0 {
+            SpanKind::Server
+        } else {
+            SpanKind::Client
+        },
+        name: "GET /api/users/{id}".into(),
+        start_unix_nanos: 1_700_000_000_000_000_000 + n,
+        end_unix_nanos: 1_700_000_000_000_500_000 + n,
+        status: SpanStatus::Unset,
+        attributes: vec![
+            ("http.request.method", AttrValue::Static("GET")),
+            ("url.path", AttrValue::String(format!("/api/users/{n}"))),
+            ("url.scheme", AttrValue::Static("http")),
+            ("server.address", AttrValue::String("users.shop.svc".into())),
+            ("server.port", AttrValue::Int(8080)),
+            ("client.address", AttrValue::String("10.1.2.3".into())),
+            ("network.protocol.version", AttrValue::Static("1.1")),
+            ("network.peer.address", AttrValue::String("10.1.4.5".into())),
+            ("network.peer.port", AttrValue::Int(8080)),
+            (
+                "user_agent.original",
+                AttrValue::String("curl/8.5.0".into()),
+            ),
+            ("http.response.status_code", AttrValue::Int(200)),
+            ("http.response.body.size", AttrValue::Int(1234)),
+            ("meshtrace.direction", AttrValue::Static("inbound")),
+        ],
+    }
+}
+
+fn batch(size: u64) -> Vec<SpanRecord> {
+    (0..size).map(span).collect()
+}
+
+fn bench_encode(c: &mut Criterion) {
+    let resource = ProxyResource::from_env(|name| match name {
+        "MESHTRACE_WORKLOAD" => Some("checkout".into()),
+        "MESHTRACE_POD_NAME" => Some("checkout-7d9f-abcde".into()),
+        "MESHTRACE_POD_NAMESPACE" => Some("shop".into()),
+        _ => None,
+    })
+    .to_proto();
+    let scope = encode::scope();
+    let mut group = c.benchmark_group("otlp_batch_encode");
+    for size in [64u64, 512] {
+        group.throughput(Throughput::Elements(size));
+        group.bench_function(format!("to_proto/{size}"), |b| {
+            b.iter_batched(
+                || batch(size),
+                |spans| black_box(encode::export_request(&resource, &scope, spans)),
+                BatchSize::SmallInput,
+            )
+        });
+        group.bench_function(format!("to_proto_and_protobuf/{size}"), |b| {
+            b.iter_batched(
+                || batch(size),
+                |spans| {
+                    let request = encode::export_request(&resource, &scope, spans);
+                    black_box(request.encode_to_vec())
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_encode);
+criterion_main!(benches);

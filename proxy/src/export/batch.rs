@@ -1,0 +1,300 @@
+//! The exporter task: drains the span queue into batches and sends them.
+//!
+//! One task, one batch in flight: while it sends or waits to retry, spans accumulate in the
+//! bounded queue and overflow is dropped (and counted) by the data path's `try_send`, so memory
+//! stays bounded however long the collector is down, and the request path never waits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+
+use super::config::{BatchConfig, ExportConfig, RetryPolicy};
+use super::encode;
+use super::metrics::{DropReason, ExportMetrics, RequestResult};
+use super::resource::ProxyResource;
+use super::retry::{Attempt, Backoff};
+use super::transport::{ExportError, Transport};
+use crate::span::{SpanQueue, SpanRecord};
+
+/// Starts the exporter.
+pub struct Exporter;
+
+impl Exporter {
+    /// Spawns the background task on the current Tokio runtime. Fails (at startup) when the
+    /// transport cannot be built, e.g. an unreadable CA certificate.
+    pub fn spawn(
+        config: ExportConfig,
+        resource: &ProxyResource,
+        queue: SpanQueue,
+        metrics: ExportMetrics,
+    ) -> Result<ExporterHandle, ExportError> {
+        let transport = Transport::new(&config)?;
+        metrics.attach_queue_drops(queue.dropped_queue_full.clone());
+        let (shutdown_tx, shutdown_rx) = watch::channel(None);
+        let held = Arc::new(AtomicU64::new(0));
+        let task = ExportTask {
+            transport,
+            resource: resource.to_proto(),
+            scope: encode::scope(),
+            queue,
+            batch: config.batch,
+            retry: config.retry,
+            attempt_timeout: config.timeout,
+            metrics: metrics.clone(),
+            shutdown: Shutdown {
+                rx: shutdown_rx,
+                open: true,
+            },
+            held: held.clone(),
+        };
+        tracing::info!(
+            endpoint = %config.endpoint,
+            protocol = config.protocol.as_str(),
+            "span export started"
+        );
+        Ok(ExporterHandle {
+            shutdown: shutdown_tx,
+            task: tokio::spawn(task.run()),
+            held,
+            metrics,
+        })
+    }
+}
+
+/// Controls a running exporter.
+#[derive(Debug)]
+pub struct ExporterHandle {
+    shutdown: watch::Sender<Option<Instant>>,
+    task: JoinHandle<()>,
+    /// Spans taken from the queue and not yet exported or dropped.
+    held: Arc<AtomicU64>,
+    metrics: ExportMetrics,
+}
+
+/// The exporter did not finish flushing within the shutdown deadline.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("span export did not finish within the shutdown deadline; {dropped} spans dropped")]
+pub struct ShutdownTimedOut {
+    pub dropped: u64,
+}
+
+impl ExporterHandle {
+    /// Stops taking spans, exports everything queued or held (retrying within `deadline`), and
+    /// stops. Call after traffic has drained. Spans that cannot be sent in time are counted as
+    /// dropped (`export_failed`).
+    pub async fn shutdown(self, deadline: Duration) -> Result<(), ShutdownTimedOut> {
+        let deadline = Instant::now() + deadline;
+        self.shutdown.send_replace(Some(deadline));
+        let mut task = self.task;
+        // The task honours the deadline itself; the grace period only covers its last steps.
+        let grace = Duration::from_millis(500);
+        match tokio::time::timeout_at(deadline + grace, &mut task).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                // A panic in the task loses what it held; count it rather than hide it.
+                tracing::error!(%error, "span export task failed");
+                let dropped = self.held.swap(0, Ordering::AcqRel);
+                self.metrics.drop_spans(DropReason::ExportFailed, dropped);
+                Ok(())
+            }
+            Err(_) => {
+                task.abort();
+                let dropped = self.held.swap(0, Ordering::AcqRel);
+                self.metrics.drop_spans(DropReason::ExportFailed, dropped);
+                Err(ShutdownTimedOut { dropped })
+            }
+        }
+    }
+}
+
+/// The shutdown signal as the task sees it: `Some(deadline)` once shutdown has begun.
+struct Shutdown {
+    rx: watch::Receiver<Option<Instant>>,
+    /// False once the handle is gone without asking for shutdown.
+    open: bool,
+}
+
+impl Shutdown {
+    fn deadline(&self) -> Option<Instant> {
+        *self.rx.borrow()
+    }
+
+    /// Resolves when shutdown is requested.
+    async fn requested(&mut self) {
+        loop {
+            if self.deadline().is_some() {
+                return;
+            }
+            if !self.open || self.rx.changed().await.is_err() {
+                self.open = false;
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Resolves when the shutdown deadline has passed.
+    async fn expired(&mut self) {
+        self.requested().await;
+        if let Some(deadline) = self.deadline() {
+            sleep_until(deadline).await;
+        }
+    }
+}
+
+struct ExportTask {
+    transport: Transport,
+    resource: Resource,
+    scope: InstrumentationScope,
+    queue: SpanQueue,
+    batch: BatchConfig,
+    retry: RetryPolicy,
+    attempt_timeout: Duration,
+    metrics: ExportMetrics,
+    shutdown: Shutdown,
+    held: Arc<AtomicU64>,
+}
+
+impl ExportTask {
+    async fn run(mut self) {
+        let max = self.batch.max_export_batch_size.max(1);
+        let mut batch: Vec<SpanRecord> = Vec::with_capacity(max);
+        let mut flush_at: Option<Instant> = None;
+        loop {
+            let timer = async {
+                match flush_at {
+                    Some(at) => sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let room = max - batch.len();
+            tokio::select! {
+                biased;
+                () = self.shutdown.requested() => break,
+                () = timer => {
+                    flush_at = None;
+                    self.export(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
+                }
+                received = self.queue.rx.recv_many(&mut batch, room) => {
+                    if received == 0 {
+                        // Every sink is gone: nothing more will come.
+                        self.export(batch).await;
+                        self.metrics.set_queue_depth(0);
+                        return;
+                    }
+                    self.held.fetch_add(received as u64, Ordering::Relaxed);
+                    if batch.len() >= max {
+                        flush_at = None;
+                        self.export(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
+                    } else if flush_at.is_none() {
+                        flush_at = Some(Instant::now() + self.batch.schedule_delay);
+                    }
+                }
+            }
+            self.metrics.set_queue_depth(self.queue.rx.len());
+        }
+
+        // Shutdown: refuse new spans, then flush the partial batch and everything queued.
+        self.queue.rx.close();
+        let mut rest = batch;
+        while self
+            .queue
+            .rx
+            .recv_many(&mut rest, self.batch.max_queue_size.max(1))
+            .await
+            > 0
+        {}
+        self.held.store(rest.len() as u64, Ordering::Relaxed);
+        self.metrics.set_queue_depth(0);
+        tracing::debug!(spans = rest.len(), "flushing spans at shutdown");
+        let mut rest = rest.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<SpanRecord> = rest.by_ref().take(max).collect();
+            self.export(chunk).await;
+        }
+    }
+
+    /// Sends one batch, retrying what the spec calls retryable within the export timeout (and
+    /// the shutdown deadline, once there is one). Every span ends up exported or counted dropped.
+    async fn export(&mut self, spans: Vec<SpanRecord>) {
+        if spans.is_empty() {
+            return;
+        }
+        let count = spans.len() as u64;
+        let request = encode::export_request(&self.resource, &self.scope, spans);
+        let payload = self.transport.prepare(request);
+        let batch_deadline = Instant::now() + self.batch.export_timeout;
+        let mut backoff = Backoff::new(self.retry.clone());
+        let outcome = loop {
+            let deadline = match self.shutdown.deadline() {
+                Some(shutdown) => batch_deadline.min(shutdown),
+                None => batch_deadline,
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break Err("export timeout reached".to_owned());
+            }
+            let started = Instant::now();
+            let attempt = tokio::select! {
+                attempt = self.transport.send(&payload, self.attempt_timeout.min(remaining)) => attempt,
+                () = self.shutdown.expired() => break Err("shutdown deadline reached".to_owned()),
+            };
+            let elapsed = started.elapsed();
+            self.metrics.set_queue_depth(self.queue.rx.len());
+            match attempt {
+                Attempt::Accepted { rejected, message } => {
+                    let rejected = rejected.min(count);
+                    let result = if rejected > 0 || !message.is_empty() {
+                        RequestResult::PartialSuccess
+                    } else {
+                        RequestResult::Success
+                    };
+                    self.metrics.request(result, elapsed);
+                    if result == RequestResult::PartialSuccess {
+                        tracing::warn!(rejected, %message, "collector rejected spans");
+                    }
+                    break Ok(rejected);
+                }
+                Attempt::Failed { reason } => {
+                    self.metrics.request(RequestResult::Error, elapsed);
+                    break Err(reason);
+                }
+                Attempt::Retryable { after, reason } => {
+                    self.metrics.request(RequestResult::RetryableError, elapsed);
+                    let delay = after.unwrap_or_else(|| backoff.next_delay());
+                    let wake = Instant::now() + delay;
+                    if wake >= deadline {
+                        break Err(format!(
+                            "{reason}; retry in {delay:?} would pass the export timeout"
+                        ));
+                    }
+                    tracing::debug!(%reason, ?delay, "export failed; retrying");
+                    tokio::select! {
+                        () = sleep_until(wake) => {}
+                        () = self.shutdown.expired() => break Err(format!("{reason}; shutdown deadline reached")),
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(rejected) => {
+                self.metrics.exported(count - rejected);
+                self.metrics.drop_spans(DropReason::Rejected, rejected);
+            }
+            Err(reason) => {
+                tracing::warn!(spans = count, %reason, "span export failed; spans dropped");
+                self.metrics.drop_spans(DropReason::ExportFailed, count);
+            }
+        }
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(count))
+            });
+    }
+}
