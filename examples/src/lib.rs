@@ -1,1 +1,3 @@
-//! placeholder
+//! Sample services, the local mesh demo and `meshtrace-viewer`, the built-in trace UI.
+
+pub mod viewer;
