@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use super::http::{respond, text, HttpResponse};
 use super::store::{TraceId, TraceQuery, TraceStore};
+use crate::http_server::{respond, text, HttpResponse};
 
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");

@@ -4,7 +4,6 @@
 
 pub mod api;
 pub mod convert;
-pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod otlp_grpc;
@@ -19,6 +18,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
+
+use crate::http_server;
 
 use self::api::UiState;
 use self::ingest::Ingest;
@@ -178,7 +179,7 @@ impl Viewer {
                     let _ = grpc_stop.wait_for(|stop| *stop).await;
                 }),
         );
-        let otlp_http = tokio::spawn(http::serve(
+        let otlp_http = tokio::spawn(http_server::serve(
             self.http_listener,
             move |request| otlp_http::handle(ingest.clone(), request),
             stop_rx.clone(),
@@ -187,7 +188,7 @@ impl Viewer {
             store: self.store,
             registry: self.registry,
         });
-        let ui = tokio::spawn(http::serve(
+        let ui = tokio::spawn(http_server::serve(
             self.ui_listener,
             move |request| api::handle(ui_state.clone(), request),
             stop_rx,

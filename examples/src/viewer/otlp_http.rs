@@ -11,10 +11,10 @@ use hyper::body::Incoming;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
-use super::http::{respond, text, HttpResponse};
 use super::ingest::Ingest;
 use super::metrics::Protocol;
 use super::MAX_REQUEST_BYTES;
+use crate::http_server::{respond, text, HttpResponse};
 
 pub const TRACES_PATH: &str = "/v1/traces";
 

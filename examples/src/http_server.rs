@@ -1,5 +1,6 @@
-//! A small hyper accept loop shared by the OTLP/HTTP receiver and the UI server: HTTP/1 and
-//! HTTP/2, each connection on its own task, drained (with a deadline) on shutdown.
+//! A small hyper accept loop shared by the viewer (OTLP/HTTP receiver, UI) and the sample
+//! services: HTTP/1 and HTTP/2, each connection on its own task, drained (with a deadline) on
+//! shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
