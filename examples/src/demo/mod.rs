@@ -145,6 +145,25 @@ fn build(release: bool) -> Result<(), DemoError> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     println!("==> building meshtrace-proxy, sample-service and meshtrace-viewer");
     let mut command = std::process::Command::new(cargo);
+    // `cargo run` gives this program the package's CARGO_PKG_*/CARGO_MANIFEST_* variables; some
+    // build scripts (ring) fingerprint those, so passing them on would make this build and the
+    // next `cargo run` invalidate each other.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let from_cargo_run = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+            || key == "CARGO_PRIMARY_PACKAGE"
+            || key == "CARGO_RUSTC_CURRENT_DIR";
+        if from_cargo_run {
+            command.env_remove(key.as_ref());
+        }
+    }
     command
         .arg("build")
         .arg("--manifest-path")
