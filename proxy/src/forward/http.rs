@@ -129,8 +129,8 @@ where
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let meta = request.extensions().get::<Arc<ConnMeta>>().cloned();
         let transparent_dst = meta.as_ref().and_then(|meta| meta.orig_dst);
-        let target = match transparent_dst {
-            Some(dst) => dst,
+        let targets = match transparent_dst {
+            Some(dst) => vec![dst],
             None => {
                 let authority = explicit_destination(&mut request)?;
                 let port = authority.port_u16().unwrap_or(80);
@@ -142,13 +142,16 @@ where
             .map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |meta| {
                 meta.local_addr
             });
-        if is_own_listener(target, &self.settings.own_listeners, conn_local) {
-            return Err(ForwardError::Loop(target));
+        if let Some(own) = targets
+            .iter()
+            .find(|target| is_own_listener(**target, &self.settings.own_listeners, conn_local))
+        {
+            return Err(ForwardError::Loop(*own));
         }
 
         let is_connect = request.method() == Method::CONNECT;
         if is_connect && transparent_dst.is_none() {
-            return self.open_connect_tunnel(request, target).await;
+            return self.open_connect_tunnel(request, &targets).await;
         }
 
         let upgrade = is_upgrade(request.headers());
@@ -157,12 +160,12 @@ where
 
         let send = async {
             if request.version() == Version::HTTP_2 {
-                self.pool.send_h2(target, request).await
+                self.pool.send_h2(&targets, request).await
             } else {
-                self.pool.send_http1(target, request).await
+                self.pool.send_http1(&targets, request).await
             }
         };
-        let mut response = match self.settings.response_timeout {
+        let (target, mut response) = match self.settings.response_timeout {
             Some(limit) => tokio::time::timeout(limit, send)
                 .await
                 .map_err(|_| ForwardError::ResponseTimeout(limit))??,
@@ -189,9 +192,11 @@ where
     async fn open_connect_tunnel(
         &self,
         mut request: Request<B>,
-        target: SocketAddr,
+        targets: &[SocketAddr],
     ) -> Result<Response<UpstreamBody>, ForwardError> {
-        let upstream = connect(target, self.settings.connect_timeout).await?;
+        let timeout = self.settings.connect_timeout;
+        let (target, upstream) =
+            super::pool::first_connected(targets, |addr| connect(addr, timeout)).await?;
         let client_upgrade = hyper::upgrade::on(&mut request);
         self.spawn_tunnel(async move { Ok((TokioIo::new(client_upgrade.await?), upstream)) });
         let mut response = Response::new(Either::Right(Empty::new()));

@@ -51,6 +51,29 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Tries the addresses in order (e.g. `::1` then `127.0.0.1` for `localhost`) and returns the
+/// first connection made, or the last error.
+pub(crate) async fn first_connected<T, F, Fut>(
+    addrs: &[SocketAddr],
+    mut connect: F,
+) -> Result<(SocketAddr, T), ForwardError>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ForwardError>>,
+{
+    let mut last_error = ForwardError::NoDestination;
+    for &addr in addrs {
+        match connect(addr).await {
+            Ok(connected) => return Ok((addr, connected)),
+            Err(error) => {
+                tracing::debug!(%addr, %error, "connect failed");
+                last_error = error;
+            }
+        }
+    }
+    Err(last_error)
+}
+
 impl<B> Pool<B>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -83,57 +106,65 @@ where
         pool
     }
 
-    /// Sends an HTTP/1 request over an idle pooled connection, or a new one. A pooled
-    /// connection that turns out to be closed gives the request back unsent, and the next one
-    /// is tried.
+    /// Sends an HTTP/1 request over an idle pooled connection to one of `addrs`, or a new
+    /// connection to the first of them that accepts. A pooled connection that turns out to be
+    /// closed gives the request back unsent, and the next one is tried. Returns the address
+    /// used with the response.
     pub async fn send_http1(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         mut request: Request<B>,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        while let Some(mut sender) = self.take_idle_http1(addr) {
-            let response = sender.try_send_request(request);
-            self.return_when_idle(addr, sender);
-            match response.await {
-                Ok(response) => return Ok(response),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => {
-                        tracing::debug!(%addr, error = %error.error(), "pooled connection unusable; retrying");
-                        request = unsent;
-                    }
-                    None => return Err(ForwardError::upstream(error.into_error())),
-                },
+    ) -> Result<(SocketAddr, Response<Incoming>), ForwardError> {
+        for &addr in addrs {
+            while let Some(mut sender) = self.take_idle_http1(addr) {
+                let response = sender.try_send_request(request);
+                self.return_when_idle(addr, sender);
+                match response.await {
+                    Ok(response) => return Ok((addr, response)),
+                    Err(mut error) => match error.take_message() {
+                        Some(unsent) => {
+                            tracing::debug!(%addr, error = %error.error(), "pooled connection unusable; retrying");
+                            request = unsent;
+                        }
+                        None => return Err(ForwardError::upstream(error.into_error())),
+                    },
+                }
             }
         }
-        let mut sender = self.connect_http1(addr).await?;
+        let (addr, mut sender) = first_connected(addrs, |addr| self.connect_http1(addr)).await?;
         let response = sender.send_request(request);
         self.return_when_idle(addr, sender);
-        response.await.map_err(ForwardError::upstream)
+        let response = response.await.map_err(ForwardError::upstream)?;
+        Ok((addr, response))
     }
 
-    /// Sends an HTTP/2 request, sharing one connection per destination.
+    /// Sends an HTTP/2 request, sharing one connection per destination address.
     pub async fn send_h2(
         &self,
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         request: Request<B>,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        let cached = lock(&self.h2)
-            .get(&addr)
-            .filter(|s| !s.is_closed())
-            .cloned();
-        let mut sender = match cached {
-            Some(sender) => sender,
+    ) -> Result<(SocketAddr, Response<Incoming>), ForwardError> {
+        let cached = {
+            let h2 = lock(&self.h2);
+            addrs.iter().find_map(|addr| {
+                let sender = h2.get(addr).filter(|s| !s.is_closed())?;
+                Some((*addr, sender.clone()))
+            })
+        };
+        let (addr, mut sender) = match cached {
+            Some(cached) => cached,
             None => {
-                let sender = self.connect_h2(addr).await?;
+                let (addr, sender) = first_connected(addrs, |addr| self.connect_h2(addr)).await?;
                 lock(&self.h2).insert(addr, sender.clone());
-                sender
+                (addr, sender)
             }
         };
         sender.ready().await.map_err(ForwardError::upstream)?;
-        sender
+        let response = sender
             .send_request(request)
             .await
-            .map_err(ForwardError::upstream)
+            .map_err(ForwardError::upstream)?;
+        Ok((addr, response))
     }
 
     /// Drops idle HTTP/1 connections older than the idle timeout and closed HTTP/2 ones.

@@ -49,14 +49,15 @@ impl Resolver {
         }
     }
 
-    /// Resolves `host` (a name, an IPv4 literal or a bracketed IPv6 literal) to one address.
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, ForwardError> {
+    /// Resolves `host` (a name, an IPv4 literal or a bracketed IPv6 literal) to its addresses,
+    /// in the resolver's order (never empty).
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ForwardError> {
         let literal = host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
         if let Ok(ip) = literal.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, port));
+            return Ok(vec![SocketAddr::new(ip, port)]);
         }
         let Some(resolver) = &self.inner else {
             return Err(ForwardError::Dns {
@@ -71,14 +72,14 @@ impl Resolver {
                 host: host.to_string(),
                 reason: error.to_string(),
             })?;
-        lookup
-            .iter()
-            .next()
-            .map(|ip| SocketAddr::new(ip, port))
-            .ok_or_else(|| ForwardError::Dns {
+        let addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+        if addrs.is_empty() {
+            return Err(ForwardError::Dns {
                 host: host.to_string(),
                 reason: "no addresses".to_string(),
-            })
+            });
+        }
+        Ok(addrs)
     }
 }
 
@@ -91,14 +92,18 @@ mod tests {
         let resolver = Resolver::from_system();
         assert_eq!(
             resolver.resolve("10.0.0.1", 80).await.unwrap(),
-            "10.0.0.1:80".parse().unwrap()
+            ["10.0.0.1:80".parse().unwrap()]
         );
         assert_eq!(
             resolver.resolve("[::1]", 8080).await.unwrap(),
-            "[::1]:8080".parse().unwrap()
+            ["[::1]:8080".parse().unwrap()]
         );
         let localhost = resolver.resolve("localhost", 81).await.unwrap();
-        assert!(localhost.ip().is_loopback());
-        assert_eq!(localhost.port(), 81);
+        assert!(localhost
+            .iter()
+            .any(|addr| addr.ip() == std::net::Ipv4Addr::LOCALHOST));
+        assert!(localhost
+            .iter()
+            .all(|addr| addr.ip().is_loopback() && addr.port() == 81));
     }
 }
