@@ -30,6 +30,9 @@ struct IdleHttp1<B> {
 pub struct Pool<B> {
     http1_idle: Mutex<HashMap<SocketAddr, Vec<IdleHttp1<B>>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<B>>>,
+    /// Serialises HTTP/2 connection attempts per destination, so that a burst of first
+    /// requests shares one connection instead of racing to open one each.
+    h2_connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -85,6 +88,7 @@ where
         let pool = Arc::new(Pool {
             http1_idle: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
+            h2_connecting: Mutex::new(HashMap::new()),
             connect_timeout,
             idle_timeout,
         });
@@ -144,19 +148,23 @@ where
         addrs: &[SocketAddr],
         request: Request<B>,
     ) -> Result<(SocketAddr, Response<Incoming>), ForwardError> {
-        let cached = {
-            let h2 = lock(&self.h2);
-            addrs.iter().find_map(|addr| {
-                let sender = h2.get(addr).filter(|s| !s.is_closed())?;
-                Some((*addr, sender.clone()))
-            })
-        };
-        let (addr, mut sender) = match cached {
+        let (addr, mut sender) = match self.cached_h2(addrs) {
             Some(cached) => cached,
             None => {
-                let (addr, sender) = first_connected(addrs, |addr| self.connect_h2(addr)).await?;
-                lock(&self.h2).insert(addr, sender.clone());
-                (addr, sender)
+                let Some(key) = addrs.first() else {
+                    return Err(ForwardError::NoDestination);
+                };
+                let gate = lock(&self.h2_connecting).entry(*key).or_default().clone();
+                let _connecting = gate.lock().await;
+                match self.cached_h2(addrs) {
+                    Some(cached) => cached,
+                    None => {
+                        let (addr, sender) =
+                            first_connected(addrs, |addr| self.connect_h2(addr)).await?;
+                        lock(&self.h2).insert(addr, sender.clone());
+                        (addr, sender)
+                    }
+                }
             }
         };
         sender.ready().await.map_err(ForwardError::upstream)?;
@@ -165,6 +173,14 @@ where
             .await
             .map_err(ForwardError::upstream)?;
         Ok((addr, response))
+    }
+
+    fn cached_h2(&self, addrs: &[SocketAddr]) -> Option<(SocketAddr, http2::SendRequest<B>)> {
+        let h2 = lock(&self.h2);
+        addrs.iter().find_map(|addr| {
+            let sender = h2.get(addr).filter(|s| !s.is_closed())?;
+            Some((*addr, sender.clone()))
+        })
     }
 
     /// Drops idle HTTP/1 connections older than the idle timeout and closed HTTP/2 ones.
@@ -177,6 +193,7 @@ where
             !idle.is_empty()
         });
         lock(&self.h2).retain(|_, sender| !sender.is_closed());
+        lock(&self.h2_connecting).retain(|_, gate| Arc::strong_count(gate) > 1);
     }
 
     /// Number of idle pooled HTTP/1 connections (for tests and debugging).
