@@ -31,7 +31,10 @@ async fn h2_streams_with_trailers_are_multiplexed_over_one_upstream_connection()
             let mut trailers = HeaderMap::new();
             trailers.insert("x-sum", HeaderValue::from(i));
             let body = body_from_chunks(
-                vec![Bytes::from(format!("part one {i}, ")), Bytes::from("part two")],
+                vec![
+                    Bytes::from(format!("part one {i}, ")),
+                    Bytes::from("part two"),
+                ],
                 Some(trailers),
             );
             let request = Request::post(format!("http://app.test/echo?i={i}"))

@@ -15,7 +15,11 @@ use meshtrace_tests::client::{exchange, RawClient, RawResponse};
 use meshtrace_tests::upstream::{HttpUpstream, PATIENCE};
 
 async fn admin_get(admin: SocketAddr, path: &str) -> RawResponse {
-    exchange(admin, format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes()).await
+    exchange(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
+    )
+    .await
 }
 
 /// Polls until `check` holds (the proxy offers no event to await from outside).
@@ -80,7 +84,9 @@ async fn metrics_count_requests_connections_and_bytes() {
     }
     let received: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix(r#"meshtrace_proxy_bytes_total{direction="inbound",flow="received"} "#))
+        .find_map(|l| {
+            l.strip_prefix(r#"meshtrace_proxy_bytes_total{direction="inbound",flow="received"} "#)
+        })
         .and_then(|v| v.parse().ok())
         .expect("bytes received");
     assert_eq!(received, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".len() as u64);
@@ -142,7 +148,10 @@ async fn graceful_shutdown_lets_in_flight_http1_requests_finish() {
         assert_eq!(response.body, b"gate opened");
         assert!(client.is_closed_by_peer().await);
     }
-    let outcome = tokio::time::timeout(PATIENCE, drained).await.unwrap().unwrap();
+    let outcome = tokio::time::timeout(PATIENCE, drained)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome, DrainOutcome::Complete);
 }
 
@@ -184,7 +193,10 @@ async fn graceful_shutdown_lets_in_flight_h2_streams_finish() {
         .unwrap()
         .unwrap()
         .unwrap();
-    let outcome = tokio::time::timeout(PATIENCE, drained).await.unwrap().unwrap();
+    let outcome = tokio::time::timeout(PATIENCE, drained)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome, DrainOutcome::Complete);
 }
 

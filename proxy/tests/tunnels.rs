@@ -19,9 +19,15 @@ async fn websocket_echo_through(proxy_addr: std::net::SocketAddr, url: String) {
     let (mut socket, response) = tokio_tungstenite::client_async(url, stream).await.unwrap();
     assert_eq!(response.status(), 101);
     for i in 0..10 {
-        socket.send(Message::text(format!("message {i}"))).await.unwrap();
+        socket
+            .send(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
         let echoed = tokio::time::timeout(PATIENCE, socket.next()).await.unwrap();
-        assert_eq!(echoed.unwrap().unwrap(), Message::text(format!("message {i}")));
+        assert_eq!(
+            echoed.unwrap().unwrap(),
+            Message::text(format!("message {i}"))
+        );
     }
     let big = vec![7u8; 1 << 20];
     socket.send(Message::binary(big.clone())).await.unwrap();
