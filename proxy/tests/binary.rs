@@ -134,6 +134,7 @@ async fn gigabyte_upload_and_download_stream_in_bounded_memory() {
     .expect("transfers finished");
 
     let peak = proxy.peak_rss_kib();
+    eprintln!("proxy peak RSS after streaming 2 GiB: {peak} KiB");
     assert!(
         peak < RSS_LIMIT_KIB,
         "proxy peak RSS {peak} KiB after streaming 2 GiB"
