@@ -1,1 +1,109 @@
-fn main() {}
+//! `meshtrace-proxy`: a thin shell over [`meshtrace_proxy::app`].
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use meshtrace_proxy::app::Proxy;
+use meshtrace_proxy::config::{Config, LogFormat};
+use meshtrace_proxy::init::{self, InitArgs};
+
+/// meshtrace sidecar proxy: forwards a pod's inbound and outbound traffic unchanged and traces
+/// every HTTP hop.
+///
+/// Every flag can also be set through the environment variable shown with it.
+#[derive(Parser)]
+#[command(
+    name = "meshtrace-proxy",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    run: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default when no subcommand is given).
+    Run(Box<Config>),
+    /// Program the pod's iptables rules that redirect traffic to the proxy (init container).
+    Init(InitArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Init(args)) => match init::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("meshtrace-proxy init: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Run(config)) => run(*config),
+        None => run(cli.run),
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    if let Err(error) = init_logging(&config) {
+        eprintln!("meshtrace-proxy: invalid MESHTRACE_LOG: {error}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("meshtrace-proxy: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let bound = match Proxy::new(config).bind().await {
+            Ok(bound) => bound,
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        // Drained or not, a requested shutdown is a clean exit.
+        bound.run(termination_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging(config: &Config) -> Result<(), tracing_subscriber::filter::ParseError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// SIGTERM (kubelet) or SIGINT (Ctrl-C).
+async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(%error, "cannot listen for termination signals; use POST /shutdown");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,358 @@
+//! Wires the proxy together: binds the listeners, builds one pipeline per direction, serves the
+//! admin endpoints, and runs until shutdown has drained every connection.
+//!
+//! Split into [`Proxy::bind`] and [`BoundProxy::run`] so that callers (main, tests, later the
+//! exporter) can learn the bound addresses and start things before traffic flows, and decide
+//! what happens after the drain (e.g. flush spans) once `run` returns.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, PortSet};
+use crate::detect::{self, PrefixedIo, Protocol};
+use crate::forward::{self, http::WithConnMeta, resolve::Resolver, HttpStack, StackParams};
+use crate::listen;
+use crate::meta::{ConnMeta, Direction};
+use crate::metrics::{DirectionMetrics, ProxyMetrics};
+use crate::shutdown::{self, DrainOutcome, Drained, Trigger, Watch};
+use crate::span::SpanSink;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot bind the {name} listener on {addr}: {source}")]
+    Bind {
+        name: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("cannot resolve MESHTRACE_INBOUND_TARGET {target:?}: {reason}")]
+    InboundTarget { target: String, reason: String },
+}
+
+/// A proxy that is configured but not yet bound.
+pub struct Proxy {
+    config: Config,
+    registry: Registry,
+    spans: SpanSink,
+}
+
+impl Proxy {
+    pub fn new(config: Config) -> Self {
+        Proxy {
+            config,
+            registry: Registry::default(),
+            spans: SpanSink::disabled(),
+        }
+    }
+
+    /// The registry served at `/metrics`; other parts register their families here before
+    /// [`Proxy::bind`].
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Where the trace layers send finished spans (disabled by default).
+    pub fn with_span_sink(mut self, spans: SpanSink) -> Self {
+        self.spans = spans;
+        self
+    }
+
+    /// Binds the admin listener (and starts serving it: `/ready` answers 503 until
+    /// [`BoundProxy::run`]), then the inbound and outbound listeners.
+    pub async fn bind(self) -> Result<BoundProxy, AppError> {
+        let Proxy {
+            config,
+            mut registry,
+            spans,
+        } = self;
+        let metrics = ProxyMetrics::register(&mut registry);
+
+        let bind = |name: &'static str, addr: SocketAddr| async move {
+            listen::bind(addr)
+                .await
+                .and_then(|listener| listener.local_addr().map(|local| (listener, local)))
+                .map_err(|source| AppError::Bind { name, addr, source })
+        };
+        let (admin_listener, admin_addr) = bind("admin", config.admin_addr).await?;
+
+        let (trigger, watch, drained) = shutdown::channel();
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_stop = CancellationToken::new();
+        let admin_state = AdminState {
+            registry: Arc::new(registry),
+            ready: ready.clone(),
+            shutdown: trigger.clone(),
+        };
+        tokio::spawn(admin::serve(
+            admin_listener,
+            admin_state,
+            admin_stop.clone().cancelled_owned(),
+        ));
+        let admin_guard = admin_stop.drop_guard();
+
+        let (inbound_listener, inbound_addr) = bind("inbound", config.inbound_addr).await?;
+        let (outbound_listener, outbound_addr) = bind("outbound", config.outbound_addr).await?;
+        let own_listeners = vec![inbound_addr, outbound_addr, admin_addr];
+
+        let inbound_target = match &config.inbound_target {
+            Some(target) => Some(resolve_once(target).await?),
+            None => None,
+        };
+
+        let resolver = Resolver::from_system();
+        let direction = |direction: Direction, fixed_target: Option<SocketAddr>| {
+            let metrics = metrics.direction(direction);
+            let settings = config.direction(direction);
+            let stack = forward::http_stack(&StackParams {
+                direction,
+                settings,
+                own_listeners: own_listeners.clone(),
+                metrics: metrics.clone(),
+                resolver: resolver.clone(),
+                tunnels: watch.downgrade(),
+                spans: spans.clone(),
+                trace: config.trace.clone(),
+            });
+            Arc::new(DirectionContext {
+                direction,
+                own_listeners: own_listeners.clone(),
+                fixed_target,
+                detect_timeout: config.detect_timeout,
+                opaque_ports: config.opaque_ports.clone(),
+                connect_timeout: settings.connect_timeout,
+                metrics,
+                stack,
+            })
+        };
+        let inbound = direction(Direction::Inbound, inbound_target);
+        let outbound = direction(Direction::Outbound, None);
+
+        tracing::info!(%inbound_addr, %outbound_addr, %admin_addr, "listeners bound");
+        Ok(BoundProxy {
+            inbound: (inbound_listener, inbound),
+            outbound: (outbound_listener, outbound),
+            inbound_addr,
+            outbound_addr,
+            admin_addr,
+            ready,
+            trigger,
+            watch,
+            drained,
+            shutdown_grace: config.shutdown_grace,
+            _admin: admin_guard,
+        })
+    }
+}
+
+async fn resolve_once(target: &str) -> Result<SocketAddr, AppError> {
+    let error = |reason: String| AppError::InboundTarget {
+        target: target.to_string(),
+        reason,
+    };
+    tokio::net::lookup_host(target)
+        .await
+        .map_err(|e| error(e.to_string()))?
+        .next()
+        .ok_or_else(|| error("no addresses".to_string()))
+}
+
+/// A proxy whose sockets are bound; [`BoundProxy::run`] starts accepting.
+pub struct BoundProxy {
+    inbound: (TcpListener, Arc<DirectionContext>),
+    outbound: (TcpListener, Arc<DirectionContext>),
+    inbound_addr: SocketAddr,
+    outbound_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    trigger: Trigger,
+    watch: Watch,
+    drained: Drained,
+    shutdown_grace: Duration,
+    /// Stops the admin server when the proxy is done (or dropped without running).
+    _admin: DropGuard,
+}
+
+impl BoundProxy {
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.inbound_addr
+    }
+
+    pub fn outbound_addr(&self) -> SocketAddr {
+        self.outbound_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Starts a graceful shutdown from anywhere (tests, other tasks); same as `POST /shutdown`.
+    pub fn shutdown_trigger(&self) -> Trigger {
+        self.trigger.clone()
+    }
+
+    /// Accepts connections until `signal` resolves or shutdown is triggered, then stops
+    /// accepting, lets in-flight requests and tunnels finish, and returns once drained or after
+    /// the grace period.
+    pub async fn run(self, signal: impl Future<Output = ()>) -> DrainOutcome {
+        let BoundProxy {
+            inbound,
+            outbound,
+            ready,
+            trigger,
+            watch,
+            drained,
+            shutdown_grace,
+            _admin,
+            ..
+        } = self;
+        for (listener, context) in [inbound, outbound] {
+            tokio::spawn(accept_loop(listener, context, watch.clone()));
+        }
+        ready.store(true, Ordering::Release);
+        tracing::info!("proxy ready");
+
+        tokio::select! {
+            _ = signal => trigger.trigger(),
+            _ = trigger.triggered() => {}
+        }
+        ready.store(false, Ordering::Release);
+        tracing::info!(grace = ?shutdown_grace, "shutting down: draining connections");
+        drop(watch);
+        let outcome = drained.wait(shutdown_grace).await;
+        match outcome {
+            DrainOutcome::Complete => tracing::info!("drained"),
+            DrainOutcome::GraceExpired => {
+                tracing::warn!("shutdown grace period expired with connections still open")
+            }
+        }
+        outcome
+    }
+}
+
+/// One direction's per-connection settings and its HTTP stack.
+struct DirectionContext {
+    direction: Direction,
+    own_listeners: Vec<SocketAddr>,
+    /// Inbound `MESHTRACE_INBOUND_TARGET`: overrides the original destination.
+    fixed_target: Option<SocketAddr>,
+    detect_timeout: Duration,
+    opaque_ports: PortSet,
+    connect_timeout: Duration,
+    metrics: DirectionMetrics,
+    stack: HttpStack,
+}
+
+async fn accept_loop(listener: TcpListener, context: Arc<DirectionContext>, watch: Watch) {
+    let signaled = watch.signaled();
+    tokio::pin!(signaled);
+    loop {
+        tokio::select! {
+            _ = &mut signaled => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, client)) => {
+                    let context = context.clone();
+                    let watch = watch.clone();
+                    tokio::spawn(async move {
+                        handle_connection(&context, stream, client, &watch).await;
+                        drop(watch);
+                    });
+                }
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(direction = context.direction.as_str(), %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    tracing::debug!(direction = context.direction.as_str(), "stopped accepting");
+}
+
+async fn handle_connection(
+    context: &DirectionContext,
+    stream: TcpStream,
+    client_addr: SocketAddr,
+    watch: &Watch,
+) {
+    let direction = context.direction.as_str();
+    let _open = context.metrics.open_connection();
+    let Ok(local_addr) = stream.local_addr() else {
+        return;
+    };
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+    let orig_dst = context
+        .fixed_target
+        .or_else(|| listen::original_dst(&stream));
+    if context.direction == Direction::Inbound && orig_dst.is_none() {
+        tracing::warn!(
+            %client_addr,
+            "inbound connection without an original destination and no MESHTRACE_INBOUND_TARGET; closing"
+        );
+        return;
+    }
+    if let Some(dst) = orig_dst {
+        if listen::is_own_listener(dst, &context.own_listeners, local_addr) {
+            tracing::warn!(%client_addr, %dst, direction, "destination is this proxy; closing to avoid a loop");
+            return;
+        }
+    }
+
+    let mut io = context.metrics.count_bytes(stream);
+    let (protocol, prefix) =
+        if orig_dst.is_some_and(|dst| context.opaque_ports.contains(dst.port())) {
+            (Protocol::Opaque, bytes::Bytes::new())
+        } else {
+            tokio::select! {
+                detected = detect::detect(&mut io, context.detect_timeout) => match detected {
+                    Ok(detected) => detected,
+                    Err(error) => {
+                        tracing::debug!(%client_addr, %error, "connection failed during detection");
+                        return;
+                    }
+                },
+                _ = watch.signaled() => return,
+            }
+        };
+    context.metrics.connection_detected(protocol);
+    tracing::debug!(%client_addr, ?orig_dst, direction, protocol = protocol.as_str(), "accepted");
+    let io = PrefixedIo::new(prefix, io);
+
+    match protocol {
+        Protocol::Opaque => {
+            let Some(target) = orig_dst else {
+                tracing::info!(%client_addr, "explicit-mode connection is not HTTP; closing");
+                return;
+            };
+            match forward::tcp::forward(io, target, context.connect_timeout).await {
+                Ok((sent, received)) => {
+                    tracing::debug!(%client_addr, %target, sent, received, "opaque connection closed")
+                }
+                Err(error) => {
+                    tracing::info!(%client_addr, %target, %error, "opaque forwarding failed")
+                }
+            }
+        }
+        Protocol::Http1 | Protocol::H2 => {
+            let meta = Arc::new(ConnMeta {
+                direction: context.direction,
+                client_addr,
+                local_addr,
+                orig_dst,
+            });
+            let service = WithConnMeta::new(context.stack.clone(), meta);
+            forward::http::serve_connection(protocol, io, service, watch).await;
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Run configuration: `MESHTRACE_*` environment variables mirrored by command-line flags.
+//!
+//! Parsing is pure (no I/O) so that every knob and its default is unit-tested here; `app` only
+//! ever sees the typed [`Config`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::export::ExportArgs;
+use crate::meta::Direction;
+use crate::trace::TraceArgs;
+
+/// Ports that skip protocol detection by default: server-speaks-first protocols (SMTP, MySQL,
+/// Galera, PostgreSQL, Redis, Elasticsearch transport, memcached), as in Linkerd.
+pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
+
+/// Everything `meshtrace-proxy run` can be told.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Address of the inbound listener (traffic from other pods to the local application,
+    /// redirected here by iptables).
+    #[arg(long, env = "MESHTRACE_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
+    pub inbound_addr: SocketAddr,
+
+    /// Address of the outbound listener (traffic from the local application, redirected here by
+    /// iptables, or sent here explicitly with `http_proxy=http://127.0.0.1:4140`).
+    #[arg(
+        long,
+        env = "MESHTRACE_OUTBOUND_ADDR",
+        default_value = "127.0.0.1:4140"
+    )]
+    pub outbound_addr: SocketAddr,
+
+    /// Address of the admin server (/live, /ready, /metrics, /shutdown).
+    #[arg(long, env = "MESHTRACE_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
+    pub admin_addr: SocketAddr,
+
+    /// Fixed `host:port` every inbound connection is forwarded to, instead of its original
+    /// destination (for running without iptables). Resolved once at startup.
+    #[arg(long, env = "MESHTRACE_INBOUND_TARGET", value_name = "HOST:PORT")]
+    pub inbound_target: Option<String>,
+
+    /// How long to wait for a client's first bytes before treating the connection as opaque TCP
+    /// (e.g. `10s`, `500ms`).
+    #[arg(long, env = "MESHTRACE_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+
+    /// Destination ports forwarded as opaque TCP without protocol detection, for
+    /// server-speaks-first protocols: a comma-separated list of ports and ranges
+    /// (`25,3306,8000-8100`); empty for none.
+    #[arg(long, env = "MESHTRACE_OPAQUE_PORTS", default_value = DEFAULT_OPAQUE_PORTS)]
+    pub opaque_ports: PortSet,
+
+    /// Inbound: how long to wait for a TCP connection to the local application.
+    #[arg(long, env = "MESHTRACE_INBOUND_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub inbound_connect_timeout: Duration,
+
+    /// Outbound: how long to wait for a TCP connection to the destination.
+    #[arg(long, env = "MESHTRACE_OUTBOUND_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub outbound_connect_timeout: Duration,
+
+    /// Inbound: how long to wait for the application's response headers before answering 504;
+    /// `0` waits forever.
+    #[arg(long, env = "MESHTRACE_INBOUND_RESPONSE_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    pub inbound_response_timeout: Duration,
+
+    /// Outbound: how long to wait for the destination's response headers before answering 504;
+    /// `0` waits forever.
+    #[arg(long, env = "MESHTRACE_OUTBOUND_RESPONSE_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    pub outbound_response_timeout: Duration,
+
+    /// Inbound: how long an idle keep-alive connection to the application stays pooled.
+    #[arg(long, env = "MESHTRACE_INBOUND_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub inbound_idle_timeout: Duration,
+
+    /// Outbound: how long an idle keep-alive connection to a destination stays pooled.
+    #[arg(long, env = "MESHTRACE_OUTBOUND_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub outbound_idle_timeout: Duration,
+
+    /// After SIGTERM/SIGINT or POST /shutdown: how long in-flight requests and tunnels may take
+    /// to finish before the proxy exits anyway.
+    #[arg(long, env = "MESHTRACE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log filter, in `tracing-subscriber` `EnvFilter` syntax (`info`, `meshtrace_proxy=debug`).
+    #[arg(long, env = "MESHTRACE_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = "MESHTRACE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The settings that differ between the two directions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectionConfig {
+    pub connect_timeout: Duration,
+    /// `None`: wait forever.
+    pub response_timeout: Option<Duration>,
+    pub idle_timeout: Duration,
+}
+
+impl Default for Config {
+    /// The documented defaults, i.e. what an empty command line and environment give.
+    fn default() -> Self {
+        Config {
+            inbound_addr: SocketAddr::from(([0, 0, 0, 0], 4143)),
+            outbound_addr: SocketAddr::from(([127, 0, 0, 1], 4140)),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], 4191)),
+            inbound_target: None,
+            detect_timeout: Duration::from_secs(10),
+            opaque_ports: DEFAULT_OPAQUE_PORTS
+                .parse()
+                .unwrap_or_else(|_| PortSet::default()),
+            inbound_connect_timeout: Duration::from_secs(1),
+            outbound_connect_timeout: Duration::from_secs(3),
+            inbound_response_timeout: Duration::ZERO,
+            outbound_response_timeout: Duration::ZERO,
+            inbound_idle_timeout: Duration::from_secs(60),
+            outbound_idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+            log: "info".to_string(),
+            log_format: LogFormat::Plain,
+            trace: TraceArgs::default(),
+            export: ExportArgs::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Listeners on 127.0.0.1 port 0 (the OS picks free ports), for tests and embedding.
+    pub fn loopback_ephemeral() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            inbound_addr: any,
+            outbound_addr: any,
+            admin_addr: any,
+            ..Config::default()
+        }
+    }
+
+    pub fn direction(&self, direction: Direction) -> DirectionConfig {
+        let (connect, response, idle) = match direction {
+            Direction::Inbound => (
+                self.inbound_connect_timeout,
+                self.inbound_response_timeout,
+                self.inbound_idle_timeout,
+            ),
+            Direction::Outbound => (
+                self.outbound_connect_timeout,
+                self.outbound_response_timeout,
+                self.outbound_idle_timeout,
+            ),
+        };
+        DirectionConfig {
+            connect_timeout: connect,
+            response_timeout: (!response.is_zero()).then_some(response),
+            idle_timeout: idle,
+        }
+    }
+}
+
+/// A configuration value that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error(
+        "invalid duration {0:?}: expected a number with an optional unit (ms, s, m, h), e.g. 10s"
+    )]
+    Duration(String),
+    #[error("invalid port or port range {0:?}: expected e.g. 25 or 8000-8100")]
+    Port(String),
+}
+
+/// Parses `10s`, `250ms`, `1.5m`, `2h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, ParseError> {
+    let text = text.trim();
+    let invalid = || ParseError::Duration(text.to_string());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| invalid())?;
+    let seconds_per_unit = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(invalid()),
+    };
+    Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| invalid())
+}
+
+/// A set of TCP ports, written as a comma-separated list of ports and inclusive ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortSet {
+    ranges: Vec<RangeInclusive<u16>>,
+}
+
+impl PortSet {
+    pub fn contains(&self, port: u16) -> bool {
+        self.ranges.iter().any(|range| range.contains(&port))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
+impl FromStr for PortSet {
+    type Err = ParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut ranges = Vec::new();
+        for item in text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
+            let invalid = || ParseError::Port(item.to_string());
+            let port = |s: &str| s.trim().parse::<u16>().map_err(|_| invalid());
+            let range = match item.split_once('-') {
+                Some((low, high)) => port(low)?..=port(high)?,
+                None => port(item)?..=port(item)?,
+            };
+            if range.is_empty() {
+                return Err(invalid());
+            }
+            ranges.push(range);
+        }
+        Ok(PortSet { ranges })
+    }
+}
+
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, range) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if range.start() == range.end() {
+                write!(f, "{}", range.start())?;
+            } else {
+                write!(f, "{}-{}", range.start(), range.end())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("ten seconds").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn port_sets() {
+        let ports: PortSet = "25, 3306,8000-8100".parse().unwrap();
+        assert!(ports.contains(25));
+        assert!(ports.contains(3306));
+        assert!(ports.contains(8000) && ports.contains(8050) && ports.contains(8100));
+        assert!(!ports.contains(8101) && !ports.contains(80));
+        assert_eq!(ports.to_string(), "25,3306,8000-8100");
+        assert!("".parse::<PortSet>().unwrap().is_empty());
+        assert!("70000".parse::<PortSet>().is_err());
+        assert!("90-80".parse::<PortSet>().is_err());
+        assert!("http".parse::<PortSet>().is_err());
+    }
+
+    #[test]
+    fn flag_defaults_match_the_default_config() {
+        // Guards the documented defaults against drifting apart from `Config::default()`.
+        let parsed = Cli::try_parse_from(["meshtrace-proxy"]).unwrap().config;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let parsed = Cli::try_parse_from([
+            "meshtrace-proxy",
+            "--inbound-addr",
+            "127.0.0.1:1",
+            "--inbound-target",
+            "localhost:8080",
+            "--outbound-response-timeout",
+            "500ms",
+            "--opaque-ports",
+            "",
+            "--log-format",
+            "json",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(parsed.inbound_addr, SocketAddr::from(([127, 0, 0, 1], 1)));
+        assert_eq!(parsed.inbound_target.as_deref(), Some("localhost:8080"));
+        assert!(parsed.opaque_ports.is_empty());
+        assert_eq!(parsed.log_format, LogFormat::Json);
+        let outbound = parsed.direction(Direction::Outbound);
+        assert_eq!(outbound.response_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(outbound.connect_timeout, Duration::from_secs(3));
+        assert_eq!(parsed.direction(Direction::Inbound).response_timeout, None);
+    }
+}

@@ -1,0 +1,267 @@
+//! Upstream HTTP connections: HTTP/1 keep-alive connections pooled per destination address,
+//! one multiplexed HTTP/2 connection per destination address.
+//!
+//! Written over `hyper::client::conn` rather than hyper-util's pooled client because the proxy
+//! must choose the destination address itself (the original destination, not the request's
+//! authority) while leaving the request target and `:authority` exactly as the client sent them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::connect::connect;
+use super::error::ForwardError;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+struct IdleHttp1<B> {
+    sender: http1::SendRequest<B>,
+    since: Instant,
+}
+
+/// Connections to every destination of one direction.
+pub struct Pool<B> {
+    http1_idle: Mutex<HashMap<SocketAddr, Vec<IdleHttp1<B>>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<B>>>,
+    /// Serialises HTTP/2 connection attempts per destination, so that a burst of first
+    /// requests shares one connection instead of racing to open one each.
+    h2_connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl<B> std::fmt::Debug for Pool<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A poisoned lock only means another task panicked mid-update of a cache; the map itself is
+/// still consistent (every update is a single insert/remove), so keep using it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Tries the addresses in order (e.g. `::1` then `127.0.0.1` for `localhost`) and returns the
+/// first connection made, or the last error.
+pub(crate) async fn first_connected<T, F, Fut>(
+    addrs: &[SocketAddr],
+    mut connect: F,
+) -> Result<(SocketAddr, T), ForwardError>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ForwardError>>,
+{
+    let mut last_error = ForwardError::NoDestination;
+    for &addr in addrs {
+        match connect(addr).await {
+            Ok(connected) => return Ok((addr, connected)),
+            Err(error) => {
+                tracing::debug!(%addr, %error, "connect failed");
+                last_error = error;
+            }
+        }
+    }
+    Err(last_error)
+}
+
+impl<B> Pool<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// A new pool; inside a Tokio runtime it also starts a task that evicts idle connections
+    /// for as long as the pool exists.
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        let pool = Arc::new(Pool {
+            http1_idle: Mutex::new(HashMap::new()),
+            h2: Mutex::new(HashMap::new()),
+            h2_connecting: Mutex::new(HashMap::new()),
+            connect_timeout,
+            idle_timeout,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&pool);
+            let period = (idle_timeout / 2).max(Duration::from_millis(100));
+            runtime.spawn(async move {
+                let mut ticks = tokio::time::interval(period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    match weak.upgrade() {
+                        Some(pool) => pool.evict_idle(),
+                        None => return,
+                    }
+                }
+            });
+        }
+        pool
+    }
+
+    /// Sends an HTTP/1 request over an idle pooled connection to one of `addrs`, or a new
+    /// connection to the first of them that accepts. A pooled connection that turns out to be
+    /// closed gives the request back unsent, and the next one is tried. Returns the address
+    /// used with the response.
+    pub async fn send_http1(
+        self: &Arc<Self>,
+        addrs: &[SocketAddr],
+        mut request: Request<B>,
+    ) -> Result<(SocketAddr, Response<Incoming>), ForwardError> {
+        for &addr in addrs {
+            while let Some(mut sender) = self.take_idle_http1(addr) {
+                let response = sender.try_send_request(request);
+                self.return_when_idle(addr, sender);
+                match response.await {
+                    Ok(response) => return Ok((addr, response)),
+                    Err(mut error) => match error.take_message() {
+                        Some(unsent) => {
+                            tracing::debug!(%addr, error = %error.error(), "pooled connection unusable; retrying");
+                            request = unsent;
+                        }
+                        None => return Err(ForwardError::upstream(error.into_error())),
+                    },
+                }
+            }
+        }
+        let (addr, mut sender) = first_connected(addrs, |addr| self.connect_http1(addr)).await?;
+        let response = sender.send_request(request);
+        self.return_when_idle(addr, sender);
+        let response = response.await.map_err(ForwardError::upstream)?;
+        Ok((addr, response))
+    }
+
+    /// Sends an HTTP/2 request, sharing one connection per destination address.
+    pub async fn send_h2(
+        &self,
+        addrs: &[SocketAddr],
+        request: Request<B>,
+    ) -> Result<(SocketAddr, Response<Incoming>), ForwardError> {
+        let (addr, mut sender) = match self.cached_h2(addrs) {
+            Some(cached) => cached,
+            None => {
+                let Some(key) = addrs.first() else {
+                    return Err(ForwardError::NoDestination);
+                };
+                let gate = lock(&self.h2_connecting).entry(*key).or_default().clone();
+                let _connecting = gate.lock().await;
+                match self.cached_h2(addrs) {
+                    Some(cached) => cached,
+                    None => {
+                        let (addr, sender) =
+                            first_connected(addrs, |addr| self.connect_h2(addr)).await?;
+                        lock(&self.h2).insert(addr, sender.clone());
+                        (addr, sender)
+                    }
+                }
+            }
+        };
+        sender.ready().await.map_err(ForwardError::upstream)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(ForwardError::upstream)?;
+        Ok((addr, response))
+    }
+
+    fn cached_h2(&self, addrs: &[SocketAddr]) -> Option<(SocketAddr, http2::SendRequest<B>)> {
+        let h2 = lock(&self.h2);
+        addrs.iter().find_map(|addr| {
+            let sender = h2.get(addr).filter(|s| !s.is_closed())?;
+            Some((*addr, sender.clone()))
+        })
+    }
+
+    /// Drops idle HTTP/1 connections older than the idle timeout and closed HTTP/2 ones.
+    pub fn evict_idle(&self) {
+        let now = Instant::now();
+        lock(&self.http1_idle).retain(|_, idle| {
+            idle.retain(|conn| {
+                now.duration_since(conn.since) < self.idle_timeout && !conn.sender.is_closed()
+            });
+            !idle.is_empty()
+        });
+        lock(&self.h2).retain(|_, sender| !sender.is_closed());
+        lock(&self.h2_connecting).retain(|_, gate| Arc::strong_count(gate) > 1);
+    }
+
+    /// Number of idle pooled HTTP/1 connections (for tests and debugging).
+    pub fn idle_http1(&self) -> usize {
+        lock(&self.http1_idle).values().map(Vec::len).sum()
+    }
+
+    fn take_idle_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<B>> {
+        let mut idle = lock(&self.http1_idle);
+        let conns = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(conn) = conns.pop() {
+            if conn.sender.is_ready() && now.duration_since(conn.since) < self.idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        idle.remove(&addr);
+        None
+    }
+
+    /// Puts the connection back once the exchange in flight on it has completed (response
+    /// body read to the end). A connection that closes or was upgraded never comes back.
+    fn return_when_idle(self: &Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<B>) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            if let Some(pool) = pool.upgrade() {
+                lock(&pool.http1_idle)
+                    .entry(addr)
+                    .or_default()
+                    .push(IdleHttp1 {
+                        sender,
+                        since: Instant::now(),
+                    });
+            }
+        });
+    }
+
+    async fn connect_http1(&self, addr: SocketAddr) -> Result<http1::SendRequest<B>, ForwardError> {
+        let stream = connect(addr, self.connect_timeout).await?;
+        let (sender, connection) = http1::Builder::new()
+            .preserve_header_case(true)
+            .title_case_headers(false)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ForwardError::upstream)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%addr, %error, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(&self, addr: SocketAddr) -> Result<http2::SendRequest<B>, ForwardError> {
+        let stream = connect(addr, self.connect_timeout).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ForwardError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%addr, %error, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}

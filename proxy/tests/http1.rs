@@ -1,0 +1,346 @@
+//! HTTP/1.1 through the proxy, compared byte for byte between client and upstream, in
+//! fixed-target mode (inbound listener + MESHTRACE_INBOUND_TARGET) and explicit mode (the
+//! outbound listener used as `http_proxy`).
+
+mod common;
+
+use std::time::Duration;
+
+use meshtrace_proxy::config::Config;
+use meshtrace_tests::client::{exchange, RawClient};
+use meshtrace_tests::upstream::{HttpUpstream, RawHttpUpstream};
+
+const OK: &[u8] = b"HTTP/1.1 200 Fine Thanks\r\nX-Mixed-Case: Yes\r\nset-cookie: a=1\r\nset-cookie: b=2\r\nContent-Length: 5\r\n\r\nhello";
+
+/// What the upstream must receive for `sent`: identical bytes minus the hop-by-hop lines.
+fn without_lines(sent: &str, hop_by_hop: &[&str]) -> String {
+    sent.split_inclusive("\r\n")
+        .filter(|line| !hop_by_hop.iter().any(|hop| line.starts_with(hop)))
+        .collect()
+}
+
+#[tokio::test]
+async fn get_is_forwarded_byte_for_byte_in_fixed_target_mode() {
+    let upstream = RawHttpUpstream::start(OK).await;
+    let proxy = common::start(common::fixed_target(upstream.addr())).await;
+
+    let request = format!(
+        "GET /path/a%20b?q=1&r=%2F HTTP/1.1\r\nHost: app.example:{}\r\nX-Request-ID: abc\r\nACCEPT: */*\r\nx-lower: v\r\nX-Multi: one\r\nX-Multi: two\r\nConnection: keep-alive, X-Hop-Only\r\nX-Hop-Only: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: gzip\r\n\r\n",
+        upstream.addr().port()
+    );
+    let response = exchange(proxy.inbound, request.as_bytes()).await;
+    let received = upstream.next_request().await;
+
+    let expected = without_lines(
+        &request,
+        &[
+            "Connection:",
+            "X-Hop-Only:",
+            "Keep-Alive:",
+            "Proxy-Connection:",
+            "TE:",
+        ],
+    );
+    assert_eq!(received.head_str(), expected);
+    assert!(received.body.is_empty());
+
+    // Status line with its reason phrase, header case and repeated headers come back unchanged.
+    assert!(
+        response.head_str().starts_with("HTTP/1.1 200 Fine Thanks\r\nX-Mixed-Case: Yes\r\nset-cookie: a=1\r\nset-cookie: b=2\r\nContent-Length: 5\r\n"),
+        "{}",
+        response.head_str()
+    );
+    assert_eq!(response.body, b"hello");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn post_is_forwarded_byte_for_byte_in_explicit_mode() {
+    let upstream = RawHttpUpstream::start(OK).await;
+    let proxy = common::start(common::config()).await;
+    let authority = upstream.addr().to_string();
+
+    let headers = format!(
+        "Host: {authority}\r\nContent-Type: application/json\r\nX-Multi: 1\r\nX-Multi: 2\r\nContent-Length: 13\r\n\r\n"
+    );
+    let request =
+        format!("POST http://{authority}/submit?x=y HTTP/1.1\r\n{headers}{{\"a\": [1, 2]}}");
+    let response = exchange(proxy.outbound, request.as_bytes()).await;
+    let received = upstream.next_request().await;
+
+    // Absolute-form becomes origin-form toward the upstream; the headers are untouched.
+    assert_eq!(
+        received.head_str(),
+        format!("POST /submit?x=y HTTP/1.1\r\n{headers}")
+    );
+    assert_eq!(received.body, b"{\"a\": [1, 2]}");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.body, b"hello");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn explicit_mode_uses_the_host_header_for_origin_form_targets() {
+    let upstream = RawHttpUpstream::start(OK).await;
+    let proxy = common::start(common::config()).await;
+    let request = format!(
+        "GET /by-host HTTP/1.1\r\nhost: localhost:{}\r\n\r\n",
+        upstream.addr().port()
+    );
+    let response = exchange(proxy.outbound, request.as_bytes()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.next_request().await.head_str(), request);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn chunked_bodies_and_trailers_pass_through() {
+    let upstream = RawHttpUpstream::start(OK).await;
+    let proxy = common::start(common::fixed_target(upstream.addr())).await;
+
+    let request = "POST /upload HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nTrailer: X-Checksum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\nX-Checksum: 42\r\n\r\n";
+    let response = exchange(proxy.inbound, request.as_bytes()).await;
+    assert_eq!(response.status(), 200);
+    let received = upstream.next_request().await;
+    let head = received.head_str();
+    assert!(head.contains("\r\nTE: trailers\r\n"), "{head}");
+    assert!(head.contains("\r\nTrailer: X-Checksum\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let body = String::from_utf8(received.body).unwrap();
+    let data: String = dechunk(&body);
+    assert_eq!(data, "hello, world");
+    assert!(
+        body.to_ascii_lowercase()
+            .ends_with("0\r\nx-checksum: 42\r\n\r\n"),
+        "{body:?}"
+    );
+    proxy.shutdown().await;
+}
+
+/// The data of a chunked body (sizes and trailers removed).
+fn dechunk(body: &str) -> String {
+    let mut data = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size, 16).unwrap();
+        if size == 0 {
+            return data;
+        }
+        data.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn response_trailers_reach_http1_clients_that_accept_them() {
+    let upstream = HttpUpstream::start().await;
+    let proxy = common::start(common::fixed_target(upstream.addr())).await;
+    let response = exchange(
+        proxy.inbound,
+        b"GET /trailers HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body = String::from_utf8(response.body).unwrap();
+    assert_eq!(dechunk(&body), "body before trailers");
+    assert!(body.ends_with("0\r\nx-checksum: 1234\r\n\r\n"), "{body:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_honoured() {
+    let upstream = HttpUpstream::start().await;
+    let proxy = common::start(common::fixed_target(upstream.addr())).await;
+    let mut client = RawClient::connect(proxy.inbound).await;
+    client
+        .send(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n",
+        )
+        .await;
+    // A real client waits for the interim response before sending the body.
+    let interim = client.read_response().await;
+    assert_eq!(interim.status(), 100, "{}", interim.head_str());
+    client.send(b"hello world").await;
+    let response = client.read_response().await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.body, b"hello world");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn keep_alive_connections_are_reused() {
+    let upstream = RawHttpUpstream::start(OK).await;
+    let proxy = common::start(common::fixed_target(upstream.addr())).await;
+    let mut client = RawClient::connect(proxy.inbound).await;
+    for i in 0..5 {
+        client
+            .send(format!("GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .await;
+        assert_eq!(client.read_response().await.status(), 200);
+        assert_eq!(upstream.next_request().await.connection, 0);
+    }
+    // New client connections reuse the pooled upstream connection too.
+    for i in 0..3 {
+        let response = exchange(
+            proxy.inbound,
+            format!("GET /again/{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(upstream.next_request().await.connection, 0);
+    }
+    assert_eq!(upstream.connections(), 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_upstream_is_a_502_with_the_reason() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let proxy = common::start(common::fixed_target(dead)).await;
+    let response = exchange(proxy.inbound, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        response.header("meshtrace-proxy-error").as_deref(),
+        Some("connection_refused")
+    );
+
+    // Same in explicit mode.
+    let request = format!("GET http://{dead}/ HTTP/1.1\r\nHost: {dead}\r\n\r\n");
+    let response = exchange(proxy.outbound, request.as_bytes()).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        response.header("meshtrace-proxy-error").as_deref(),
+        Some("connection_refused")
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_timeout_is_a_504() {
+    let upstream = HttpUpstream::start().await;
+    let proxy = common::start(Config {
+        inbound_response_timeout: Duration::from_millis(300),
+        ..common::fixed_target(upstream.addr())
+    })
+    .await;
+    let response = exchange(proxy.inbound, b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(response.status(), 504);
+    assert_eq!(
+        response.header("meshtrace-proxy-error").as_deref(),
+        Some("timeout")
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_for_the_proxy_itself_are_refused() {
+    let proxy = common::start(common::config()).await;
+    let request = format!(
+        "GET http://{0}/ HTTP/1.1\r\nHost: {0}\r\n\r\n",
+        proxy.outbound
+    );
+    let response = exchange(proxy.outbound, request.as_bytes()).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        response.header("meshtrace-proxy-error").as_deref(),
+        Some("loop_detected")
+    );
+    let response = exchange(proxy.outbound, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.header("meshtrace-proxy-error").as_deref(),
+        Some("no_destination")
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn inbound_target_pointing_at_the_proxy_is_refused() {
+    // Bind to a known port first, then point the inbound target at it: the proxy's own
+    // inbound listener.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let mut config = common::config();
+    config.inbound_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    config.inbound_target = Some(format!("127.0.0.1:{port}"));
+    let Ok(bound) = meshtrace_proxy::app::Proxy::new(config).bind().await else {
+        return; // The port was taken in between; nothing to test.
+    };
+    let trigger = bound.shutdown_trigger();
+    let inbound = bound.inbound_addr();
+    let run = tokio::spawn(bound.run(std::future::pending()));
+    let mut client = RawClient::connect(inbound).await;
+    client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(client.is_closed_by_peer().await);
+    trigger.trigger();
+    run.await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_clients_all_get_their_own_answers() {
+    let upstream = HttpUpstream::start().await;
+    let proxy = common::start(common::fixed_target(upstream.addr())).await;
+    let clients = (0..32).map(|i| {
+        let inbound = proxy.inbound;
+        tokio::spawn(async move {
+            let body = format!("client number {i}");
+            let request = format!(
+                "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let mut client = RawClient::connect(inbound).await;
+            for _ in 0..5 {
+                client.send(request.as_bytes()).await;
+                let response = client.read_response().await;
+                assert_eq!(response.status(), 200);
+                assert_eq!(response.body, body.as_bytes());
+            }
+        })
+    });
+    for client in futures::future::join_all(clients).await {
+        client.unwrap();
+    }
+    assert_eq!(upstream.requests().len(), 32 * 5);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_opens_a_tunnel_in_explicit_mode() {
+    let echo = meshtrace_tests::tcp::TcpEcho::start().await;
+    let proxy = common::start(common::config()).await;
+    let mut client = RawClient::connect(proxy.outbound).await;
+    client
+        .send(format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", echo.addr()).as_bytes())
+        .await;
+    let response = client.read_response_to(true).await;
+    assert_eq!(response.status(), 200, "{}", response.head_str());
+    let mut stream = client.into_stream();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"\x16\x03\x01 not http at all")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    stream.read_to_end(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"\x16\x03\x01 not http at all19 bytes then EOF");
+
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let response = exchange(
+        proxy.outbound,
+        format!("CONNECT {dead} HTTP/1.1\r\nHost: {dead}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(response.status(), 502);
+    proxy.shutdown().await;
+}
