@@ -19,12 +19,14 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::admin::{self, AdminState};
 use crate::config::{Config, PortSet};
 use crate::detect::{self, PrefixedIo, Protocol};
+use crate::export::{self, ExporterHandle};
 use crate::forward::{self, http::WithConnMeta, resolve::Resolver, HttpStack, StackParams};
 use crate::listen;
 use crate::meta::{ConnMeta, Direction};
 use crate::metrics::{DirectionMetrics, ProxyMetrics};
 use crate::shutdown::{self, DrainOutcome, Drained, Trigger, Watch};
 use crate::span::SpanSink;
+use crate::trace::{TraceMetrics, Tracer};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,15 @@ impl Proxy {
         &mut self.registry
     }
 
+    /// Starts the OTLP exporter that `config.export` describes (the `OTEL_*` settings) and
+    /// sends this proxy's spans to it. Returns the handle to flush after [`BoundProxy::run`]
+    /// has drained, or `None` when export is off. Must be called inside the Tokio runtime.
+    pub fn start_export(&mut self) -> Result<Option<ExporterHandle>, export::StartError> {
+        let (sink, handle) = export::start(&self.config.export, &mut self.registry)?;
+        self.spans = sink;
+        Ok(handle)
+    }
+
     /// Where the trace layers send finished spans (disabled by default).
     pub fn with_span_sink(mut self, spans: SpanSink) -> Self {
         self.spans = spans;
@@ -76,6 +87,8 @@ impl Proxy {
             spans,
         } = self;
         let metrics = ProxyMetrics::register(&mut registry);
+        let tracer =
+            Tracer::with_metrics(&config.trace, spans, TraceMetrics::register(&mut registry));
 
         let bind = |name: &'static str, addr: SocketAddr| async move {
             listen::bind(addr)
@@ -120,8 +133,7 @@ impl Proxy {
                 metrics: metrics.clone(),
                 resolver: resolver.clone(),
                 tunnels: watch.downgrade(),
-                spans: spans.clone(),
-                trace: config.trace.clone(),
+                tracer: tracer.clone(),
             });
             Arc::new(DirectionContext {
                 direction,

@@ -85,6 +85,11 @@ pub struct Config {
     #[arg(long, env = "MESHTRACE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// After the drain: how long the exporter may take to send the spans it still holds
+    /// (retries included) before the proxy exits and counts the rest as dropped.
+    #[arg(long, env = "MESHTRACE_EXPORT_FLUSH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub export_flush_timeout: Duration,
+
     /// Log filter, in `tracing-subscriber` `EnvFilter` syntax (`info`, `meshtrace_proxy=debug`).
     #[arg(long, env = "MESHTRACE_LOG", default_value = "info")]
     pub log: String,
@@ -138,6 +143,7 @@ impl Default for Config {
             inbound_idle_timeout: Duration::from_secs(60),
             outbound_idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            export_flush_timeout: Duration::from_secs(5),
             log: "info".to_string(),
             log_format: LogFormat::Plain,
             trace: TraceArgs::default(),

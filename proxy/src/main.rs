@@ -63,8 +63,17 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let flush_timeout = config.export_flush_timeout;
     runtime.block_on(async {
-        let bound = match Proxy::new(config).bind().await {
+        let mut proxy = Proxy::new(config);
+        let exporter = match proxy.start_export() {
+            Ok(exporter) => exporter,
+            Err(error) => {
+                tracing::error!(%error, "invalid span export configuration");
+                return ExitCode::FAILURE;
+            }
+        };
+        let bound = match proxy.bind().await {
             Ok(bound) => bound,
             Err(error) => {
                 tracing::error!(%error, "cannot start");
@@ -73,6 +82,11 @@ fn run(config: Config) -> ExitCode {
         };
         // Drained or not, a requested shutdown is a clean exit.
         bound.run(termination_signal()).await;
+        if let Some(exporter) = exporter {
+            if let Err(error) = exporter.shutdown(flush_timeout).await {
+                tracing::warn!(%error, "span export flush incomplete");
+            }
+        }
         ExitCode::SUCCESS
     })
 }

@@ -15,15 +15,13 @@ pub mod tcp;
 use std::net::SocketAddr;
 
 use hyper::body::Incoming;
-use tower::layer::util::Identity;
 use tower::ServiceBuilder;
 
 use crate::config::DirectionConfig;
 use crate::meta::Direction;
 use crate::metrics::DirectionMetrics;
 use crate::shutdown::WeakWatch;
-use crate::span::SpanSink;
-use crate::trace::TraceArgs;
+use crate::trace::{ClientSpan, ServerSpan, TracedBody, Tracer};
 
 pub use self::error::{ErrorResponse, ErrorResponseLayer, ForwardError, PROXY_ERROR_HEADER};
 pub use self::http::{RequestMetrics, RequestMetricsLayer, Upstream, UpstreamSettings};
@@ -37,14 +35,13 @@ pub struct StackParams {
     pub metrics: DirectionMetrics,
     pub resolver: resolve::Resolver,
     pub tunnels: WeakWatch,
-    /// Where finished spans go (for the trace layers; disabled when export is off).
-    pub spans: SpanSink,
-    /// Trace layer settings, passed through untouched.
-    pub trace: TraceArgs,
+    /// Makes the SERVER and CLIENT span layers (and owns the span sink).
+    pub tracer: Tracer,
 }
 
 /// The HTTP stack of one direction, shared (cloned) by all its connections.
-pub type HttpStack = RequestMetrics<ErrorResponse<Upstream<Incoming>>>;
+pub type HttpStack =
+    RequestMetrics<ServerSpan<ErrorResponse<ClientSpan<Upstream<TracedBody<Incoming>>>>>>;
 
 /// Builds the HTTP stack of one direction.
 pub fn http_stack(params: &StackParams) -> HttpStack {
@@ -61,13 +58,12 @@ pub fn http_stack(params: &StackParams) -> HttpStack {
     );
     ServiceBuilder::new()
         .layer(RequestMetricsLayer::new(params.metrics.clone()))
-        // tracing: ServerSpanLayer goes here (params.spans, params.trace). It sees the request
-        // as received (with `Arc<ConnMeta>` in its extensions) and the response as sent,
-        // including the proxy's own 502/504s.
-        .layer(Identity::new())
+        // SERVER span: sees the request as received (with `Arc<ConnMeta>` in its extensions)
+        // and the response as sent, including the proxy's own 502/504s.
+        .layer(params.tracer.server_layer())
         .layer(ErrorResponseLayer)
-        // tracing: ClientSpanLayer goes here. It sees the request as forwarded, the upstream's
-        // response (with `UpstreamPeer` in its extensions) or a `ForwardError` (`ErrorType`).
-        .layer(Identity::new())
+        // CLIENT span: sees the request as forwarded, the upstream's response (with
+        // `UpstreamPeer` in its extensions) or a `ForwardError` (`ErrorType`).
+        .layer(params.tracer.client_layer())
         .service(upstream)
 }
