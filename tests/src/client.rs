@@ -48,6 +48,11 @@ pub struct RawClient {
 impl RawClient {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::from_stream(stream)
+    }
+
+    /// A client on an already connected stream (e.g. one connected from inside a pod).
+    pub fn from_stream(stream: TcpStream) -> Self {
         RawClient {
             stream,
             buf: BytesMut::new(),

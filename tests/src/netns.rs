@@ -773,3 +773,186 @@ fn sweep_stale() {
         }
     }
 }
+
+/// The uid (and gid) the proxy runs as; `meshtrace-proxy init` exempts its traffic.
+pub const PROXY_UID: u32 = 2102;
+/// The proxy's inbound port (iptables redirects other pods' connections here).
+pub const PROXY_INBOUND_PORT: u16 = 4143;
+/// The proxy's outbound port (iptables redirects the application's connections here).
+pub const PROXY_OUTBOUND_PORT: u16 = 4140;
+/// The proxy's admin port (never redirected).
+pub const PROXY_ADMIN_PORT: u16 = 4191;
+/// How long a starting proxy may take to report ready (a debug build on a loaded machine).
+pub const PROXY_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A pod's sidecar: the real `meshtrace-proxy` binary running inside the pod as uid 2102, the
+/// way the injector runs it. Killed on drop; its log (stderr) is printed if the test is
+/// failing, since that is usually where the reason is.
+pub struct MeshedProxy {
+    child: PodChild,
+    pod: String,
+    logs: Arc<Mutex<Vec<u8>>>,
+}
+
+impl MeshedProxy {
+    /// Everything the proxy logged so far.
+    pub fn logs(&self) -> String {
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&logs).into_owned()
+    }
+
+    /// Whether the proxy process has exited (and how), without waiting.
+    pub fn try_wait(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+}
+
+impl Drop for MeshedProxy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- meshtrace-proxy log of pod {} ----\n{}",
+                self.pod,
+                self.logs()
+            );
+        }
+    }
+}
+
+impl Pod {
+    /// Runs the real `meshtrace-proxy init <args>` inside the pod (as root, like the init
+    /// container): the pod's nat table then hands its traffic to the proxy's ports.
+    pub fn init_mesh(&self, args: &[&str]) -> io::Result<()> {
+        let binary = workspace_binary("meshtrace-proxy");
+        let mut cmd = self.command(&binary);
+        cmd.arg("init").args(args);
+        let output = cmd.output()?;
+        check_output(
+            &format!("[{}] meshtrace-proxy init {}", self.ns, args.join(" ")),
+            output,
+        )
+        .map(drop)
+    }
+
+    /// Starts the real proxy binary in the pod as uid/gid 2102 with the sidecar's environment
+    /// (inbound on `0.0.0.0:4143`, spans to `otlp_endpoint` with a 100 ms batching delay,
+    /// `OTEL_SERVICE_NAME` = the pod's label, every trace sampled) plus `env` (which wins), and
+    /// waits until its `/ready` answers 200. Nothing else from the test's environment leaks in.
+    pub async fn start_proxy(
+        &self,
+        otlp_endpoint: &str,
+        env: &[(&str, &str)],
+    ) -> io::Result<MeshedProxy> {
+        let binary = workspace_binary("meshtrace-proxy");
+        let mut cmd = self.command_as(PROXY_UID, PROXY_UID, &binary);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env(
+                "MESHTRACE_INBOUND_ADDR",
+                format!("0.0.0.0:{PROXY_INBOUND_PORT}"),
+            )
+            .env(
+                "MESHTRACE_OUTBOUND_ADDR",
+                format!("127.0.0.1:{PROXY_OUTBOUND_PORT}"),
+            )
+            .env(
+                "MESHTRACE_ADMIN_ADDR",
+                format!("0.0.0.0:{PROXY_ADMIN_PORT}"),
+            )
+            .env("MESHTRACE_SAMPLE_RATE", "1")
+            .env("MESHTRACE_LOG", "info")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("OTEL_SERVICE_NAME", &self.label)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = self.spawn(cmd)?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(mut stderr) = child.child_mut().stderr.take() {
+            let logs = Arc::clone(&logs);
+            std::thread::Builder::new()
+                .name(format!("proxy-log-{}", self.label))
+                .spawn(move || {
+                    use std::io::Read as _;
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                        logs.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend_from_slice(&buf[..n]);
+                    }
+                })?;
+        }
+        let mut proxy = MeshedProxy {
+            child,
+            pod: self.ns.clone(),
+            logs,
+        };
+        match self.wait_until_ready(&mut proxy).await {
+            Ok(()) => Ok(proxy),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("{e}\n---- proxy log ----\n{}", proxy.logs()),
+            )),
+        }
+    }
+
+    /// [`Pod::init_mesh`] then [`Pod::start_proxy`]: the pod as the injector leaves it.
+    pub async fn mesh(
+        &self,
+        otlp_endpoint: &str,
+        init_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> io::Result<MeshedProxy> {
+        self.init_mesh(init_args)?;
+        self.start_proxy(otlp_endpoint, env).await
+    }
+
+    /// Polls the proxy's `/ready` from inside the pod (another process: there is no signal to
+    /// await) until it answers 200, failing early if the proxy exits.
+    async fn wait_until_ready(&self, proxy: &mut MeshedProxy) -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, PROXY_ADMIN_PORT));
+        let deadline = Instant::now() + PROXY_READY_TIMEOUT;
+        let mut last = String::from("no attempt yet");
+        while Instant::now() < deadline {
+            if let Some(status) = proxy.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "the proxy in pod {} exited before it was ready ({status})",
+                    self.ns
+                )));
+            }
+            match self.connect(admin).await {
+                Ok(mut stream) => {
+                    let mut response = Vec::new();
+                    let exchange = async {
+                        stream
+                            .write_all(
+                                b"GET /ready HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+                            )
+                            .await?;
+                        stream.read_to_end(&mut response).await
+                    };
+                    match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+                        Ok(Ok(_)) if response.starts_with(b"HTTP/1.1 200") => return Ok(()),
+                        Ok(Ok(_)) => {
+                            last = String::from_utf8_lossy(&response).into_owned();
+                        }
+                        Ok(Err(e)) => last = e.to_string(),
+                        Err(_) => last = "/ready did not answer within 10s".into(),
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the proxy in pod {} was not ready within {PROXY_READY_TIMEOUT:?}: {last}",
+                self.ns
+            ),
+        ))
+    }
+}

@@ -286,7 +286,19 @@ impl OtlpReceiver {
     /// A receiver whose port is reserved but that is not listening yet ("collector down"):
     /// call [`resume`](Self::resume) to start it.
     pub fn reserve(protocol: ReceiverProtocol) -> Self {
-        let socket = reserve(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind 127.0.0.1:0");
+        Self::reserve_on(protocol, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// A receiver listening on `addr` (port 0: a fresh port), e.g. a network-namespace node's
+    /// host address so that proxies inside pods can reach it.
+    pub async fn start_on(protocol: ReceiverProtocol, addr: SocketAddr) -> Self {
+        let receiver = Self::reserve_on(protocol, addr);
+        receiver.resume().await;
+        receiver
+    }
+
+    fn reserve_on(protocol: ReceiverProtocol, addr: SocketAddr) -> Self {
+        let socket = reserve(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = socket.local_addr().expect("local addr");
         OtlpReceiver {
             protocol,

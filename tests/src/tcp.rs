@@ -14,6 +14,11 @@ pub struct TcpEcho {
 impl TcpEcho {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener)
+    }
+
+    /// Serves on an existing listener (e.g. one bound inside a network-namespace pod).
+    pub fn serve(listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("local addr");
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
@@ -55,6 +60,11 @@ pub struct ServerFirst {
 impl ServerFirst {
     pub async fn start(banner: &'static [u8]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, banner)
+    }
+
+    /// Serves on an existing listener (e.g. one bound inside a network-namespace pod).
+    pub fn serve(listener: TcpListener, banner: &'static [u8]) -> Self {
         let addr = listener.local_addr().expect("local addr");
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {

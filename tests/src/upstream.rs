@@ -56,6 +56,11 @@ impl RawHttpUpstream {
     /// Content-Length (the connection stays open for more requests).
     pub async fn start(response: &'static [u8]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, response)
+    }
+
+    /// Serves on an existing listener (e.g. one bound inside a network-namespace pod).
+    pub fn serve(listener: TcpListener, response: &'static [u8]) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = mpsc::unbounded_channel();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -245,6 +250,11 @@ pub struct HttpUpstream {
 impl HttpUpstream {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener)
+    }
+
+    /// Serves on an existing listener (e.g. one bound inside a network-namespace pod).
+    pub fn serve(listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(UpstreamState::default());
         let (gate, gate_rx) = watch::channel(false);

@@ -13,6 +13,11 @@ impl WsEcho {
     /// Echoes text and binary messages until the client closes.
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener)
+    }
+
+    /// Serves on an existing listener (e.g. one bound inside a network-namespace pod).
+    pub fn serve(listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("local addr");
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
