@@ -224,9 +224,8 @@ async fn one_hop_is_unchanged_and_traced_with_four_spans() {
     assert_eq!(app_trace, hex::encode(&trace_id));
     assert_eq!(app_parent, hex::encode(&b_client.span_id));
     assert!(sampled, "{traceparent}");
-    if let Some(traceresponse) = traceresponse {
-        assert_eq!(parse_traceparent(&traceresponse).0, hex::encode(&trace_id));
-    }
+    let traceresponse = traceresponse.expect("A's proxy started the trace: traceresponse");
+    assert_eq!(parse_traceparent(&traceresponse).0, hex::encode(&trace_id));
     // The request the application sees keeps the client's request line and headers.
     let request_line = |head: &str| head.split("\r\n").next().unwrap_or_default().to_owned();
     assert_eq!(
@@ -583,8 +582,8 @@ async fn skipped_ports_bypass_the_proxy_and_admin_is_not_redirected() {
         assert_eq!(span.span.name, "GET /meshed", "{:#?}", summary(&spans));
     }
 
-    // B's admin port from outside the pod (the node's prober) and from pod A's side of the
-    // bridge: answered by the admin server. Were it redirected to the inbound port, the proxy
+    // B's admin port from outside the pods (the node's prober) and from pod A's application
+    // (through A's proxy, which connects as uid 2102): answered by B's admin server. Were it redirected to the inbound port, the proxy
     // would refuse a connection addressed to itself.
     let admin = SocketAddr::from((b.ip(), PROXY_ADMIN_PORT));
     let ready = raw_exchange_outside(admin, b"GET /ready HTTP/1.1\r\nhost: b\r\n\r\n").await;
@@ -681,4 +680,50 @@ fn init_without_privileges_fails_naming_the_iptables_command() {
     // Nothing was written: the pod's nat table has no meshtrace chain.
     let rules = pod.run("iptables-save", &["-t", "nat"]).unwrap_or_default();
     assert!(!rules.contains("MESHTRACE"), "{rules}");
+}
+
+/// Scenario 1 over IPv6 (when the kernel has it): ip6tables redirection in both pods and the
+/// proxies' `IP6T_SO_ORIGINAL_DST` lookups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hop_over_ipv6_is_traced() {
+    let Some(mesh) = Mesh::new_or_skip().await else {
+        return;
+    };
+    let a = mesh.pod("a6");
+    let b = mesh.pod("b6");
+    let Some(b6) = b.ip6() else {
+        meshtrace_tests::netns::print_skip("the kernel has IPv6 disabled");
+        return;
+    };
+    let app = HttpUpstream::serve(
+        b.listen_on((std::net::Ipv6Addr::UNSPECIFIED, APP_PORT).into())
+            .unwrap(),
+    );
+    // Dual-stack listeners: the OUTPUT redirect of an IPv6 connection goes to ::1.
+    let env = [
+        ("MESHTRACE_INBOUND_ADDR", "[::]:4143"),
+        ("MESHTRACE_OUTBOUND_ADDR", "[::1]:4140"),
+    ];
+    let _proxy_a = mesh.mesh(&a, &["--ipv6"], &env).await;
+    let _proxy_b = mesh.mesh(&b, &["--ipv6"], &env).await;
+
+    let response = get(&a, (b6, APP_PORT).into(), "/v6", &[]).await;
+    assert_eq!(response.status(), 200, "{}", response.head_str());
+    let requests = app.wait_for_requests(1).await;
+    let spans = mesh.wait_for_spans(4).await;
+    let chain = [
+        span_of(&spans, "a6", "outbound", SpanKind::Server),
+        span_of(&spans, "a6", "outbound", SpanKind::Client),
+        span_of(&spans, "b6", "inbound", SpanKind::Server),
+        span_of(&spans, "b6", "inbound", SpanKind::Client),
+    ];
+    let trace_id = assert_chain(&chain);
+    let traceparent = requests[0]
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .expect("the application receives a traceparent");
+    let (trace, parent, _) = parse_traceparent(traceparent);
+    assert_eq!(trace, hex::encode(trace_id));
+    assert_eq!(parent, hex::encode(&chain[3].span_id));
 }
