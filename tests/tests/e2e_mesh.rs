@@ -73,6 +73,14 @@ fn string_attr(span: &ReceivedSpan, key: &str) -> Option<String> {
     }
 }
 
+fn span_attr(span: &Span, key: &str) -> Option<any_value::Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.clone())
+}
+
 /// `(service, direction, kind, name)` of each span, for failure messages.
 fn summary(spans: &[ReceivedSpan]) -> Vec<String> {
     spans
@@ -215,6 +223,31 @@ async fn one_hop_is_unchanged_and_traced_with_four_spans() {
     let b_server = span_of(&spans, "b", "inbound", SpanKind::Server);
     let b_client = span_of(&spans, "b", "inbound", SpanKind::Client);
     let trace_id = assert_chain(&[a_server, a_client, b_server, b_client]);
+    // Under real redirection the spans name the real addresses: the original destination
+    // (B's pod IP and the app's port) as the peer of both CLIENT spans, A's pod IP as the
+    // caller of B's SERVER span.
+    let b_ip = b.ip().to_string();
+    let a_ip = a.ip().to_string();
+    for client_span in [a_client, b_client] {
+        assert_eq!(
+            span_attr(client_span, "network.peer.address"),
+            Some(any_value::Value::StringValue(b_ip.clone()))
+        );
+        assert_eq!(
+            span_attr(client_span, "network.peer.port"),
+            Some(any_value::Value::IntValue(APP_PORT.into()))
+        );
+    }
+    assert_eq!(
+        span_attr(b_server, "network.peer.address"),
+        Some(any_value::Value::StringValue(a_ip))
+    );
+    for span in [a_server, a_client, b_server, b_client] {
+        assert_eq!(
+            span_attr(span, "http.response.status_code"),
+            Some(any_value::Value::IntValue(200))
+        );
+    }
     assert_eq!(spans.len(), 4, "{:#?}", summary(&spans));
 
     // B's application sees the trace, its parent being B's inbound CLIENT span.
