@@ -3,7 +3,12 @@
 //! nothing about the mesh, and a real OTLP receiver outside the pods.
 //!
 //! The applications are listeners and clients of the test process created inside the pods
-//! (`Pod::listen`/`Pod::connect`), so iptables sees them as the pods' own traffic.
+//! (`Pod::listen`/`Pod::connect`), so iptables sees them as the pods' own traffic. Every
+//! test has its own node (subnet, pods, receiver), so they run in parallel; namespaces and
+//! proxy processes go away on drop, also when an assertion fails.
+//!
+//! Negative checks ("no spans") are ordered before a positive request whose spans are awaited:
+//! each proxy exports in order, so spans that should not exist would have arrived first.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -762,4 +767,58 @@ async fn one_hop_over_ipv6_is_traced() {
     let (trace, parent, _) = parse_traceparent(traceparent);
     assert_eq!(trace, hex::encode(trace_id));
     assert_eq!(parent, hex::encode(&chain[3].span_id));
+}
+
+/// A mesh being rolled out: a meshed client calling an unmeshed server, and an unmeshed
+/// client calling a meshed server, each make the two spans of the one meshed side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshed_and_unmeshed_pods_talk_both_ways() {
+    let Some(mesh) = Mesh::new_or_skip().await else {
+        return;
+    };
+    let meshed = mesh.pod("meshed");
+    let plain = mesh.pod("plain");
+    let meshed_app = HttpUpstream::serve(meshed.listen(APP_PORT).unwrap());
+    let plain_app = HttpUpstream::serve(plain.listen(APP_PORT).unwrap());
+    let _proxy = mesh.mesh(&meshed, &[], &[]).await;
+
+    // Outbound only: the unmeshed server sees a trace whose parent is the CLIENT span.
+    let response = get(&meshed, (plain.ip(), APP_PORT).into(), "/out", &[]).await;
+    assert_eq!(response.status(), 200, "{}", response.head_str());
+    let out_request = plain_app.wait_for_requests(1).await.remove(0);
+    let spans = mesh.wait_for_spans(2).await;
+    let server = span_of(&spans, "meshed", "outbound", SpanKind::Server);
+    let client = span_of(&spans, "meshed", "outbound", SpanKind::Client);
+    let trace_id = assert_chain(&[server, client]);
+    let traceparent = out_request
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .expect("the unmeshed server receives a traceparent");
+    let (trace, parent, sampled) = parse_traceparent(traceparent);
+    assert_eq!(trace, hex::encode(&trace_id));
+    assert_eq!(parent, hex::encode(&client.span_id));
+    assert!(sampled);
+
+    // Inbound only: the meshed server's proxy starts the trace.
+    let response = get(&plain, (meshed.ip(), APP_PORT).into(), "/in", &[]).await;
+    assert_eq!(response.status(), 200, "{}", response.head_str());
+    let in_request = meshed_app.wait_for_requests(1).await.remove(0);
+    let spans = mesh.wait_for_spans(4).await;
+    assert_eq!(spans.len(), 4, "{:#?}", summary(&spans));
+    let server = span_of(&spans, "meshed", "inbound", SpanKind::Server);
+    let client = span_of(&spans, "meshed", "inbound", SpanKind::Client);
+    let trace_id = assert_chain(&[server, client]);
+    let traceparent = in_request
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .expect("the meshed server's app receives a traceparent");
+    let (trace, parent, _) = parse_traceparent(traceparent);
+    assert_eq!(trace, hex::encode(&trace_id));
+    assert_eq!(parent, hex::encode(&client.span_id));
+    assert_eq!(
+        span_attr(server, "network.peer.address"),
+        Some(any_value::Value::StringValue(plain.ip().to_string()))
+    );
 }
