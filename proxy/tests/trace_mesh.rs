@@ -284,3 +284,195 @@ async fn one_hop_yields_four_chained_spans_with_resources_and_attributes() {
         mesh.shutdown().await;
     }
 }
+
+impl Mesh {
+    /// Sends a request forced into the trace with `l5d-sample: 1`, waits for its four spans and
+    /// asserts they are the only spans ever received: whatever came before was not traced.
+    async fn assert_nothing_else_traced(&self) {
+        let response = self.get("/barrier", "l5d-sample: 1\r\n").await;
+        assert_eq!(response.status(), 200, "{}", response.head_str());
+        let traceresponse = response.header("traceresponse").expect("traceresponse");
+        let (trace_id, _, _) = traceparent(&traceresponse);
+        let spans = self.hop_spans().await;
+        for s in &spans {
+            assert_eq!(
+                hex(&s.span.trace_id),
+                trace_id,
+                "only the barrier is traced"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn sample_header_one_traces_despite_rate_zero_and_answers_traceresponse() {
+    let server = HttpUpstream::start().await;
+    let mesh = Mesh::start(ReceiverProtocol::Http, server.addr(), trace_args(0.0)).await;
+    let response = mesh.get("/orders/1", "l5d-sample: 1\r\n").await;
+    assert_eq!(response.status(), 200);
+    let (trace_id, span_id, flags) =
+        traceparent(&response.header("traceresponse").expect("traceresponse"));
+    assert_eq!(u8::from_str_radix(&flags, 16).expect("hex") & 1, 1);
+    let [out_server, _, in_server, _] = mesh.hop_spans().await;
+    assert_eq!(hex(&out_server.span.trace_id), trace_id);
+    assert_eq!(hex(&out_server.span.span_id), span_id);
+    assert_eq!(in_server.span.trace_id, out_server.span.trace_id);
+    // Consumed by the proxy that applied it: neither the callee's proxy nor the server sees it.
+    let seen = server.wait_for_requests(1).await;
+    assert!(seen[0].headers.get("l5d-sample").is_none());
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn sample_header_zero_beats_a_sampled_parent() {
+    let server = HttpUpstream::start().await;
+    let mesh = Mesh::start(ReceiverProtocol::Http, server.addr(), trace_args(1.0)).await;
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let response = mesh
+        .get(
+            "/orders/2",
+            &format!("traceparent: {parent}\r\nl5d-sample: 0\r\n"),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let seen = server.wait_for_requests(1).await;
+    let (trace_id, parent_id, flags) =
+        traceparent(header(&seen[0].headers, "traceparent").expect("traceparent"));
+    assert_eq!(trace_id, "0af7651916cd43dd8448eb211c80319c");
+    assert_ne!(parent_id, "b7ad6b7169203331");
+    assert_eq!(flags, "00");
+    assert_eq!(header(&seen[0].headers, "x-b3-sampled"), Some("0"));
+    mesh.assert_nothing_else_traced().await;
+    mesh.shutdown().await;
+}
+
+/// What the server saw: W3C (trace id, parent id, flags) and B3 (trace id, span id, sampled).
+fn both_formats(headers: &HeaderMap) -> ((String, String, String), (String, String, String)) {
+    let w3c = traceparent(header(headers, "traceparent").expect("traceparent"));
+    let b3 = if let Some(single) = header(headers, "b3") {
+        let fields: Vec<&str> = single.split('-').collect();
+        assert!(fields.len() >= 3, "{single}");
+        (
+            fields[0].to_string(),
+            fields[1].to_string(),
+            fields[2].to_string(),
+        )
+    } else {
+        let get = |name| header(headers, name).expect(name).to_string();
+        (get("x-b3-traceid"), get("x-b3-spanid"), get("x-b3-sampled"))
+    };
+    (w3c, b3)
+}
+
+#[tokio::test]
+async fn b3_only_and_w3c_only_both_reach_the_server_in_both_formats() {
+    let server = HttpUpstream::start().await;
+    let mesh = Mesh::start(ReceiverProtocol::Http, server.addr(), trace_args(0.0)).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let cases = [
+        format!("traceparent: 00-{trace}-00f067aa0ba902b7-01\r\n"),
+        format!("X-B3-TraceId: {trace}\r\nX-B3-SpanId: 00f067aa0ba902b7\r\nX-B3-Sampled: 1\r\n"),
+        format!("b3: {trace}-00f067aa0ba902b7-1\r\n"),
+    ];
+    for (n, case) in cases.iter().enumerate() {
+        let response = mesh.get("/items", case).await;
+        assert_eq!(response.status(), 200);
+        let seen = server.wait_for_requests(n + 1).await;
+        let ((w_trace, w_parent, w_flags), (b_trace, b_span, b_sampled)) =
+            both_formats(&seen[n].headers);
+        assert_eq!(w_trace, trace, "{case}");
+        assert_eq!(b_trace, trace, "{case}");
+        assert_eq!(w_parent, b_span, "{case}");
+        assert_ne!(
+            w_parent, "00f067aa0ba902b7",
+            "{case}: a new CLIENT span per hop"
+        );
+        assert_eq!(w_flags, "01", "{case}");
+        assert_eq!(b_sampled, "1", "{case}");
+    }
+    // Sampled by the incoming decision although the rate is 0: 4 spans per request.
+    let spans = mesh.receiver.wait_for_spans(12, WAIT).await.expect("spans");
+    assert_eq!(spans.len(), 12);
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn b3_64_bit_ids_stay_64_bit_in_b3_and_are_padded_in_w3c() {
+    let server = HttpUpstream::start().await;
+    let mesh = Mesh::start(ReceiverProtocol::Grpc, server.addr(), trace_args(0.0)).await;
+    let short = "a3ce929d0e0e4736";
+    let response = mesh
+        .get(
+            "/items",
+            &format!(
+                "X-B3-TraceId: {short}\r\nX-B3-SpanId: 00f067aa0ba902b7\r\nX-B3-Sampled: 1\r\n"
+            ),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let seen = server.wait_for_requests(1).await;
+    let ((w_trace, w_parent, _), (b_trace, b_span, _)) = both_formats(&seen[0].headers);
+    assert_eq!(b_trace, short);
+    assert_eq!(w_trace, format!("0000000000000000{short}"));
+    assert_eq!(w_parent, b_span);
+    let spans = mesh.hop_spans().await;
+    for s in &spans {
+        assert_eq!(hex(&s.span.trace_id), w_trace);
+    }
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_traceparent_restarts_the_trace_and_drops_tracestate() {
+    let server = HttpUpstream::start().await;
+    let mesh = Mesh::start(ReceiverProtocol::Http, server.addr(), trace_args(1.0)).await;
+    // Uppercase hex is invalid in W3C.
+    let invalid = "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01";
+    let response = mesh
+        .get(
+            "/items",
+            &format!("traceparent: {invalid}\r\ntracestate: vendor=value\r\n"),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let seen = server.wait_for_requests(1).await;
+    let (trace_id, _, _) = traceparent(header(&seen[0].headers, "traceparent").expect("tp"));
+    assert_ne!(trace_id, "0af7651916cd43dd8448eb211c80319c");
+    assert!(seen[0].headers.get("tracestate").is_none());
+    let [out_server, ..] = mesh.hop_spans().await;
+    assert!(out_server.span.parent_span_id.is_empty(), "a new root");
+    assert_eq!(hex(&out_server.span.trace_id), trace_id);
+    assert_eq!(out_server.span.trace_state, "");
+    // The restarting proxy tells the client which trace it started.
+    assert!(response.header("traceresponse").is_some());
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_upstream_still_yields_four_spans_with_error_status() {
+    // A port with nothing listening: bind, learn the port, close.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let mesh = Mesh::start(ReceiverProtocol::Grpc, closed, trace_args(1.0)).await;
+    let response = mesh.get("/users/7", "").await;
+    assert_eq!(response.status(), 502, "{}", response.head_str());
+    let spans = mesh.hop_spans().await;
+    let [out_server, out_client, in_server, in_client] = &spans;
+    for s in &spans {
+        let status = s.span.status.clone().unwrap_or_default();
+        assert_eq!(status.code, StatusCode::Error as i32, "{s:#?}");
+    }
+    assert_eq!(
+        string_attr(in_client, "error.type").as_deref(),
+        Some("connection_refused")
+    );
+    assert!(
+        string_attr(in_server, "error.type").is_some(),
+        "{in_server:#?}"
+    );
+    for s in [out_server, out_client] {
+        assert_eq!(int_attr(s, "http.response.status_code"), Some(502));
+    }
+    mesh.shutdown().await;
+}
