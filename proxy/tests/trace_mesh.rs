@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::TestProxy;
+use futures::StreamExt;
 use http::HeaderMap;
 use meshtrace_proxy::export::ExporterHandle;
 use meshtrace_proxy::trace::TraceArgs;
@@ -473,6 +474,147 @@ async fn refused_upstream_still_yields_four_spans_with_error_status() {
     );
     for s in [out_server, out_client] {
         assert_eq!(int_attr(s, "http.response.status_code"), Some(502));
+    }
+    mesh.shutdown().await;
+}
+
+/// A server whose one response streams `first`, then waits for the test's go-ahead and
+/// streams the last chunk, noting the moment (Unix nanos) it released it.
+async fn gated_stream_server(
+    release: tokio::sync::oneshot::Receiver<()>,
+    released_at: tokio::sync::oneshot::Sender<u64>,
+) -> SocketAddr {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let gate = std::sync::Mutex::new(Some((release, released_at)));
+        let service = hyper::service::service_fn(move |_request| {
+            let (release, released_at) = gate.lock().expect("lock").take().expect("one request");
+            let frames = futures::stream::once(async { Bytes::from_static(b"first chunk;") })
+                .chain(futures::stream::once(async move {
+                    let _ = release.await;
+                    let _ = released_at.send(unix_nanos());
+                    Bytes::from_static(b"last chunk")
+                }))
+                .map(|chunk| Ok::<_, std::convert::Infallible>(Frame::data(chunk)));
+            async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(StreamBody::new(frames)))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    });
+    addr
+}
+
+fn unix_nanos() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    u64::try_from(since_epoch.as_nanos()).expect("fits")
+}
+
+#[tokio::test]
+async fn streamed_response_spans_end_after_the_last_body_byte() {
+    use http_body_util::{BodyExt, Empty};
+
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    let (released_tx, released_at) = tokio::sync::oneshot::channel();
+    let server = gated_stream_server(release_rx, released_tx).await;
+    let mesh = Mesh::start(ReceiverProtocol::Http, server, trace_args(1.0)).await;
+
+    let stream = tokio::net::TcpStream::connect(mesh.outbound.outbound)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let callee = mesh.inbound.inbound;
+    let request = http::Request::get(format!("http://{callee}/stream"))
+        .header("host", callee.to_string())
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("response head in time")
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    // The head went through both proxies; only now does the server send its last chunk.
+    release.send(()).expect("server waiting");
+    let body = tokio::time::timeout(WAIT, response.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"first chunk;last chunk");
+    let released_at = released_at.await.expect("release time");
+
+    let spans = mesh.hop_spans().await;
+    for s in &spans {
+        assert!(
+            s.span.end_time_unix_nano >= released_at,
+            "{:?} ended {} ns before the last chunk was released",
+            s.span.kind,
+            released_at - s.span.end_time_unix_nano
+        );
+        assert_eq!(
+            int_attr(s, "http.response.body.size"),
+            Some(body.len() as i64)
+        );
+    }
+    mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_over_http2_records_rpc_attributes_and_status() {
+    use meshtrace_tests::grpc;
+
+    let server = grpc::GrpcServer::start().await;
+    let mesh = Mesh::start(ReceiverProtocol::Grpc, server.addr(), trace_args(1.0)).await;
+    // h2 to the caller's outbound proxy, naming the callee's inbound proxy in `:authority`.
+    let channel = grpc::channel(mesh.outbound.outbound, mesh.inbound.inbound).await;
+    let (reply, _) = grpc::echo(channel, "hello").await.expect("echo");
+    assert_eq!(reply, "hello");
+
+    let spans = mesh.hop_spans().await;
+    let [out_server, out_client, in_server, in_client] = &spans;
+    assert_eq!(out_client.span.parent_span_id, out_server.span.span_id);
+    assert_eq!(in_server.span.parent_span_id, out_client.span.span_id);
+    assert_eq!(in_client.span.parent_span_id, in_server.span.span_id);
+    for s in &spans {
+        assert_eq!(
+            string_attr(s, "rpc.system").as_deref(),
+            Some("grpc"),
+            "{s:#?}"
+        );
+        assert_eq!(
+            string_attr(s, "rpc.service").as_deref(),
+            Some("meshtrace.test.Test")
+        );
+        assert_eq!(string_attr(s, "rpc.method").as_deref(), Some("Echo"));
+        assert_eq!(int_attr(s, "rpc.grpc.status_code"), Some(0), "{s:#?}");
+        assert_eq!(
+            string_attr(s, "network.protocol.version").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            string_attr(s, "http.request.method").as_deref(),
+            Some("POST")
+        );
+        assert_ne!(
+            s.span.status.clone().unwrap_or_default().code,
+            StatusCode::Error as i32
+        );
     }
     mesh.shutdown().await;
 }
