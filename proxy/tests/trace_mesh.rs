@@ -618,3 +618,35 @@ async fn grpc_over_http2_records_rpc_attributes_and_status() {
     }
     mesh.shutdown().await;
 }
+
+#[tokio::test]
+async fn body_sizes_are_the_bytes_forwarded_each_way() {
+    let server = HttpUpstream::start().await;
+    let mesh = Mesh::start(ReceiverProtocol::Http, server.addr(), trace_args(1.0)).await;
+    let callee = mesh.inbound.inbound;
+    let body = "hello, mesh";
+    let request = format!(
+        "POST http://{callee}/echo HTTP/1.1\r\nHost: {callee}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let response = exchange(mesh.outbound.outbound, request.as_bytes()).await;
+    assert_eq!(response.status(), 200, "{}", response.head_str());
+    assert_eq!(response.body, body.as_bytes());
+    for s in mesh.hop_spans().await {
+        assert_eq!(
+            string_attr(&s, "http.request.method").as_deref(),
+            Some("POST")
+        );
+        assert_eq!(
+            int_attr(&s, "http.request.body.size"),
+            Some(body.len() as i64),
+            "{s:#?}"
+        );
+        assert_eq!(
+            int_attr(&s, "http.response.body.size"),
+            Some(body.len() as i64),
+            "{s:#?}"
+        );
+    }
+    mesh.shutdown().await;
+}
