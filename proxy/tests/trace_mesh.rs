@@ -650,3 +650,38 @@ async fn body_sizes_are_the_bytes_forwarded_each_way() {
     }
     mesh.shutdown().await;
 }
+
+#[tokio::test]
+async fn grpc_error_status_marks_every_span_as_error() {
+    use meshtrace_tests::grpc::{self, EchoReply, EchoRequest};
+
+    let server = grpc::GrpcServer::start().await;
+    let mesh = Mesh::start(ReceiverProtocol::Http, server.addr(), trace_args(1.0)).await;
+    let channel = grpc::channel(mesh.outbound.outbound, mesh.inbound.inbound).await;
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.expect("ready");
+    let status = client
+        .unary(
+            tonic::Request::new(EchoRequest {
+                message: "x".into(),
+            }),
+            http::uri::PathAndQuery::from_static("/meshtrace.test.Test/Missing"),
+            tonic_prost::ProstCodec::<EchoRequest, EchoReply>::default(),
+        )
+        .await
+        .expect_err("no such method");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+
+    for s in mesh.hop_spans().await {
+        assert_eq!(string_attr(&s, "rpc.method").as_deref(), Some("Missing"));
+        assert_eq!(
+            int_attr(&s, "rpc.grpc.status_code"),
+            Some(tonic::Code::Unimplemented as i64),
+            "{s:#?}"
+        );
+        assert_eq!(int_attr(&s, "http.response.status_code"), Some(200));
+        let span_status = s.span.status.clone().unwrap_or_default();
+        assert_eq!(span_status.code, StatusCode::Error as i32, "{s:#?}");
+    }
+    mesh.shutdown().await;
+}
