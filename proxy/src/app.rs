@@ -67,7 +67,9 @@ impl Proxy {
     /// sends this proxy's spans to it. Returns the handle to flush after [`BoundProxy::run`]
     /// has drained, or `None` when export is off. Must be called inside the Tokio runtime.
     pub fn start_export(&mut self) -> Result<Option<ExporterHandle>, export::StartError> {
-        let (sink, handle) = export::start(&self.config.export, &mut self.registry)?;
+        // Under `meshtrace_` like every other family (`meshtrace_export_spans_exported_total`).
+        let registry = self.registry.sub_registry_with_prefix("meshtrace");
+        let (sink, handle) = export::start(&self.config.export, registry)?;
         self.spans = sink;
         Ok(handle)
     }

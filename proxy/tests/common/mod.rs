@@ -72,3 +72,50 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// Starts a proxy whose spans go to the exporter `config.export` describes; also returns the
+/// exporter's handle (None when export is off) so tests can flush it.
+pub async fn start_exporting(
+    config: Config,
+) -> (TestProxy, Option<meshtrace_proxy::export::ExporterHandle>) {
+    let mut proxy = Proxy::new(config);
+    let exporter = proxy.start_export().expect("exporter starts");
+    let bound = proxy.bind().await.expect("proxy binds");
+    let proxy = TestProxy {
+        inbound: bound.inbound_addr(),
+        outbound: bound.outbound_addr(),
+        admin: bound.admin_addr(),
+        trigger: bound.shutdown_trigger(),
+        run: tokio::spawn(bound.run(std::future::pending())),
+    };
+    (proxy, exporter)
+}
+
+/// `config` exporting to `endpoint` over `protocol` (`grpc` | `http/protobuf`) as `service`,
+/// with a short batching delay so spans arrive quickly.
+pub fn exporting_to(mut config: Config, endpoint: &str, protocol: &str, service: &str) -> Config {
+    config.export.otlp_endpoint = Some(endpoint.to_string());
+    config.export.otlp_protocol = Some(protocol.to_string());
+    config.export.bsp_schedule_delay = Some("20".to_string());
+    config.export.service_name = Some(service.to_string());
+    config
+}
+
+/// The body of the admin server's `/metrics`.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    let response = meshtrace_tests::client::exchange(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status(), 200, "{}", response.head_str());
+    String::from_utf8_lossy(&response.body).into_owned()
+}
+
+/// The value of the sample `series` (exact name with labels) in Prometheus text, if present.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}

@@ -98,7 +98,7 @@ pub fn extract(headers: &HeaderMap) -> Extracted {
                 span_id: parent.parent_id,
                 random: parent.flags & FLAG_RANDOM != 0,
                 trace_state: w3c::extract_tracestate(headers),
-                trace_id_64: false,
+                trace_id_64: b3_has_64_bit_id(headers, b3_arrived, &parent.trace_id),
             }),
             debug: false,
             b3_arrived,
@@ -135,6 +135,21 @@ pub fn extract(headers: &HeaderMap) -> Extracted {
             ..Extracted::default()
         },
     }
+}
+
+/// Whether B3 headers next to a valid `traceparent` carry the same trace id as a 64-bit id, as
+/// a previous meshtrace hop writes them for a 64-bit B3 trace: B3 output then stays 64-bit
+/// across every hop instead of only the first. Only looked at when the W3C id is zero-padded.
+fn b3_has_64_bit_id(headers: &HeaderMap, b3_arrived: B3Forms, trace_id: &TraceId) -> bool {
+    if trace_id[..8] != [0; 8] || !b3_arrived.any() {
+        return false;
+    }
+    let same_64_bit = |ctx: Option<b3::B3Context>| {
+        ctx.and_then(|ctx| ctx.ids)
+            .is_some_and(|ids| ids.trace_id_64 && ids.trace_id == *trace_id)
+    };
+    (b3_arrived.single && same_64_bit(b3::extract_single(headers)))
+        || (b3_arrived.multi && same_64_bit(b3::extract_multi(headers)))
 }
 
 /// The context written on a forwarded request.
@@ -356,6 +371,26 @@ mod tests {
         assert!(parent.trace_id_64);
         assert_eq!(to_hex(&parent.trace_id), "0000000000000000463ac35c9f6413ad");
         assert_eq!(got.sampled, Some(true));
+    }
+
+    #[test]
+    fn w3c_keeps_a_64_bit_b3_trace_id_that_matches_it() {
+        let padded = "00-0000000000000000463ac35c9f6413ad-0202020202020202-01";
+        let next_hop = extract(&headers(&[
+            ("traceparent", padded),
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "0202020202020202"),
+        ]));
+        assert_eq!(next_hop.format, Some(Format::TraceContext));
+        assert!(next_hop.parent.unwrap().trace_id_64);
+        // A different B3 id, or a 128-bit one, does not make the W3C id 64-bit.
+        for b3 in [
+            "563ac35c9f6413ad-0202020202020202-1",
+            "0000000000000000463ac35c9f6413ad-0202020202020202-1",
+        ] {
+            let other = extract(&headers(&[("traceparent", padded), ("b3", b3)]));
+            assert!(!other.parent.unwrap().trace_id_64, "{b3}");
+        }
     }
 
     #[test]
