@@ -383,3 +383,53 @@ async fn connect_opens_a_tunnel_in_explicit_mode() {
     assert_eq!(response.status(), 502);
     proxy.shutdown().await;
 }
+
+/// A client that goes away cancels its request upstream: the proxy closes the upstream
+/// connection (an HTTP/1 connection with a request in flight cannot be reused) instead of
+/// waiting for a response nobody will read.
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_upstream_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = common::start(common::fixed_target(upstream.local_addr().unwrap())).await;
+
+    let mut client = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut upstream_conn, _) = tokio::time::timeout(Duration::from_secs(10), upstream.accept())
+        .await
+        .expect("the proxy forwards the request")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = upstream_conn.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "upstream connection closed before the request arrived"
+        );
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"GET /slow HTTP/1.1\r\n"));
+
+    // The upstream never answers; the client gives up.
+    drop(client);
+
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match upstream_conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the upstream connection stayed open after the client went away"
+    );
+    proxy.shutdown().await;
+}
