@@ -47,9 +47,10 @@ pub struct DemoConfig {
     #[arg(long, env = "MESHTRACE_DEMO_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
-    /// Stop after this many seconds instead of waiting for Ctrl-C.
-    #[arg(long, env = "MESHTRACE_DEMO_DURATION")]
-    pub duration: Option<u64>,
+    /// Stop after this long instead of waiting for Ctrl-C: `90` or `90s` (seconds), `500ms`,
+    /// `2m`.
+    #[arg(long, env = "MESHTRACE_DEMO_DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 
     /// Port of the built-in viewer's web UI (0 = any free port).
     #[arg(long, env = "MESHTRACE_DEMO_UI_PORT", default_value_t = 16686)]
@@ -85,6 +86,25 @@ pub struct DemoConfig {
     /// Seed of backend-api-2's slow/fail draws, for a reproducible run.
     #[arg(long, env = "MESHTRACE_DEMO_SEED")]
     pub seed: Option<u64>,
+}
+
+/// `--duration`: a number with an optional `ms`, `s` or `m` unit (seconds without one).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 15s, 500ms or 2m"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown unit `{other}` (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|error| format!("`{text}`: {error}"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -375,7 +395,7 @@ pub async fn run(config: DemoConfig) -> Result<(), DemoError> {
             (None, None) => {}
         }
         match config.duration {
-            Some(seconds) => println!("==> running for {seconds} s (Ctrl-C stops earlier)"),
+            Some(duration) => println!("==> running for {duration:?} (Ctrl-C stops earlier)"),
             None => println!("==> running until Ctrl-C"),
         }
 
@@ -394,7 +414,7 @@ pub async fn run(config: DemoConfig) -> Result<(), DemoError> {
             .map(|viewer| tokio::spawn(print_waterfalls(client.clone(), viewer)));
         let until = async {
             match config.duration {
-                Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
+                Some(duration) => tokio::time::sleep(duration).await,
                 None => std::future::pending().await,
             }
         };
@@ -445,4 +465,20 @@ pub async fn run(config: DemoConfig) -> Result<(), DemoError> {
     println!("==> stopping all processes");
     supervisor.shutdown().await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_an_optional_unit() {
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
 }
