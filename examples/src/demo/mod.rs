@@ -286,14 +286,24 @@ async fn wait_ready(
     }
 }
 
-/// Polls the viewer until a complete trace of a frontend request is in, then prints it.
-/// Prints one more when the first trace with an error shows up.
+/// A trace at least this long went through one of backend-api-2's slow answers (150–300 ms);
+/// the normal path takes a few tens of milliseconds.
+const SLOW_TRACE_MS: f64 = 150.0;
+
+/// Polls the viewer until a complete trace of a frontend request is in, then prints it. Prints
+/// one more when the first slow trace and the first trace with an error show up, so each kind
+/// of hop timing is on screen once.
 async fn print_waterfalls(client: HttpClient, viewer: String) {
-    let mut printed_ok = false;
-    let mut printed_error = false;
+    // In order: a finished fast trace, a slow one, a failed one.
+    let mut printed = [false; 3];
+    let headings = [
+        "a finished trace",
+        "a slow trace (backend-api-2 answered slowly)",
+        "a failed trace (backend-api-2 answered 503)",
+    ];
     let started = Instant::now();
     let mut hinted = false;
-    while !(printed_ok && printed_error) {
+    while printed.contains(&false) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let url = format!("{viewer}/api/traces?service=frontend&limit=50");
         let Some((_, body)) = get_body(&client, &url).await else {
@@ -306,13 +316,21 @@ async fn print_waterfalls(client: HttpClient, viewer: String) {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64() * 1000.0)
             .unwrap_or_default();
-        let candidates = list["traces"].as_array().cloned().unwrap_or_default();
+        let mut candidates = list["traces"].as_array().cloned().unwrap_or_default();
+        // Oldest first: the most likely to be complete.
+        candidates.reverse();
         for trace in candidates {
             // Finished: the root is in, and exporters had time to flush every hop.
             let settled = now_ms - trace["startTimeUnixMs"].as_f64().unwrap_or(now_ms) > 3000.0;
             let complete = trace["rootComplete"] == true && trace["rootService"] == "frontend";
-            let errors = trace["errorCount"].as_u64().unwrap_or(0) > 0;
-            if !settled || !complete || (errors && printed_error) || (!errors && printed_ok) {
+            let class = if trace["errorCount"].as_u64().unwrap_or(0) > 0 {
+                2
+            } else if trace["durationMs"].as_f64().unwrap_or(0.0) >= SLOW_TRACE_MS {
+                1
+            } else {
+                0
+            };
+            if !settled || !complete || printed[class] {
                 continue;
             }
             let Some(id) = trace["traceId"].as_str() else {
@@ -325,18 +343,11 @@ async fn print_waterfalls(client: HttpClient, viewer: String) {
             let Ok(detail) = serde_json::from_slice::<TraceJson>(&body) else {
                 continue;
             };
-            println!(
-                "\n==> {} trace (open {viewer}/trace/{id}):\n",
-                if errors { "a failed" } else { "a finished" }
-            );
+            println!("\n==> {} (open {viewer}/trace/{id}):\n", headings[class]);
             println!("{}", waterfall::render(&detail));
-            if errors {
-                printed_error = true;
-            } else {
-                printed_ok = true;
-            }
+            printed[class] = true;
         }
-        if !hinted && !printed_ok && started.elapsed() > Duration::from_secs(30) {
+        if !hinted && !printed[0] && started.elapsed() > Duration::from_secs(30) {
             hinted = true;
             println!("==> no complete trace in the viewer after 30 s; check the proxies' logs");
         }
