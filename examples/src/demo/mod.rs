@@ -64,9 +64,9 @@ pub struct DemoConfig {
     #[arg(long, env = "MESHTRACE_DEMO_OTLP_HTTP_PORT", default_value_t = 4318)]
     pub otlp_http_port: u16,
 
-    /// First of the 12 consecutive ports used by the services and their proxies (service i
-    /// uses base+10i: app, +1 proxy inbound, +2 proxy outbound, +3 proxy admin). 0 = any free
-    /// ports.
+    /// Fixed ports for the services and their proxies: frontend, backend-api-1 and
+    /// backend-api-2 (i = 0, 1, 2) use base+10i (app), +1 (proxy inbound), +2 (proxy outbound)
+    /// and +3 (proxy admin). 0 = any free ports.
     #[arg(long, env = "MESHTRACE_DEMO_BASE_PORT", default_value_t = 0)]
     pub base_port: u16,
 
@@ -115,6 +115,13 @@ pub enum DemoError {
     Build(String),
     #[error("no free port: {0}")]
     Ports(std::io::Error),
+    #[error("port {port} is not free ({source}); choose another with {flag} (0 = any free port)")]
+    PortBusy {
+        port: u16,
+        flag: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("creating {path:?}: {source}")]
     LogDir {
         path: PathBuf,
@@ -210,7 +217,9 @@ fn build(release: bool) -> Result<(), DemoError> {
     }
 }
 
-/// Resolves 0 ports to free ones (all bound at once, so no two are the same).
+/// Resolves 0 ports to free ones (all bound at once, so no two are the same), and checks that
+/// fixed ones are free, so a busy default port (a Jaeger already on 16686, say) is reported by
+/// name rather than as a child that died.
 fn allocate_ports(config: &DemoConfig) -> Result<PortPlan, DemoError> {
     let mut held = Vec::new();
     let mut free_port = || -> Result<u16, DemoError> {
@@ -220,10 +229,25 @@ fn allocate_ports(config: &DemoConfig) -> Result<PortPlan, DemoError> {
         held.push(listener);
         Ok(port)
     };
-    let mut pick = |fixed: u16| if fixed == 0 { free_port() } else { Ok(fixed) };
-    let viewer_grpc = pick(config.otlp_grpc_port)?;
-    let viewer_http = pick(config.otlp_http_port)?;
-    let viewer_ui = pick(config.ui_port)?;
+    let viewer = config.otlp_endpoint.is_none();
+    let mut pick = |fixed: u16, flag: &'static str, used: bool| -> Result<u16, DemoError> {
+        if fixed == 0 {
+            return free_port();
+        }
+        if used {
+            std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], fixed))).map_err(
+                |source| DemoError::PortBusy {
+                    port: fixed,
+                    flag,
+                    source,
+                },
+            )?;
+        }
+        Ok(fixed)
+    };
+    let viewer_grpc = pick(config.otlp_grpc_port, "--otlp-grpc-port", viewer)?;
+    let viewer_http = pick(config.otlp_http_port, "--otlp-http-port", viewer)?;
+    let viewer_ui = pick(config.ui_port, "--ui-port", viewer)?;
     let mut services = [ServicePorts {
         app: 0,
         inbound: 0,
@@ -239,10 +263,10 @@ fn allocate_ports(config: &DemoConfig) -> Result<PortPlan, DemoError> {
             }
         };
         *ports = ServicePorts {
-            app: pick(fixed(0))?,
-            inbound: pick(fixed(1))?,
-            outbound: pick(fixed(2))?,
-            admin: pick(fixed(3))?,
+            app: pick(fixed(0), "--base-port", true)?,
+            inbound: pick(fixed(1), "--base-port", true)?,
+            outbound: pick(fixed(2), "--base-port", true)?,
+            admin: pick(fixed(3), "--base-port", true)?,
         };
     }
     drop(held);
