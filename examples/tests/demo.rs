@@ -170,6 +170,25 @@ fn real_proxy_binary() -> PathBuf {
     command
         .args(["build", "-p", "meshtrace-proxy", "--bin", "meshtrace-proxy"])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // cargo gives tests this package's CARGO_PKG_*/CARGO_MANIFEST_* variables; build scripts
+    // that fingerprint them (ring) would rebuild here and again in the next `cargo test`.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let from_cargo = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+            || key == "CARGO_PRIMARY_PACKAGE"
+            || key == "CARGO_RUSTC_CURRENT_DIR"
+            || key == "CARGO_TARGET_TMPDIR";
+        if from_cargo {
+            command.env_remove(key);
+        }
+    }
     if bin_dir().ends_with("release") {
         command.arg("--release");
     }
