@@ -2,6 +2,7 @@
 # meshtrace images, from one build of the workspace:
 #   docker build --target proxy    -t ghcr.io/meshtrace/proxy:0.1.0 .
 #   docker build --target injector -t ghcr.io/meshtrace/injector:0.1.0 .
+#   docker build --target sample-service -t ghcr.io/meshtrace/sample-service:0.1.0 .   (examples/k8s/)
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
@@ -14,8 +15,10 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p meshtrace-proxy -p meshtrace-injector \
+    && cargo build --release --locked -p meshtrace-examples --bin sample-service \
     && mkdir -p /out \
-    && cp target/release/meshtrace-proxy target/release/meshtrace-injector /out/
+    && cp target/release/meshtrace-proxy target/release/meshtrace-injector \
+        target/release/sample-service /out/
 
 # The proxy, and its init step (`meshtrace-proxy init`, which needs iptables). bash is used by the
 # postStart hook that holds app containers until the proxy is ready on pre-1.29 clusters.
@@ -31,6 +34,14 @@ COPY --from=build /out/meshtrace-proxy /usr/local/bin/meshtrace-proxy
 USER 2102:2102
 EXPOSE 4140 4143 4191
 ENTRYPOINT ["/usr/local/bin/meshtrace-proxy"]
+
+# The example application's services (examples/k8s/): frontend, backend-api-1 or backend-api-2
+# by `--role`. It only forwards trace headers; the injected proxy does the tracing.
+FROM gcr.io/distroless/cc-debian12:nonroot AS sample-service
+COPY --from=build /out/sample-service /usr/local/bin/sample-service
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/sample-service"]
 
 # The admission webhook: a static-enough binary on a minimal non-root base.
 FROM gcr.io/distroless/cc-debian12:nonroot AS injector

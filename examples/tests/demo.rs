@@ -1,10 +1,14 @@
 //! The demo runner as a user runs it (the `meshtrace-demo` binary, as `cargo demo` starts it).
 //!
-//! - `a_dying_proxy_stops_the_demo_without_orphans` runs today: a fake `meshtrace-proxy` that
-//!   exits at once must make the demo fail with a clear message and leave no process behind.
-//! - `demo_produces_complete_traces_through_the_mesh` is the end-to-end check (10 proxy
-//!   spans per frontend → api-1 → api-2 chain, parentage, the slow hop, failures as errors);
-//!   it needs the real `meshtrace-proxy`.
+//! - `a_dying_proxy_stops_the_demo_without_orphans`: a fake `meshtrace-proxy` that exits at once
+//!   must make the demo fail with a clear message and leave no process behind.
+//! - `demo_produces_complete_traces_through_the_mesh` is the end-to-end check against
+//!   the real `meshtrace-proxy` (10 proxy spans per frontend → api-1 → api-2 chain, parentage,
+//!   the slow hop, failures as errors), through the viewer's JSON API.
+//!
+//! The real proxy binary is the one `cargo test --workspace` builds next to `meshtrace-demo`
+//! (`target/<profile>/meshtrace-proxy`), or `MESHTRACE_PROXY_BIN`; when neither exists (e.g.
+//! `cargo test -p meshtrace-examples` on a fresh tree) it is built with cargo in the same profile.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -137,24 +141,149 @@ fn shape(spans: &[Value]) -> HashMap<(String, String), usize> {
     counts
 }
 
+/// backend-api-2's slow answers take 150–300 ms; its normal ones a few milliseconds.
+const SLOW_MS: f64 = 150.0;
+
+/// backend-api-2's inbound SERVER span: its own view of its answer (Null if missing).
+fn api2_server(trace: &Value) -> &Value {
+    trace["spans"]
+        .as_array()
+        .and_then(|spans| {
+            spans
+                .iter()
+                .find(|s| s["service"] == "backend-api-2" && s["kind"] == "server")
+        })
+        .unwrap_or(&Value::Null)
+}
+
+/// The real proxy: `MESHTRACE_PROXY_BIN`, or the workspace build's, built if missing.
+fn real_proxy_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MESHTRACE_PROXY_BIN") {
+        return PathBuf::from(path);
+    }
+    let path = bin_dir().join("meshtrace-proxy");
+    if path.exists() {
+        return path;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command
+        .args(["build", "-p", "meshtrace-proxy", "--bin", "meshtrace-proxy"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // cargo gives tests this package's CARGO_PKG_*/CARGO_MANIFEST_* variables; build scripts
+    // that fingerprint them (ring) would rebuild here and again in the next `cargo test`.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let from_cargo = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+            || key == "CARGO_PRIMARY_PACKAGE"
+            || key == "CARGO_RUSTC_CURRENT_DIR"
+            || key == "CARGO_TARGET_TMPDIR";
+        if from_cargo {
+            command.env_remove(key);
+        }
+    }
+    if bin_dir().ends_with("release") {
+        command.arg("--release");
+    }
+    let status = command.status().expect("run cargo build");
+    assert!(status.success(), "building meshtrace-proxy failed");
+    assert!(path.exists(), "{} missing after the build", path.display());
+    path
+}
+
+/// The tail of every process log of the run, for failure messages.
+fn log_tails(log_dir: &Path) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(log_dir) else {
+        return out;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        out.push_str(&format!(
+            "\n--- {} ---\n{tail}\n",
+            entry.file_name().to_string_lossy()
+        ));
+    }
+    out
+}
+
+fn key(span: &Value) -> (String, String, String) {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (
+        text(&span["service"]),
+        text(&span["kind"]),
+        text(&span["attributes"]["meshtrace.direction"]),
+    )
+}
+
+/// The spans from the root down to `leaf`, following parent ids (panics on an orphan).
+fn ancestry<'a>(
+    by_id: &HashMap<&str, &'a Value>,
+    leaf: &'a Value,
+    trace: &Value,
+) -> Vec<&'a Value> {
+    let mut chain = vec![leaf];
+    let mut cursor = leaf;
+    while let Some(parent) = cursor["parentSpanId"].as_str() {
+        cursor = by_id
+            .get(parent)
+            .copied()
+            .unwrap_or_else(|| panic!("span {parent} missing from {trace}"));
+        chain.push(cursor);
+        assert!(chain.len() <= 64, "parent cycle in {trace}");
+    }
+    chain.reverse();
+    chain
+}
+
+/// The hops a request crosses from the mesh's entry to `leaf_service`: at each service its
+/// proxy's inbound side (SERVER, then CLIENT to the app) and, except at the last, its outbound
+/// side (SERVER from the app, then CLIENT to the next service's proxy).
+fn expected_chain(services: &[&str]) -> Vec<(String, String, String)> {
+    let mut expected = Vec::new();
+    for (index, service) in services.iter().enumerate() {
+        let mut sides = vec!["inbound"];
+        if index + 1 < services.len() {
+            sides.push("outbound");
+        }
+        for side in sides {
+            for kind in ["server", "client"] {
+                expected.push((service.to_string(), kind.to_owned(), side.to_owned()));
+            }
+        }
+    }
+    expected
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the real meshtrace-proxy (proxy crate); run with --ignored once it is merged"]
 async fn demo_produces_complete_traces_through_the_mesh() {
     // Binaries linked from a unique directory, so leftover processes can be found by path.
     let dir = tempfile::tempdir().expect("tempdir");
     let bins = dir.path().join("bin");
+    let logs = dir.path().join("logs");
     std::fs::create_dir(&bins).expect("bin dir");
-    for name in ["sample-service", "meshtrace-viewer", "meshtrace-proxy"] {
+    for name in ["sample-service", "meshtrace-viewer"] {
         std::os::unix::fs::symlink(bin_dir().join(name), bins.join(name)).expect("symlink");
     }
+    std::os::unix::fs::symlink(real_proxy_binary(), bins.join("meshtrace-proxy")).expect("symlink");
+    // A bounded run: the demo stops by itself even if this test stops driving it.
     let mut demo = demo_command(
         &bins,
-        &dir.path().join("logs"),
+        &logs,
         &[
             "--duration",
-            "120",
+            "60s",
             "--rate",
-            "5",
+            "10",
             "--seed",
             "11",
             "--sample-rate",
@@ -163,25 +292,65 @@ async fn demo_produces_complete_traces_through_the_mesh() {
     )
     .spawn()
     .expect("spawn demo");
+    let stderr = demo.stderr.take().expect("stderr");
+    let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr_sink = stderr_text.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(mut text) = stderr_sink.lock() {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+    });
+    let failure_context = |what: &str| {
+        let stderr = stderr_text.lock().map(|t| t.clone()).unwrap_or_default();
+        format!("{what}\ndemo stderr:\n{stderr}{}", log_tails(&logs))
+    };
+
     let stdout = demo.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let viewer = tokio::time::timeout(TIMEOUT, async {
-        while let Some(line) = lines.next_line().await.expect("stdout") {
+        while let Ok(Some(line)) = lines.next_line().await {
             if let Some(url) = line.strip_prefix("==> trace viewer: ") {
-                return url.trim_end_matches('/').to_owned();
+                return Some(url.trim_end_matches('/').to_owned());
             }
         }
-        panic!("demo ended before printing the viewer URL");
+        None
     })
     .await
-    .expect("demo started in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        panic!(
+            "{}",
+            failure_context("the demo never printed the viewer URL")
+        )
+    });
+    let (printed_tx, mut printed_rx) = tokio::sync::watch::channel(String::new());
+    tokio::spawn(async move {
+        let mut seen = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            let _ = printed_tx.send(seen.clone());
+        }
+    });
 
+    // Poll the viewer until enough complete traces, including a slow and a failed one, are in.
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let deadline = Instant::now() + TIMEOUT;
     let mut complete: Vec<Value> = Vec::new();
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut enough = false;
+    while !enough && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok(Some(status)) = demo.try_wait() {
+            panic!(
+                "{}",
+                failure_context(&format!("the demo ended early: {status}"))
+            );
+        }
         let Some(list) = get_json(
             &client,
             &format!("{viewer}/api/traces?service=backend-api-2&limit=200"),
@@ -202,26 +371,27 @@ async fn demo_produces_complete_traces_through_the_mesh() {
         }
         let slow = complete
             .iter()
-            .any(|t| t["durationMs"].as_f64().unwrap_or(0.0) >= 150.0);
-        let failed = complete
-            .iter()
-            .any(|t| t["errorCount"].as_u64().unwrap_or(0) > 0);
-        if complete.len() >= 5 && slow && failed {
-            break;
-        }
+            .any(|t| api2_server(t)["durationMs"].as_f64().unwrap_or(0.0) >= SLOW_MS);
+        let failed = complete.iter().any(|t| {
+            api2_server(t)["attributes"]["http.response.status_code"].as_u64() == Some(503)
+        });
+        enough = complete.len() >= 5 && slow && failed;
     }
     assert!(
-        complete.len() >= 5,
-        "only {} complete traces",
-        complete.len()
+        enough,
+        "{}",
+        failure_context(&format!(
+            "only {} complete traces (or none slow/failed) in {TIMEOUT:?}",
+            complete.len()
+        ))
     );
 
+    let items_chain = expected_chain(&["frontend", "backend-api-1", "backend-api-2"]);
+    let recommendations_chain = expected_chain(&["frontend", "backend-api-1"]);
     let mut saw_slow_hop = false;
     let mut saw_failure = false;
     for trace in &complete {
         let spans = trace["spans"].as_array().expect("spans");
-        // frontend → api-1 (items) → api-2, plus frontend → api-1 (recommendations): each hop
-        // is an outbound proxy (SERVER + CLIENT) and an inbound proxy (SERVER + CLIENT).
         let counts = shape(spans);
         let count = |service: &str, kind: &str| {
             counts
@@ -229,6 +399,8 @@ async fn demo_produces_complete_traces_through_the_mesh() {
                 .copied()
                 .unwrap_or(0)
         };
+        // frontend → api-1 (items) → api-2: 10 proxy spans; frontend → api-1
+        // (recommendations): 4 more, the first two (the frontend's inbound side) shared.
         assert_eq!(count("frontend", "server"), 3, "{trace}");
         assert_eq!(count("frontend", "client"), 3, "{trace}");
         assert_eq!(count("backend-api-1", "server"), 3, "{trace}");
@@ -236,8 +408,6 @@ async fn demo_produces_complete_traces_through_the_mesh() {
         assert_eq!(count("backend-api-2", "server"), 1, "{trace}");
         assert_eq!(count("backend-api-2", "client"), 1, "{trace}");
 
-        // One root (frontend's inbound SERVER); every other span's parent is in the trace, and
-        // a CLIENT's children run inside it.
         let by_id: HashMap<&str, &Value> = spans
             .iter()
             .map(|s| (s["spanId"].as_str().unwrap_or_default(), s))
@@ -247,13 +417,37 @@ async fn demo_produces_complete_traces_through_the_mesh() {
             .filter(|s| s["parentSpanId"].is_null())
             .collect();
         assert_eq!(roots.len(), 1, "{trace}");
-        assert_eq!(roots[0]["service"], "frontend");
-        assert_eq!(roots[0]["kind"], "server");
+
+        // Parentage: the deepest span of each route hangs off the root through exactly the
+        // hops of its route, in order; every child starts within its parent.
+        let api2_client = spans
+            .iter()
+            .find(|s| s["service"] == "backend-api-2" && s["kind"] == "client")
+            .expect("api-2 client span");
+        let items = ancestry(&by_id, api2_client, trace);
+        assert_eq!(
+            items.iter().map(|s| key(s)).collect::<Vec<_>>(),
+            items_chain,
+            "{trace}"
+        );
+        let recommendations_leaf = spans
+            .iter()
+            .find(|s| {
+                s["service"] == "backend-api-1"
+                    && s["kind"] == "client"
+                    && s["name"] == "GET /api/recommendations"
+            })
+            .expect("recommendations client span");
+        let recommendations = ancestry(&by_id, recommendations_leaf, trace);
+        assert_eq!(
+            recommendations.iter().map(|s| key(s)).collect::<Vec<_>>(),
+            recommendations_chain,
+            "{trace}"
+        );
+        assert_eq!(items[..2], recommendations[..2], "{trace}");
         for span in spans {
             if let Some(parent) = span["parentSpanId"].as_str() {
-                let parent = by_id
-                    .get(parent)
-                    .unwrap_or_else(|| panic!("orphan in {trace}"));
+                let parent = by_id[parent];
                 let start = span["startOffsetMs"].as_f64().unwrap_or(0.0);
                 let parent_start = parent["startOffsetMs"].as_f64().unwrap_or(0.0);
                 assert!(
@@ -263,31 +457,33 @@ async fn demo_produces_complete_traces_through_the_mesh() {
             }
         }
 
-        // The chain ends at backend-api-2's inbound SERVER → CLIENT (to the app).
-        let api2_server = spans
-            .iter()
-            .find(|s| s["service"] == "backend-api-2" && s["kind"] == "server")
-            .expect("api-2 server span");
+        // The slow hop: backend-api-2's inbound SERVER, and every ancestor lasts at least as long.
+        let api2_server = items[8];
+        assert_eq!(api2_server, self::api2_server(trace));
         let api2_ms = api2_server["durationMs"].as_f64().unwrap_or(0.0);
-        let api2_status = api2_server["attributes"]["http.response.status_code"].as_u64();
-        if api2_ms >= 150.0 {
+        if api2_ms >= SLOW_MS {
             saw_slow_hop = true;
-            // The slow hop shows up in every ancestor's duration too.
-            let mut cursor = api2_server;
-            while let Some(parent) = cursor["parentSpanId"].as_str() {
-                cursor = by_id[parent];
-                assert!(cursor["durationMs"].as_f64().unwrap_or(0.0) >= api2_ms - 0.5);
+            for ancestor in &items[..8] {
+                assert!(
+                    ancestor["durationMs"].as_f64().unwrap_or(0.0) >= api2_ms - 0.5,
+                    "{trace}"
+                );
             }
         }
-        if api2_status == Some(503) {
+        // A failed inventory call (503) is an error on every hop of the items route, and the
+        // failed page answers 502; the recommendations-only spans stay ok.
+        if api2_server["attributes"]["http.response.status_code"].as_u64() == Some(503) {
             saw_failure = true;
-            assert_eq!(api2_server["status"]["code"], "error", "{trace}");
-            // ... and the callers' view of it.
-            let failed_clients = spans
-                .iter()
-                .filter(|s| s["kind"] == "client" && s["status"]["code"] == "error")
-                .count();
-            assert!(failed_clients >= 1, "{trace}");
+            for span in &items {
+                assert_eq!(span["status"]["code"], "error", "{trace}");
+            }
+            assert_eq!(items[0]["attributes"]["http.response.status_code"], 502);
+            for span in &recommendations[2..] {
+                assert_ne!(span["status"]["code"], "error", "{trace}");
+            }
+            assert_eq!(trace["errorCount"], 10, "{trace}");
+        } else {
+            assert_eq!(trace["errorCount"], 0, "{trace}");
         }
     }
     assert!(
@@ -301,8 +497,24 @@ async fn demo_produces_complete_traces_through_the_mesh() {
         complete.len()
     );
 
+    // The runner printed the terminal waterfall of a whole trace, with each hop's timing.
+    let printed = tokio::time::timeout(
+        TIMEOUT,
+        printed_rx.wait_for(|text| text.contains("backend-api-2  inbound   CLIENT")),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .map(|text| text.clone())
+    .unwrap_or_else(|| panic!("{}", failure_context("no waterfall printed")));
+    assert!(
+        printed.contains("backend-api-2  inbound   CLIENT"),
+        "{printed}"
+    );
+
     // Ctrl-C-like stop: SIGINT to the runner, which then stops everything.
     let pid = demo.id().expect("demo pid") as i32;
+    // SAFETY: kill(2) on the pid of our own child, which has not been waited for yet.
     unsafe {
         libc::kill(pid, libc::SIGINT);
     }
@@ -310,7 +522,7 @@ async fn demo_produces_complete_traces_through_the_mesh() {
         .await
         .expect("demo stopped")
         .expect("wait");
-    assert!(status.success());
+    assert!(status.success(), "{}", failure_context(&status.to_string()));
     let leftovers = processes_mentioning(&dir.path().to_string_lossy());
     assert!(leftovers.is_empty(), "orphans: {leftovers:?}");
 }

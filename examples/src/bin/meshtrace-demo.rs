@@ -18,7 +18,13 @@ struct Cli {
 // main thread lives as long as the demo.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // `cargo demo` is an alias ending in `--`, so both `cargo demo --rate 5` and the habitual
+    // `cargo demo -- --rate 5` must work: the latter arrives as `-- --rate 5`.
+    let args = std::env::args_os()
+        .enumerate()
+        .filter(|(index, arg)| !(*index == 1 && arg == "--"))
+        .map(|(_, arg)| arg);
+    let cli = Cli::parse_from(args);
     match run(cli.demo).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

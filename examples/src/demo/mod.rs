@@ -47,9 +47,10 @@ pub struct DemoConfig {
     #[arg(long, env = "MESHTRACE_DEMO_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
-    /// Stop after this many seconds instead of waiting for Ctrl-C.
-    #[arg(long, env = "MESHTRACE_DEMO_DURATION")]
-    pub duration: Option<u64>,
+    /// Stop after this long instead of waiting for Ctrl-C: `90` or `90s` (seconds), `500ms`,
+    /// `2m`.
+    #[arg(long, env = "MESHTRACE_DEMO_DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 
     /// Port of the built-in viewer's web UI (0 = any free port).
     #[arg(long, env = "MESHTRACE_DEMO_UI_PORT", default_value_t = 16686)]
@@ -63,9 +64,9 @@ pub struct DemoConfig {
     #[arg(long, env = "MESHTRACE_DEMO_OTLP_HTTP_PORT", default_value_t = 4318)]
     pub otlp_http_port: u16,
 
-    /// First of the 12 consecutive ports used by the services and their proxies (service i
-    /// uses base+10i: app, +1 proxy inbound, +2 proxy outbound, +3 proxy admin). 0 = any free
-    /// ports.
+    /// Fixed ports for the services and their proxies: frontend, backend-api-1 and
+    /// backend-api-2 (i = 0, 1, 2) use base+10i (app), +1 (proxy inbound), +2 (proxy outbound)
+    /// and +3 (proxy admin). 0 = any free ports.
     #[arg(long, env = "MESHTRACE_DEMO_BASE_PORT", default_value_t = 0)]
     pub base_port: u16,
 
@@ -87,6 +88,25 @@ pub struct DemoConfig {
     pub seed: Option<u64>,
 }
 
+/// `--duration`: a number with an optional `ms`, `s` or `m` unit (seconds without one).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 15s, 500ms or 2m"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown unit `{other}` (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|error| format!("`{text}`: {error}"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("cannot find this program's directory: {0}")]
@@ -95,6 +115,13 @@ pub enum DemoError {
     Build(String),
     #[error("no free port: {0}")]
     Ports(std::io::Error),
+    #[error("port {port} is not free ({source}); choose another with {flag} (0 = any free port)")]
+    PortBusy {
+        port: u16,
+        flag: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("creating {path:?}: {source}")]
     LogDir {
         path: PathBuf,
@@ -190,7 +217,9 @@ fn build(release: bool) -> Result<(), DemoError> {
     }
 }
 
-/// Resolves 0 ports to free ones (all bound at once, so no two are the same).
+/// Resolves 0 ports to free ones (all bound at once, so no two are the same), and checks that
+/// fixed ones are free, so a busy default port (a Jaeger already on 16686, say) is reported by
+/// name rather than as a child that died.
 fn allocate_ports(config: &DemoConfig) -> Result<PortPlan, DemoError> {
     let mut held = Vec::new();
     let mut free_port = || -> Result<u16, DemoError> {
@@ -200,10 +229,25 @@ fn allocate_ports(config: &DemoConfig) -> Result<PortPlan, DemoError> {
         held.push(listener);
         Ok(port)
     };
-    let mut pick = |fixed: u16| if fixed == 0 { free_port() } else { Ok(fixed) };
-    let viewer_grpc = pick(config.otlp_grpc_port)?;
-    let viewer_http = pick(config.otlp_http_port)?;
-    let viewer_ui = pick(config.ui_port)?;
+    let viewer = config.otlp_endpoint.is_none();
+    let mut pick = |fixed: u16, flag: &'static str, used: bool| -> Result<u16, DemoError> {
+        if fixed == 0 {
+            return free_port();
+        }
+        if used {
+            std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], fixed))).map_err(
+                |source| DemoError::PortBusy {
+                    port: fixed,
+                    flag,
+                    source,
+                },
+            )?;
+        }
+        Ok(fixed)
+    };
+    let viewer_grpc = pick(config.otlp_grpc_port, "--otlp-grpc-port", viewer)?;
+    let viewer_http = pick(config.otlp_http_port, "--otlp-http-port", viewer)?;
+    let viewer_ui = pick(config.ui_port, "--ui-port", viewer)?;
     let mut services = [ServicePorts {
         app: 0,
         inbound: 0,
@@ -219,10 +263,10 @@ fn allocate_ports(config: &DemoConfig) -> Result<PortPlan, DemoError> {
             }
         };
         *ports = ServicePorts {
-            app: pick(fixed(0))?,
-            inbound: pick(fixed(1))?,
-            outbound: pick(fixed(2))?,
-            admin: pick(fixed(3))?,
+            app: pick(fixed(0), "--base-port", true)?,
+            inbound: pick(fixed(1), "--base-port", true)?,
+            outbound: pick(fixed(2), "--base-port", true)?,
+            admin: pick(fixed(3), "--base-port", true)?,
         };
     }
     drop(held);
@@ -266,14 +310,24 @@ async fn wait_ready(
     }
 }
 
-/// Polls the viewer until a complete trace of a frontend request is in, then prints it.
-/// Prints one more when the first trace with an error shows up.
+/// A trace at least this long went through one of backend-api-2's slow answers (150–300 ms);
+/// the normal path takes a few tens of milliseconds.
+const SLOW_TRACE_MS: f64 = 150.0;
+
+/// Polls the viewer until a complete trace of a frontend request is in, then prints it. Prints
+/// one more when the first slow trace and the first trace with an error show up, so each kind
+/// of hop timing is on screen once.
 async fn print_waterfalls(client: HttpClient, viewer: String) {
-    let mut printed_ok = false;
-    let mut printed_error = false;
+    // In order: a finished fast trace, a slow one, a failed one.
+    let mut printed = [false; 3];
+    let headings = [
+        "a finished trace",
+        "a slow trace (backend-api-2 answered slowly)",
+        "a failed trace (backend-api-2 answered 503)",
+    ];
     let started = Instant::now();
     let mut hinted = false;
-    while !(printed_ok && printed_error) {
+    while printed.contains(&false) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let url = format!("{viewer}/api/traces?service=frontend&limit=50");
         let Some((_, body)) = get_body(&client, &url).await else {
@@ -286,13 +340,21 @@ async fn print_waterfalls(client: HttpClient, viewer: String) {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64() * 1000.0)
             .unwrap_or_default();
-        let candidates = list["traces"].as_array().cloned().unwrap_or_default();
+        let mut candidates = list["traces"].as_array().cloned().unwrap_or_default();
+        // Oldest first: the most likely to be complete.
+        candidates.reverse();
         for trace in candidates {
             // Finished: the root is in, and exporters had time to flush every hop.
             let settled = now_ms - trace["startTimeUnixMs"].as_f64().unwrap_or(now_ms) > 3000.0;
             let complete = trace["rootComplete"] == true && trace["rootService"] == "frontend";
-            let errors = trace["errorCount"].as_u64().unwrap_or(0) > 0;
-            if !settled || !complete || (errors && printed_error) || (!errors && printed_ok) {
+            let class = if trace["errorCount"].as_u64().unwrap_or(0) > 0 {
+                2
+            } else if trace["durationMs"].as_f64().unwrap_or(0.0) >= SLOW_TRACE_MS {
+                1
+            } else {
+                0
+            };
+            if !settled || !complete || printed[class] {
                 continue;
             }
             let Some(id) = trace["traceId"].as_str() else {
@@ -305,18 +367,11 @@ async fn print_waterfalls(client: HttpClient, viewer: String) {
             let Ok(detail) = serde_json::from_slice::<TraceJson>(&body) else {
                 continue;
             };
-            println!(
-                "\n==> {} trace (open {viewer}/trace/{id}):\n",
-                if errors { "a failed" } else { "a finished" }
-            );
+            println!("\n==> {} (open {viewer}/trace/{id}):\n", headings[class]);
             println!("{}", waterfall::render(&detail));
-            if errors {
-                printed_error = true;
-            } else {
-                printed_ok = true;
-            }
+            printed[class] = true;
         }
-        if !hinted && !printed_ok && started.elapsed() > Duration::from_secs(30) {
+        if !hinted && !printed[0] && started.elapsed() > Duration::from_secs(30) {
             hinted = true;
             println!("==> no complete trace in the viewer after 30 s; check the proxies' logs");
         }
@@ -375,7 +430,7 @@ pub async fn run(config: DemoConfig) -> Result<(), DemoError> {
             (None, None) => {}
         }
         match config.duration {
-            Some(seconds) => println!("==> running for {seconds} s (Ctrl-C stops earlier)"),
+            Some(duration) => println!("==> running for {duration:?} (Ctrl-C stops earlier)"),
             None => println!("==> running until Ctrl-C"),
         }
 
@@ -394,7 +449,7 @@ pub async fn run(config: DemoConfig) -> Result<(), DemoError> {
             .map(|viewer| tokio::spawn(print_waterfalls(client.clone(), viewer)));
         let until = async {
             match config.duration {
-                Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
+                Some(duration) => tokio::time::sleep(duration).await,
                 None => std::future::pending().await,
             }
         };
@@ -445,4 +500,20 @@ pub async fn run(config: DemoConfig) -> Result<(), DemoError> {
     println!("==> stopping all processes");
     supervisor.shutdown().await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_an_optional_unit() {
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
 }

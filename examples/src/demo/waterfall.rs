@@ -26,6 +26,20 @@ pub struct SpanJson {
     pub start_offset_ms: f64,
     pub duration_ms: f64,
     pub status: StatusJson,
+    /// Span attributes; the terminal shows `meshtrace.direction` (which side of the proxy).
+    #[serde(default)]
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+impl SpanJson {
+    /// `inbound`/`outbound`: whether the proxy took this request in for its own app or out
+    /// from it; it tells the two span pairs each proxy emits apart.
+    pub fn direction(&self) -> &str {
+        self.attributes
+            .get("meshtrace.direction")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -118,14 +132,15 @@ pub fn render(trace: &TraceJson) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<service_width$}  {:<6}  {:<name_width$}  {:>9}  {:>9}  {:<6}  timeline 0 → {:.1} ms",
-        "service", "kind", "operation", "start", "duration", "status", trace.duration_ms
+        "{:<service_width$}  {:<8}  {:<6}  {:<name_width$}  {:>9}  {:>9}  {:<6}  timeline 0 → {:.1} ms",
+        "service", "proxy", "kind", "operation", "start", "duration", "status", trace.duration_ms
     );
     for ((_, span), name) in rows.iter().zip(&name_cells) {
         let failed = span.status.code == "error";
         let mut line = format!(
-            "{:<service_width$}  {:<6}  {:<name_width$}  {:>7.2}ms  {:>7.2}ms  {:<6}  {}",
+            "{:<service_width$}  {:<8}  {:<6}  {:<name_width$}  {:>7.2}ms  {:>7.2}ms  {:<6}  {}",
             span.service,
+            span.direction(),
             span.kind.to_uppercase(),
             name,
             span.start_offset_ms,
@@ -176,6 +191,14 @@ mod tests {
                     String::new()
                 },
             },
+            attributes: serde_json::Map::from_iter([(
+                "meshtrace.direction".to_owned(),
+                serde_json::Value::from(if kind == "server" {
+                    "inbound"
+                } else {
+                    "outbound"
+                }),
+            )]),
         }
     }
 
@@ -204,6 +227,10 @@ mod tests {
             "{text}"
         );
         assert!(lines[3].contains("  op-b"), "{text}");
+        assert!(
+            lines[2].contains("inbound") && lines[3].contains("outbound"),
+            "{text}"
+        );
         assert!(
             lines[4].contains("    op-c") && lines[4].contains("ERROR"),
             "{text}"

@@ -237,6 +237,14 @@
     return h("span", { class: `kind kind-${kind}` }, kind);
   }
 
+  // A meshtrace proxy emits a SERVER/CLIENT pair on each side (inbound for its own app,
+  // outbound for the app's calls): the side tells the two pairs of one service apart.
+  function directionBadge(span) {
+    const side = span.attributes && span.attributes["meshtrace.direction"];
+    if (side !== "inbound" && side !== "outbound") return null;
+    return h("span", { class: "direction", title: `the proxy's ${side} side` }, side === "inbound" ? "in" : "out");
+  }
+
   function attributeTable(title, attributes) {
     const entries = Object.entries(attributes || {});
     if (!entries.length) return null;
@@ -351,7 +359,7 @@
       const left = (100 * span.startOffsetMs) / total;
       const width = (100 * span.durationMs) / total;
       // Duration label: right of the bar if there is room, else left of it, else inside it.
-      const labelPlace = left + width <= 82 ? "right" : left >= 14 ? "left" : "inside";
+      const labelPlace = left + width <= 74 ? "right" : left >= 24 ? "left" : "inside";
       const entry = { row: null, detail: null, toggle: null };
       const toggle = childCount
         ? h("button", {
@@ -369,7 +377,7 @@
       const row = h("div", {
         class: `wf-row span-row${isError ? " error" : ""}`,
         role: "button", tabindex: "0", "aria-expanded": "false",
-        title: `${span.service} · ${span.name} · ${formatDuration(span.durationMs)}`,
+        title: `${span.service} · ${span.name} · starts at +${formatDuration(span.startOffsetMs)} · lasts ${formatDuration(span.durationMs)}`,
         onclick: () => {
           if (entry.detail) {
             entry.detail.hidden = !entry.detail.hidden;
@@ -392,6 +400,7 @@
         h("span", { class: "svc-name", style: { color } }, span.service),
         h("span", { class: "op-name" }, span.name),
         kindBadge(span.kind),
+        directionBadge(span),
         isError ? h("span", { class: "error-icon", title: span.status.message || "error" }, "!") : null),
       h("div", { class: "wf-timeline" },
         h("div", {
@@ -402,7 +411,8 @@
         h("span", {
           class: `bar-label ${labelPlace}`,
           style: labelPlace === "right" ? { left: `${left + width}%` } : { right: `${labelPlace === "left" ? 100 - left : 100 - left - width}%` },
-        }, formatDuration(span.durationMs), isError && span.status.message ? ` · ${span.status.message}` : "")));
+        }, `+${formatDuration(span.startOffsetMs)} · `, h("strong", {}, formatDuration(span.durationMs)),
+        isError && span.status.message ? ` · ${span.status.message}` : "")));
       entry.row = row;
       rowsById.set(span.spanId, entry);
       body.append(row);
