@@ -65,6 +65,7 @@ fn run(config: Config) -> ExitCode {
     };
     let flush_timeout = config.export_flush_timeout;
     runtime.block_on(async {
+        let signal = termination_signal();
         let mut proxy = Proxy::new(config);
         let exporter = match proxy.start_export() {
             Ok(exporter) => exporter,
@@ -81,7 +82,7 @@ fn run(config: Config) -> ExitCode {
             }
         };
         // Drained or not, a requested shutdown is a clean exit.
-        bound.run(termination_signal()).await;
+        bound.run(signal).await;
         if let Some(exporter) = exporter {
             if let Err(error) = exporter.shutdown(flush_timeout).await {
                 tracing::warn!(%error, "span export flush incomplete");
@@ -104,20 +105,25 @@ fn init_logging(config: &Config) -> Result<(), tracing_subscriber::filter::Parse
 }
 
 /// SIGTERM (kubelet) or SIGINT (Ctrl-C).
-async fn termination_signal() {
+///
+/// The handlers are installed when this is called, not when the future is first polled: called
+/// before the listeners are bound, a SIGTERM that arrives as soon as `/ready` answers is
+/// already ours (otherwise the default action would kill the process mid-request).
+fn termination_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::error!(%error, "cannot listen for termination signals; use POST /shutdown");
-            return std::future::pending().await;
+    let signals = signal(SignalKind::terminate())
+        .and_then(|term| signal(SignalKind::interrupt()).map(|int| (term, int)));
+    async move {
+        let (mut term, mut int) = match signals {
+            Ok(signals) => signals,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for termination signals; use POST /shutdown");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }
