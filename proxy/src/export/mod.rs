@@ -3,11 +3,19 @@
 //! The data path only ever sees a [`SpanSink`]; everything here runs in one background task, so
 //! a slow or absent collector costs dropped spans (counted), never latency.
 //!
-//! Typical use by the proxy's `main`:
-//! ```ignore
-//! let (sink, exporter) = export::start(&args.export, &mut registry)?;
-//! // ... serve traffic with `sink` ...
-//! if let Some(exporter) = exporter { let _ = exporter.shutdown(drain_deadline).await; }
+//! Typical use (the proxy's `main` does this through `app::Proxy::start_export`):
+//! ```no_run
+//! # async fn example(args: meshtrace_proxy::export::ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
+//! use meshtrace_proxy::export;
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let (sink, exporter) = export::start(&args, &mut registry)?;
+//! // ... serve traffic, handing finished spans to `sink.try_send(..)` ...
+//! # drop(sink);
+//! if let Some(exporter) = exporter {
+//!     let _ = exporter.shutdown(std::time::Duration::from_secs(5)).await;
+//! }
+//! # Ok(())
+//! # }
 //! ```
 
 pub mod batch;
