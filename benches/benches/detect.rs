@@ -7,7 +7,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use meshtrace_proxy::detect::{classify, detect};
 
-const HTTP1_GET: &[u8] = b"GET /api/users/42?expand=orders HTTP/1.1\r\nHost: users.default.svc:8080\r\n\
+const HTTP1_GET: &[u8] =
+    b"GET /api/users/42?expand=orders HTTP/1.1\r\nHost: users.default.svc:8080\r\n\
 User-Agent: bench\r\nAccept: */*\r\n\r\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00";
 const TLS_HELLO: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";

@@ -98,7 +98,9 @@ fn main() {
                 continue;
             }
             let started = Instant::now();
-            match run_path(&settings, &tools, &proxy_bin, upstream, sink, path, protocol) {
+            match run_path(
+                &settings, &tools, &proxy_bin, upstream, sink, path, protocol,
+            ) {
                 Ok(result) => {
                     eprintln!(
                         "{} {}: {:.0} req/s, p50 {:?} us ({:.1}s)",
@@ -479,7 +481,6 @@ fn spawn_nginx(
          http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
            fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
            keepalive_requests 1000000;\n\
-           http2_max_requests 1000000;\n\
            upstream app {{ server {upstream}; keepalive 128; }}\n\
            server {{\n    listen {listen}{http2};\n    location / {{\n      proxy_pass http://app;\n\
                proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
@@ -571,7 +572,10 @@ impl Tools {
     ) -> Result<(f64, u64, u64), String> {
         match protocol {
             Protocol::Http1 => {
-                let wrk = self.wrk.as_ref().ok_or("wrk not installed (apt-get install wrk)")?;
+                let wrk = self
+                    .wrk
+                    .as_ref()
+                    .ok_or("wrk not installed (apt-get install wrk)")?;
                 let output = run(Command::new(wrk)
                     .arg("-t1")
                     .arg(format!("-c{concurrency}"))
@@ -711,7 +715,9 @@ fn oha_latency(
     if let Some(v) = seconds_to_us(&report["summary"]["slowest"]) {
         latency.insert("max", v);
     }
-    let ok = report["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    let ok = report["statusCodeDistribution"]["200"]
+        .as_u64()
+        .unwrap_or(0);
     let errors: u64 = report["errorDistribution"]
         .as_object()
         .map(|m| m.values().filter_map(Value::as_u64).sum())
@@ -724,7 +730,8 @@ fn percentiles(sorted: &[f64]) -> BTreeMap<&'static str, f64> {
     if sorted.is_empty() {
         return out;
     }
-    let at = |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
+    let at =
+        |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
     out.insert("p50", at(0.50));
     out.insert("p90", at(0.90));
     out.insert("p99", at(0.99));
@@ -827,8 +834,8 @@ fn wait_for_listener(addr: SocketAddr) -> Result<(), String> {
 /// A plain HTTP/1.1 GET over a fresh connection, for the admin `/metrics`.
 fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     use std::io::Read;
-    let mut stream = StdStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
+    let mut stream =
+        StdStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     write!(
         stream,
@@ -907,12 +914,18 @@ where
 }
 
 /// The same small static response for every path.
-async fn upstream_service(_request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from_static(b"hello from upstream\n"))))
+async fn upstream_service(
+    _request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(
+        b"hello from upstream\n",
+    ))))
 }
 
 /// Accepts OTLP/HTTP protobuf exports and answers with an empty (= fully accepted) response.
-async fn otlp_sink_service(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn otlp_sink_service(
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let _ = request.into_body().collect().await;
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::OK;
@@ -938,9 +951,7 @@ fn markdown(results: &[PathResult], rss_1000: Option<u64>) -> String {
             .iter()
             .find(|d| d.protocol == r.protocol && d.path == PathKind::Direct);
         let ratio = direct.map(|d| r.throughput_rps / d.throughput_rps);
-        let added = |q: &str| {
-            Some(r.latency.get(q)? - direct?.latency.get(q)?)
-        };
+        let added = |q: &str| Some(r.latency.get(q)? - direct?.latency.get(q)?);
         out.push_str(&format!(
             "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.protocol.name(),
@@ -967,7 +978,9 @@ fn markdown(results: &[PathResult], rss_1000: Option<u64>) -> String {
                 .find(|r| r.protocol == protocol && r.path == path)
                 .map(|r| r.throughput_rps)
         };
-        if let (Some(sampled), Some(off)) = (rps(PathKind::ProxySampled), rps(PathKind::ProxyTracingOff)) {
+        if let (Some(sampled), Some(off)) =
+            (rps(PathKind::ProxySampled), rps(PathKind::ProxyTracingOff))
+        {
             out.push_str(&format!(
                 "\n{}: sampled ÷ tracing-off throughput = {:.2}",
                 protocol.name(),
