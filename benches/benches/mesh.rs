@@ -882,7 +882,8 @@ fn machine() -> Value {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     json!({
         "cpu": cpu,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        // Online CPUs of the machine (this process itself is pinned to one).
+        "cpus": unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
         "kernel": kernel.trim(),
         "loadavg_at_end": load.trim(),
     })
