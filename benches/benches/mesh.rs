@@ -68,7 +68,12 @@ impl Settings {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; ignore harness-style flags.
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: there, stay a no-op
+    // rather than run minutes of load.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("mesh: run with `cargo bench --bench mesh` (or benches/run.sh); nothing to test");
+        return;
+    }
     let settings = Settings::from_args();
     raise_fd_limit();
     pin_to_cpu(LOAD_CPU);
