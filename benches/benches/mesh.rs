@@ -308,6 +308,21 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        // nginx workers outlive a SIGKILLed master: kill the workers by pid first.
+        let workers: Vec<u32> = if self.include_children {
+            self.children
+                .iter()
+                .flat_map(|c| child_pids(c.id()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for worker in workers {
+            if let Ok(pid) = libc::pid_t::try_from(worker) {
+                // SAFETY: plain syscall on a pid this benchmark's nginx master forked.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
