@@ -90,6 +90,12 @@ pub struct Config {
     #[arg(long, env = "MESHTRACE_EXPORT_FLUSH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub export_flush_timeout: Duration,
 
+    /// Runtime worker threads. A sidecar shares its pod's CPU with the application, so one
+    /// thread is the default (as in linkerd2-proxy): no cross-thread wakeups, less memory. `0`
+    /// means one per CPU core.
+    #[arg(long, env = "MESHTRACE_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
+
     /// Log filter, in `tracing-subscriber` `EnvFilter` syntax (`info`, `meshtrace_proxy=debug`).
     #[arg(long, env = "MESHTRACE_LOG", default_value = "info")]
     pub log: String,
@@ -144,6 +150,7 @@ impl Default for Config {
             outbound_idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             export_flush_timeout: Duration::from_secs(5),
+            worker_threads: 1,
             log: "info".to_string(),
             log_format: LogFormat::Plain,
             trace: TraceArgs::default(),

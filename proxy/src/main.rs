@@ -53,10 +53,11 @@ fn run(config: Config) -> ExitCode {
         eprintln!("meshtrace-proxy: invalid MESHTRACE_LOG: {error}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("meshtrace-proxy: cannot start the runtime: {error}");
