@@ -1,6 +1,7 @@
 //! `meshtrace-viewer`: receive OTLP traces and browse them at http://127.0.0.1:16686.
 
 use clap::Parser;
+use meshtrace_examples::shutdown_signal;
 use meshtrace_examples::viewer::{Viewer, ViewerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +24,7 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    let stop = shutdown_signal();
     let viewer = match Viewer::bind(&cli.viewer).await {
         Ok(viewer) => viewer,
         Err(error) => {
@@ -37,7 +39,7 @@ async fn main() -> std::process::ExitCode {
         ui = %format!("http://{}/", addrs.ui),
         "meshtrace-viewer listening"
     );
-    match viewer.run(shutdown_signal()).await {
+    match viewer.run(stop).await {
         Ok(()) => {
             tracing::info!("stopped");
             std::process::ExitCode::SUCCESS
@@ -46,22 +48,5 @@ async fn main() -> std::process::ExitCode {
             tracing::error!(%error, "viewer failed");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// Ctrl-C or SIGTERM (what a demo runner or a container runtime sends).
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the viewer");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
     }
 }

@@ -3,6 +3,7 @@
 use clap::Parser;
 use hyper_util::client::proxy::matcher::Matcher;
 use meshtrace_examples::services::{SampleService, SampleServiceConfig};
+use meshtrace_examples::shutdown_signal;
 use tracing_subscriber::EnvFilter;
 
 /// A sample service of the meshtrace demo: frontend → backend-api-1 → backend-api-2. It only
@@ -26,6 +27,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let role = cli.service.role.name();
+    let stop = shutdown_signal();
     let service = match SampleService::bind(&cli.service, Matcher::from_env()).await {
         Ok(service) => service,
         Err(error) => {
@@ -34,24 +36,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     tracing::info!(role, listen = %service.local_addr(), upstreams = ?cli.service.upstreams, "sample service listening");
-    service.run(shutdown_signal()).await;
+    service.run(stop).await;
     tracing::info!(role, "stopped");
     std::process::ExitCode::SUCCESS
-}
-
-/// Ctrl-C or SIGTERM (what the demo runner sends).
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the service");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
 }
