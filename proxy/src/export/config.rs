@@ -404,10 +404,11 @@ fn resolve_endpoint(
     Uri::from_parts(parts).map_err(|e| invalid(e.to_string()))
 }
 
-/// `OTEL_EXPORTER_OTLP_HEADERS`: comma-separated `key=value` pairs (W3C baggage-like), values
-/// percent-decoded, surrounding whitespace trimmed, empty members skipped.
-pub fn parse_headers(value: &str) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-    let mut headers = Vec::new();
+/// The list format of `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES` (W3C
+/// baggage-like): comma-separated `key=value` pairs, both sides percent-decoded and trimmed,
+/// empty members skipped.
+pub fn parse_key_value_list(value: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
     for member in value.split(',') {
         let member = member.trim();
         if member.is_empty() {
@@ -418,13 +419,23 @@ pub fn parse_headers(value: &str) -> Result<Vec<(HeaderName, HeaderValue)>, Stri
         };
         let key = percent_decode(key.trim()).ok_or_else(|| format!("bad escape in {key:?}"))?;
         let val = percent_decode(val.trim()).ok_or_else(|| format!("bad escape in {val:?}"))?;
-        let name = HeaderName::from_bytes(key.as_bytes())
-            .map_err(|_| format!("{key:?} is not a valid header name"))?;
-        let value = HeaderValue::from_str(&val)
-            .map_err(|_| format!("the value of {key:?} is not a valid header value"))?;
-        headers.push((name, value));
+        pairs.push((key, val));
     }
-    Ok(headers)
+    Ok(pairs)
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: a [`parse_key_value_list`] whose keys are header names.
+pub fn parse_headers(value: &str) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    parse_key_value_list(value)?
+        .into_iter()
+        .map(|(key, val)| {
+            let name = HeaderName::from_bytes(key.as_bytes())
+                .map_err(|_| format!("{key:?} is not a valid header name"))?;
+            let value = HeaderValue::from_str(&val)
+                .map_err(|_| format!("the value of {key:?} is not a valid header value"))?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.

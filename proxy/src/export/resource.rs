@@ -7,7 +7,7 @@
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::config::percent_decode;
+use super::config::parse_key_value_list;
 
 /// `MESHTRACE_*` variables mapped to their semantic-convention resource attributes.
 const POD_ATTRIBUTES: &[(&str, &str)] = &[
@@ -108,24 +108,12 @@ impl ProxyResource {
     }
 }
 
-/// `key1=value1,key2=value2`, values percent-decoded. Per the spec, any error discards the
-/// whole variable (reported by the caller).
+/// `key1=value1,key2=value2` ([`parse_key_value_list`]), keys non-empty. Per the spec, any
+/// error discards the whole variable (reported by the caller).
 pub fn parse_resource_attributes(value: &str) -> Result<Vec<(String, String)>, String> {
-    let mut pairs = Vec::new();
-    for member in value.split(',') {
-        let member = member.trim();
-        if member.is_empty() {
-            continue;
-        }
-        let Some((key, val)) = member.split_once('=') else {
-            return Err(format!("{member:?} is not key=value"));
-        };
-        let key = percent_decode(key.trim()).ok_or_else(|| format!("bad escape in {key:?}"))?;
-        let val = percent_decode(val.trim()).ok_or_else(|| format!("bad escape in {val:?}"))?;
-        if key.is_empty() {
-            return Err(format!("empty key in {member:?}"));
-        }
-        pairs.push((key, val));
+    let pairs = parse_key_value_list(value)?;
+    if let Some((_, val)) = pairs.iter().find(|(key, _)| key.is_empty()) {
+        return Err(format!("empty key in \"={val}\""));
     }
     Ok(pairs)
 }
