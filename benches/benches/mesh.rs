@@ -84,6 +84,11 @@ fn main() {
         .expect("tokio runtime");
     let upstream = runtime.block_on(serve(upstream_service));
     let sink = runtime.block_on(serve(otlp_sink_service));
+    if std::env::args().any(|a| a == "--serve") {
+        // For profiling by hand: keep the upstream and the sink up, run a proxy under `perf`.
+        println!("upstream {upstream}\nOTLP sink {sink}");
+        runtime.block_on(std::future::pending::<()>());
+    }
     let tools = Tools::find();
     eprintln!("upstream {upstream}, OTLP sink {sink}; tools: {tools:?}");
     let proxy_bin = proxy_binary();
