@@ -20,7 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, PortSet};
 use crate::detect::{self, PrefixedIo, Protocol};
 use crate::export::{self, ExporterHandle};
-use crate::forward::{self, http::WithConnMeta, resolve::Resolver, HttpStack, StackParams};
+use crate::forward::{self, http::ConnectionService, resolve::Resolver, HttpStacks, StackParams};
 use crate::listen;
 use crate::meta::{ConnMeta, Direction};
 use crate::metrics::{DirectionMetrics, ProxyMetrics};
@@ -128,7 +128,7 @@ impl Proxy {
         let direction = |direction: Direction, fixed_target: Option<SocketAddr>| {
             let metrics = metrics.direction(direction);
             let settings = config.direction(direction);
-            let stack = forward::http_stack(&StackParams {
+            let stack = forward::http_stacks(&StackParams {
                 direction,
                 settings,
                 own_listeners: own_listeners.clone(),
@@ -263,7 +263,7 @@ struct DirectionContext {
     opaque_ports: PortSet,
     connect_timeout: Duration,
     metrics: DirectionMetrics,
-    stack: HttpStack,
+    stack: HttpStacks,
 }
 
 async fn accept_loop(listener: TcpListener, context: Arc<DirectionContext>, watch: Watch) {
@@ -365,7 +365,7 @@ async fn handle_connection(
                 local_addr,
                 orig_dst,
             });
-            let service = WithConnMeta::new(context.stack.clone(), meta);
+            let service = ConnectionService::new(context.stack.for_connection(), meta);
             forward::http::serve_connection(protocol, io, service, watch).await;
         }
     }

@@ -130,20 +130,24 @@ impl ProxyMetrics {
         };
         let bytes_received = self.bytes.get_or_create(&flow("received")).clone();
         let bytes_sent = self.bytes.get_or_create(&flow("sent")).clone();
-        DirectionMetrics {
+        DirectionMetrics(std::sync::Arc::new(DirectionHandles {
             requests_by_class,
             request_duration,
             open_connections,
             connections_by_protocol,
             bytes_received,
             bytes_sent,
-        }
+        }))
     }
 }
 
-/// One direction's metric handles; clones share the same atomics.
+/// One direction's metric handles; clones share the same atomics (and cost one reference
+/// count, since a response future holds one).
 #[derive(Clone, Debug)]
-pub struct DirectionMetrics {
+pub struct DirectionMetrics(std::sync::Arc<DirectionHandles>);
+
+#[derive(Debug)]
+struct DirectionHandles {
     requests_by_class: [Counter; 6],
     request_duration: Histogram,
     open_connections: Gauge,
@@ -161,20 +165,20 @@ impl DirectionMetrics {
     pub fn record_response(&self, status: http::StatusCode, elapsed: Duration) {
         let class = usize::from(status.as_u16() / 100);
         let index = if (1..=5).contains(&class) { class } else { 0 };
-        self.requests_by_class[index].inc();
-        self.request_duration.observe(elapsed.as_secs_f64());
+        self.0.requests_by_class[index].inc();
+        self.0.request_duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn connection_detected(&self, protocol: Protocol) {
         let index = PROTOCOLS.iter().position(|p| *p == protocol).unwrap_or(2);
-        self.connections_by_protocol[index].inc();
+        self.0.connections_by_protocol[index].inc();
     }
 
     /// Counts the connection as open until the guard is dropped.
     pub fn open_connection(&self) -> OpenConnection {
-        self.open_connections.inc();
+        self.0.open_connections.inc();
         OpenConnection {
-            gauge: self.open_connections.clone(),
+            gauge: self.0.open_connections.clone(),
         }
     }
 
@@ -182,8 +186,8 @@ impl DirectionMetrics {
     pub fn count_bytes<I>(&self, io: I) -> CountingIo<I> {
         CountingIo {
             io,
-            received: self.bytes_received.clone(),
-            sent: self.bytes_sent.clone(),
+            received: self.0.bytes_received.clone(),
+            sent: self.0.bytes_sent.clone(),
         }
     }
 }

@@ -223,7 +223,16 @@ async fn keep_alive_connections_are_reused() {
         assert_eq!(client.read_response().await.status(), 200);
         assert_eq!(upstream.next_request().await.connection, 0);
     }
-    // New client connections reuse the pooled upstream connection too.
+    // A client connection keeps its upstream connection while it is open (as it would have
+    // its own without the mesh): another client connection meanwhile gets a second one.
+    let mut other = RawClient::connect(proxy.inbound).await;
+    other.send(b"GET /other HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(other.read_response().await.status(), 200);
+    assert_eq!(upstream.next_request().await.connection, 1);
+    // Once client connections close, new ones reuse their upstream connections.
+    drop(client);
+    drop(other);
+    wait_for_open_connections(proxy.admin, 0).await;
     for i in 0..3 {
         let response = exchange(
             proxy.inbound,
@@ -231,10 +240,29 @@ async fn keep_alive_connections_are_reused() {
         )
         .await;
         assert_eq!(response.status(), 200);
-        assert_eq!(upstream.next_request().await.connection, 0);
+        assert!(upstream.next_request().await.connection <= 1);
+        wait_for_open_connections(proxy.admin, 0).await;
     }
-    assert_eq!(upstream.connections(), 1);
+    assert_eq!(upstream.connections(), 2);
     proxy.shutdown().await;
+}
+
+/// Waits until the proxy has finished with all but `open` inbound client connections.
+async fn wait_for_open_connections(admin: std::net::SocketAddr, open: u64) {
+    let series = r#"meshtrace_proxy_open_connections{direction="inbound"}"#;
+    let deadline = tokio::time::Instant::now() + meshtrace_tests::upstream::PATIENCE;
+    loop {
+        let text = common::metrics_text(admin).await;
+        if common::metric_value(&text, series) == Some(open as f64) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still open: {:?}",
+            common::metric_value(&text, series)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

@@ -16,12 +16,11 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connect::connect;
 use super::error::ForwardError;
-use super::pool::Pool;
+use super::pool::{Affinity, Pool};
 use super::resolve::Resolver;
 use crate::detect::Protocol;
 use crate::listen::is_own_listener;
@@ -49,8 +48,12 @@ pub struct UpstreamSettings {
 
 /// The bottom of the HTTP stack: picks the destination, sends the request there over a pooled
 /// connection of the client's protocol, and bridges upgrades (WebSocket, `CONNECT`).
+///
+/// Each client connection gets its own handle ([`Upstream::for_connection`]), which keeps the
+/// upstream connections that client connection uses (see [`Affinity`]).
 pub struct Upstream<B> {
     shared: Arc<Shared<B>>,
+    affinity: Arc<Affinity<B>>,
 }
 
 struct Shared<B> {
@@ -65,6 +68,7 @@ impl<B> Clone for Upstream<B> {
     fn clone(&self) -> Self {
         Upstream {
             shared: self.shared.clone(),
+            affinity: self.affinity.clone(),
         }
     }
 }
@@ -85,12 +89,22 @@ where
     pub fn new(settings: UpstreamSettings, resolver: Resolver, tunnels: WeakWatch) -> Self {
         let pool = Pool::new(settings.connect_timeout, settings.idle_timeout);
         Upstream {
+            affinity: Arc::new(Affinity::new(&pool)),
             shared: Arc::new(Shared {
                 settings,
                 pool,
                 resolver,
                 tunnels,
             }),
+        }
+    }
+
+    /// A handle for one more client connection: same pool and settings, its own upstream
+    /// connections.
+    pub fn for_connection(&self) -> Self {
+        Upstream {
+            shared: self.shared.clone(),
+            affinity: Arc::new(Affinity::new(&self.shared.pool)),
         }
     }
 
@@ -114,7 +128,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        Box::pin(self.shared.clone().forward(request))
+        Box::pin(self.shared.clone().forward(self.affinity.clone(), request))
     }
 }
 
@@ -125,6 +139,7 @@ where
 {
     async fn forward(
         self: Arc<Self>,
+        affinity: Arc<Affinity<B>>,
         mut request: Request<B>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let meta = request.extensions().get::<Arc<ConnMeta>>().cloned();
@@ -134,7 +149,9 @@ where
             None => {
                 let authority = explicit_destination(&mut request)?;
                 let port = authority.port_u16().unwrap_or(80);
-                self.resolver.resolve(authority.host(), port).await?
+                // Boxed, as are the other rare branches below, so that the future of every
+                // request is not sized for the largest one.
+                Box::pin(self.resolver.resolve(authority.host(), port)).await?
             }
         };
         let conn_local = meta
@@ -151,7 +168,7 @@ where
 
         let is_connect = request.method() == Method::CONNECT;
         if is_connect && transparent_dst.is_none() {
-            return self.open_connect_tunnel(request, &targets).await;
+            return Box::pin(self.open_connect_tunnel(request, &targets)).await;
         }
 
         let upgrade = is_upgrade(request.headers());
@@ -160,9 +177,9 @@ where
 
         let send = async {
             if request.version() == Version::HTTP_2 {
-                self.pool.send_h2(&targets, request).await
+                self.pool.send_h2(&affinity, &targets, request).await
             } else {
-                self.pool.send_http1(&targets, request).await
+                self.pool.send_http1(&affinity, &targets, request).await
             }
         };
         let (target, mut response) = match self.settings.response_timeout {
@@ -412,45 +429,73 @@ where
     }
 }
 
-/// Puts the connection's [`ConnMeta`] into every request's extensions before the stack sees
-/// it.
-#[derive(Clone, Debug)]
-pub struct WithConnMeta<S> {
-    inner: S,
+/// Connects hyper to one client connection's own stack. hyper calls its services through
+/// `&self`; tower's adapter for that clones the whole stack for every request, this one calls
+/// the connection's stack in place. It also puts the connection's [`ConnMeta`] into every
+/// request's extensions.
+///
+/// The stack applies no backpressure (every layer is always ready), so readiness is checked
+/// without registering a waker, and a stack that is not ready fails the request rather than
+/// stalling the connection.
+#[derive(Debug)]
+pub struct ConnectionService<S> {
+    stack: std::sync::Mutex<S>,
     meta: Arc<ConnMeta>,
 }
 
-impl<S> WithConnMeta<S> {
-    pub fn new(inner: S, meta: Arc<ConnMeta>) -> Self {
-        WithConnMeta { inner, meta }
+impl<S> ConnectionService<S> {
+    pub fn new(stack: S, meta: Arc<ConnMeta>) -> Self {
+        ConnectionService {
+            stack: std::sync::Mutex::new(stack),
+            meta,
+        }
     }
 }
 
-impl<S, B> tower::Service<Request<B>> for WithConnMeta<S>
+/// Why a [`ConnectionService`] could not call its stack.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection's service stack is not ready")]
+pub struct NotReady;
+
+impl<S, B> hyper::service::Service<Request<B>> for ConnectionService<S>
 where
     S: tower::Service<Request<B>>,
+    S::Error: Into<BoxError>,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Error = BoxError;
+    type Future = futures::future::Either<
+        futures::future::ErrInto<S::Future, BoxError>,
+        futures::future::Ready<Result<S::Response, BoxError>>,
+    >;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn call(&self, mut request: Request<B>) -> Self::Future {
+        use futures::future::{err, Either, TryFutureExt};
         request.extensions_mut().insert(self.meta.clone());
-        self.inner.call(request)
+        // Only this connection's task calls it, so the lock is never contended.
+        let mut stack = self
+            .stack
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match stack.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Either::Left(stack.call(request).err_into()),
+            Poll::Ready(Err(error)) => Either::Right(err(error.into())),
+            Poll::Pending => Either::Right(err(NotReady.into())),
+        }
     }
 }
 
 /// Serves one client connection with hyper until it closes. When shutdown starts, HTTP/1
 /// closes after the response in flight and HTTP/2 sends GOAWAY and finishes its streams.
-pub async fn serve_connection<I, S, RB>(protocol: Protocol, io: I, service: S, watch: &Watch)
-where
+pub async fn serve_connection<I, S, RB>(
+    protocol: Protocol,
+    io: I,
+    service: ConnectionService<S>,
+    watch: &Watch,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<RB>, Error = Infallible>
-        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -458,7 +503,6 @@ where
     RB::Error: Into<BoxError>,
 {
     let io = TokioIo::new(io);
-    let service = TowerToHyperService::new(service);
     let signaled = watch.signaled();
     let result = match protocol {
         Protocol::H2 => {

@@ -1,7 +1,7 @@
 //! The forwarding pipeline, written once and parameterised by direction.
 //!
 //! ```text
-//! hyper server conn → WithConnMeta → RequestMetrics → [SERVER-span slot]
+//! hyper server conn → ConnectionService → RequestMetrics → [SERVER-span slot]
 //!     → error→response mapping (502/504 + meshtrace-proxy-error) → [CLIENT-span slot] → Upstream
 //! ```
 
@@ -15,13 +15,13 @@ pub mod tcp;
 use std::net::SocketAddr;
 
 use hyper::body::Incoming;
-use tower::ServiceBuilder;
+use tower::Layer;
 
 use crate::config::DirectionConfig;
 use crate::meta::Direction;
 use crate::metrics::DirectionMetrics;
 use crate::shutdown::WeakWatch;
-use crate::trace::{ClientSpan, ServerSpan, TracedBody, Tracer};
+use crate::trace::{ClientSpan, ClientSpanLayer, ServerSpan, ServerSpanLayer, TracedBody, Tracer};
 
 pub use self::error::{ErrorResponse, ErrorResponseLayer, ForwardError, PROXY_ERROR_HEADER};
 pub use self::http::{RequestMetrics, RequestMetricsLayer, Upstream, UpstreamSettings};
@@ -39,12 +39,35 @@ pub struct StackParams {
     pub tracer: Tracer,
 }
 
-/// The HTTP stack of one direction, shared (cloned) by all its connections.
+/// The HTTP stack of one client connection.
 pub type HttpStack =
     RequestMetrics<ServerSpan<ErrorResponse<ClientSpan<Upstream<TracedBody<Incoming>>>>>>;
 
-/// Builds the HTTP stack of one direction.
-pub fn http_stack(params: &StackParams) -> HttpStack {
+/// One direction's layers, built once; every client connection gets its own [`HttpStack`] from
+/// them, so that requests need not clone a shared stack and each connection keeps its own
+/// upstream connections.
+#[derive(Clone, Debug)]
+pub struct HttpStacks {
+    metrics: RequestMetricsLayer,
+    server_span: ServerSpanLayer,
+    client_span: ClientSpanLayer,
+    upstream: Upstream<TracedBody<Incoming>>,
+}
+
+impl HttpStacks {
+    pub fn for_connection(&self) -> HttpStack {
+        // Outermost first: metrics see every request; the SERVER span sees the request as
+        // received (with `Arc<ConnMeta>` in its extensions) and the response as sent, the
+        // proxy's own 502/504s included; the CLIENT span sees the request as forwarded and the
+        // upstream's response (with `UpstreamPeer`) or a `ForwardError` (`ErrorType`).
+        self.metrics.layer(self.server_span.layer(
+            ErrorResponseLayer.layer(self.client_span.layer(self.upstream.for_connection())),
+        ))
+    }
+}
+
+/// Builds the HTTP stacks of one direction.
+pub fn http_stacks(params: &StackParams) -> HttpStacks {
     let upstream = Upstream::new(
         UpstreamSettings {
             direction: params.direction,
@@ -56,14 +79,10 @@ pub fn http_stack(params: &StackParams) -> HttpStack {
         params.resolver.clone(),
         params.tunnels.clone(),
     );
-    ServiceBuilder::new()
-        .layer(RequestMetricsLayer::new(params.metrics.clone()))
-        // SERVER span: sees the request as received (with `Arc<ConnMeta>` in its extensions)
-        // and the response as sent, including the proxy's own 502/504s.
-        .layer(params.tracer.server_layer())
-        .layer(ErrorResponseLayer)
-        // CLIENT span: sees the request as forwarded, the upstream's response (with
-        // `UpstreamPeer` in its extensions) or a `ForwardError` (`ErrorType`).
-        .layer(params.tracer.client_layer())
-        .service(upstream)
+    HttpStacks {
+        metrics: RequestMetricsLayer::new(params.metrics.clone()),
+        server_span: params.tracer.server_layer(),
+        client_span: params.tracer.client_layer(),
+        upstream,
+    }
 }

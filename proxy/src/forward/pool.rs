@@ -6,14 +6,15 @@
 //! authority) while leaving the request target and `:authority` exactly as the client sent them.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::connect;
@@ -24,6 +25,100 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 struct IdleHttp1<B> {
     sender: http1::SendRequest<B>,
     since: Instant,
+}
+
+/// One client connection's own upstream connections: the HTTP/1 connection its last request
+/// used (HTTP/1 requests on a client connection come one at a time, so it is almost always free
+/// again for the next one) and its HTTP/2 connection. Requests use these without touching the
+/// direction's shared [`Pool`], whose locks are then only taken when a connection is missing,
+/// busy or broken. When the client connection goes, its HTTP/1 connection returns to the pool.
+///
+/// Its locks are the client connection's alone (one request at a time for HTTP/1, and short
+/// critical sections for h2 streams), so they are uncontended.
+pub struct Affinity<B> {
+    pool: Weak<Pool<B>>,
+    http1: Mutex<Option<(SocketAddr, http1::SendRequest<B>)>>,
+    h2: Mutex<Option<(SocketAddr, http2::SendRequest<B>)>>,
+}
+
+impl<B> std::fmt::Debug for Affinity<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Affinity").finish_non_exhaustive()
+    }
+}
+
+impl<B> Affinity<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    pub fn new(pool: &Arc<Pool<B>>) -> Self {
+        Affinity {
+            pool: Arc::downgrade(pool),
+            http1: Mutex::new(None),
+            h2: Mutex::new(None),
+        }
+    }
+
+    /// The client connection's HTTP/1 connection to `addr`, if it is free.
+    fn take_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<B>> {
+        let mut own = lock(&self.http1);
+        match own.as_ref() {
+            Some((own_addr, sender)) if *own_addr == addr && sender.is_ready() => {
+                own.take().map(|(_, sender)| sender)
+            }
+            _ => None,
+        }
+    }
+
+    /// Makes `sender` the client connection's HTTP/1 connection; the one it replaces (still
+    /// busy, or to another address) goes back to the pool.
+    fn keep_http1(&self, pool: &Arc<Pool<B>>, addr: SocketAddr, sender: http1::SendRequest<B>) {
+        let replaced = lock(&self.http1).replace((addr, sender));
+        if let Some((addr, sender)) = replaced {
+            pool.return_when_idle(addr, sender);
+        }
+    }
+
+    /// Sends over the client connection's HTTP/2 connection when it goes to one of `addrs`
+    /// and is open (taking the request); leaves the request where it is otherwise.
+    fn try_send_h2(
+        &self,
+        addrs: &[SocketAddr],
+        request: &mut Option<Request<B>>,
+    ) -> Option<(SocketAddr, impl Future<Output = Http2Sent<B>>)> {
+        let mut own = lock(&self.h2);
+        match own.as_mut() {
+            Some((addr, sender)) if !sender.is_closed() && addrs.contains(addr) => {
+                let request = request.take()?;
+                Some((*addr, sender.try_send_request(request)))
+            }
+            _ => {
+                // Closed or elsewhere: forget it (the pool keeps the shared connections).
+                *own = None;
+                None
+            }
+        }
+    }
+}
+
+type Http2Sent<B> = Result<Response<Incoming>, TrySendError<Request<B>>>;
+
+impl<B> Drop for Affinity<B> {
+    fn drop(&mut self) {
+        let own = self
+            .http1
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        // One still busy (the client left mid-exchange) is dropped: hyper closes it once the
+        // exchange ends.
+        if let (Some((addr, sender)), Some(pool)) = (own, self.pool.upgrade()) {
+            if sender.is_ready() {
+                pool.push_idle_http1(addr, sender);
+            }
+        }
+    }
 }
 
 /// Connections to every destination of one direction.
@@ -43,6 +138,18 @@ impl<B> std::fmt::Debug for Pool<B> {
             .field("connect_timeout", &self.connect_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+impl<B> Pool<B> {
+    fn push_idle_http1(&self, addr: SocketAddr, sender: http1::SendRequest<B>) {
+        lock(&self.http1_idle)
+            .entry(addr)
+            .or_default()
+            .push(IdleHttp1 {
+                sender,
+                since: Instant::now(),
+            });
     }
 }
 
@@ -110,19 +217,23 @@ where
         pool
     }
 
-    /// Sends an HTTP/1 request over an idle pooled connection to one of `addrs`, or a new
-    /// connection to the first of them that accepts. A pooled connection that turns out to be
-    /// closed gives the request back unsent, and the next one is tried. Returns the address
-    /// used with the response.
+    /// Sends an HTTP/1 request to one of `addrs`: over the client connection's own upstream
+    /// connection when it is free, else an idle pooled one, else a new connection to the first
+    /// address that accepts. A connection that turns out to be closed gives the request back
+    /// unsent, and the next one is tried. The connection used becomes the client connection's
+    /// own. Returns the address used with the response.
     pub async fn send_http1(
         self: &Arc<Self>,
+        affinity: &Affinity<B>,
         addrs: &[SocketAddr],
         mut request: Request<B>,
     ) -> Result<(SocketAddr, Response<Incoming>), ForwardError> {
         for &addr in addrs {
-            while let Some(mut sender) = self.take_idle_http1(addr) {
+            let mut own = affinity.take_http1(addr);
+            while let Some(mut sender) = own.take().or_else(|| self.take_idle_http1(addr)) {
                 let response = sender.try_send_request(request);
-                self.return_when_idle(addr, sender);
+                // Free again once this exchange completes (response body read to the end).
+                affinity.keep_http1(self, addr, sender);
                 match response.await {
                     Ok(response) => return Ok((addr, response)),
                     Err(mut error) => match error.take_message() {
@@ -135,20 +246,53 @@ where
                 }
             }
         }
-        let (addr, mut sender) = first_connected(addrs, |addr| self.connect_http1(addr)).await?;
+        let (addr, mut sender) =
+            Box::pin(first_connected(addrs, |addr| self.connect_http1(addr))).await?;
         let response = sender.send_request(request);
-        self.return_when_idle(addr, sender);
+        affinity.keep_http1(self, addr, sender);
         let response = response.await.map_err(ForwardError::upstream)?;
         Ok((addr, response))
     }
 
-    /// Sends an HTTP/2 request, sharing one connection per destination address.
+    /// Sends an HTTP/2 request, sharing one connection per destination address; the client
+    /// connection keeps its own handle on it so that its requests skip the shared cache.
     pub async fn send_h2(
         &self,
+        affinity: &Affinity<B>,
         addrs: &[SocketAddr],
         request: Request<B>,
     ) -> Result<(SocketAddr, Response<Incoming>), ForwardError> {
+        let mut unsent = Some(request);
+        if let Some((addr, response)) = affinity.try_send_h2(addrs, &mut unsent) {
+            match response.await {
+                Ok(response) => return Ok((addr, response)),
+                Err(mut error) => match error.take_message() {
+                    Some(request) => unsent = Some(request),
+                    None => return Err(ForwardError::upstream(error.into_error())),
+                },
+            }
+        }
+        let Some(request) = unsent else {
+            return Err(ForwardError::NoDestination);
+        };
         let (addr, mut sender) = match self.cached_h2(addrs) {
+            Some(cached) => cached,
+            None => Box::pin(self.connect_h2_shared(addrs)).await?,
+        };
+        sender.ready().await.map_err(ForwardError::upstream)?;
+        let response = sender.send_request(request);
+        *lock(&affinity.h2) = Some((addr, sender));
+        let response = response.await.map_err(ForwardError::upstream)?;
+        Ok((addr, response))
+    }
+
+    /// The shared HTTP/2 connection to one of `addrs`, made by the first request that needs it
+    /// while the others wait for it.
+    async fn connect_h2_shared(
+        &self,
+        addrs: &[SocketAddr],
+    ) -> Result<(SocketAddr, http2::SendRequest<B>), ForwardError> {
+        Ok(match self.cached_h2(addrs) {
             Some(cached) => cached,
             None => {
                 let Some(key) = addrs.first() else {
@@ -166,13 +310,7 @@ where
                     }
                 }
             }
-        };
-        sender.ready().await.map_err(ForwardError::upstream)?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(ForwardError::upstream)?;
-        Ok((addr, response))
+        })
     }
 
     fn cached_h2(&self, addrs: &[SocketAddr]) -> Option<(SocketAddr, http2::SendRequest<B>)> {
@@ -217,19 +355,20 @@ where
     /// Puts the connection back once the exchange in flight on it has completed (response
     /// body read to the end). A connection that closes or was upgraded never comes back.
     fn return_when_idle(self: &Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<B>) {
+        if sender.is_ready() {
+            self.push_idle_http1(addr, sender);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             if sender.ready().await.is_err() {
                 return;
             }
             if let Some(pool) = pool.upgrade() {
-                lock(&pool.http1_idle)
-                    .entry(addr)
-                    .or_default()
-                    .push(IdleHttp1 {
-                        sender,
-                        since: Instant::now(),
-                    });
+                pool.push_idle_http1(addr, sender);
             }
         });
     }
