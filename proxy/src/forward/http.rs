@@ -142,23 +142,23 @@ where
         affinity: Arc<Affinity<B>>,
         mut request: Request<B>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
-        let meta = request.extensions().get::<Arc<ConnMeta>>().cloned();
-        let transparent_dst = meta.as_ref().and_then(|meta| meta.orig_dst);
-        let targets = match transparent_dst {
-            Some(dst) => vec![dst],
+        let meta = request.extensions().get::<Arc<ConnMeta>>();
+        let transparent_dst = meta.and_then(|meta| meta.orig_dst);
+        let conn_local = meta.map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |meta| {
+            meta.local_addr
+        });
+        let resolved;
+        let targets: &[SocketAddr] = match &transparent_dst {
+            Some(dst) => std::slice::from_ref(dst),
             None => {
                 let authority = explicit_destination(&mut request)?;
                 let port = authority.port_u16().unwrap_or(80);
                 // Boxed, as are the other rare branches below, so that the future of every
                 // request is not sized for the largest one.
-                Box::pin(self.resolver.resolve(authority.host(), port)).await?
+                resolved = Box::pin(self.resolver.resolve(authority.host(), port)).await?;
+                &resolved
             }
         };
-        let conn_local = meta
-            .as_ref()
-            .map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |meta| {
-                meta.local_addr
-            });
         if let Some(own) = targets
             .iter()
             .find(|target| is_own_listener(**target, &self.settings.own_listeners, conn_local))
@@ -168,7 +168,7 @@ where
 
         let is_connect = request.method() == Method::CONNECT;
         if is_connect && transparent_dst.is_none() {
-            return Box::pin(self.open_connect_tunnel(request, &targets)).await;
+            return Box::pin(self.open_connect_tunnel(request, targets)).await;
         }
 
         let upgrade = is_upgrade(request.headers());
@@ -177,9 +177,9 @@ where
 
         let send = async {
             if request.version() == Version::HTTP_2 {
-                self.pool.send_h2(&affinity, &targets, request).await
+                self.pool.send_h2(&affinity, targets, request).await
             } else {
-                self.pool.send_http1(&affinity, &targets, request).await
+                self.pool.send_http1(&affinity, targets, request).await
             }
         };
         let (target, mut response) = match self.settings.response_timeout {
@@ -509,7 +509,8 @@ pub async fn serve_connection<I, S, RB>(
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .serve_connection(io, service);
-            tokio::pin!(connection);
+            // Boxed so that the (more common) HTTP/1 connection's task is not sized for h2.
+            let mut connection = Box::pin(connection);
             tokio::select! {
                 result = connection.as_mut() => result,
                 _ = signaled => {
