@@ -5,14 +5,16 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -46,16 +48,15 @@ struct FlowLabels {
 const STATUS_CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
 const PROTOCOLS: [Protocol; 3] = [Protocol::Http1, Protocol::H2, Protocol::Opaque];
 
-fn latency_histogram() -> Histogram {
-    // 1 ms … ~33 s.
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+fn latency_histogram() -> LatencyHistogram {
+    LatencyHistogram::default()
 }
 
 /// Every family of the data path, registered once.
 #[derive(Clone, Debug)]
 pub struct ProxyMetrics {
     requests: Family<StatusLabels, Counter>,
-    request_duration: Family<DirectionLabels, Histogram, fn() -> Histogram>,
+    request_duration: Family<DirectionLabels, LatencyHistogram, fn() -> LatencyHistogram>,
     open_connections: Family<DirectionLabels, Gauge>,
     connections: Family<ProtocolLabels, Counter>,
     bytes: Family<FlowLabels, Counter>,
@@ -149,7 +150,7 @@ pub struct DirectionMetrics(std::sync::Arc<DirectionHandles>);
 #[derive(Debug)]
 struct DirectionHandles {
     requests_by_class: [Counter; 6],
-    request_duration: Histogram,
+    request_duration: LatencyHistogram,
     open_connections: Gauge,
     connections_by_protocol: [Counter; 3],
     bytes_received: Counter,
@@ -166,7 +167,7 @@ impl DirectionMetrics {
         let class = usize::from(status.as_u16() / 100);
         let index = if (1..=5).contains(&class) { class } else { 0 };
         self.0.requests_by_class[index].inc();
-        self.0.request_duration.observe(elapsed.as_secs_f64());
+        self.0.request_duration.observe(elapsed);
     }
 
     pub fn connection_detected(&self, protocol: Protocol) {
@@ -189,6 +190,76 @@ impl DirectionMetrics {
             received: self.0.bytes_received.clone(),
             sent: self.0.bytes_sent.clone(),
         }
+    }
+}
+
+/// Upper bounds of [`LatencyHistogram`]'s buckets: 1 ms doubling to ~33 s, then +Inf.
+const LATENCY_BUCKETS: usize = 16;
+
+/// A latency histogram updated with atomics alone. prometheus-client's `Histogram` locks a
+/// mutex on every observation, and the request-duration histogram is shared by every
+/// connection of a direction: a lock across connections on the request path.
+///
+/// Clones share the same counts.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram(std::sync::Arc<LatencyCounts>);
+
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    /// Observations per bucket (not cumulative), the last one being +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// The upper bound of bucket `index` in nanoseconds (1 ms × 2^index).
+    const fn bound_nanos(index: usize) -> u64 {
+        1_000_000 << index
+    }
+
+    pub fn observe(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let index = (0..LATENCY_BUCKETS)
+            .find(|&i| nanos <= Self::bound_nanos(i))
+            .unwrap_or(LATENCY_BUCKETS);
+        self.0.buckets[index].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// (upper bound in seconds, observations) per bucket, +Inf last.
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = self
+            .0
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, count)| {
+                let bound = if i < LATENCY_BUCKETS {
+                    Self::bound_nanos(i) as f64 / 1e9
+                } else {
+                    f64::INFINITY
+                };
+                (bound, count.load(Ordering::Relaxed))
+            })
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (sum, count, buckets)
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.snapshot();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
@@ -307,5 +378,30 @@ mod tests {
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         assert!(text.contains(r#"meshtrace_proxy_open_connections{direction="outbound"} 0"#));
+    }
+
+    #[test]
+    fn latency_histogram_buckets_and_encoding() {
+        let mut registry = Registry::default();
+        let histogram = LatencyHistogram::default();
+        registry.register("latency_seconds", "test", histogram.clone());
+        for ms in [0.5, 1.0, 1.5, 3.0, 40_000.0] {
+            histogram.observe(Duration::from_secs_f64(ms / 1000.0));
+        }
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        // Cumulative counts: ≤1 ms: 0.5 and 1.0; ≤2 ms: +1.5; ≤4 ms: +3.0; 40 s only in +Inf.
+        for expected in [
+            r#"latency_seconds_bucket{le="0.001"} 2"#,
+            r#"latency_seconds_bucket{le="0.002"} 3"#,
+            r#"latency_seconds_bucket{le="0.004"} 4"#,
+            r#"latency_seconds_bucket{le="32.768"} 4"#,
+            r#"latency_seconds_bucket{le="+Inf"} 5"#,
+            "latency_seconds_count 5",
+            "latency_seconds_sum 40.006",
+            "# TYPE latency_seconds histogram",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
     }
 }
