@@ -4,6 +4,8 @@
 //! exporter (consumer, a background task). The request path only ever calls
 //! [`SpanSink::try_send`]: it never waits, and a full queue drops the span and counts it.
 
+use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -32,14 +34,127 @@ pub enum SpanStatus {
     Error(Option<String>),
 }
 
-/// An attribute value. `&'static str` keys and the `Static` variant keep the common
-/// attributes free of allocation.
+/// An attribute value. `&'static str` keys, the `Static`, `Int`, `Ip` and `Shared` variants keep
+/// the attributes the proxy records free of per-attribute allocation: values stay the typed data
+/// they are and are only turned into text when the exporter encodes them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
     Static(&'static str),
     String(String),
     Int(i64),
     Bool(bool),
+    /// An address, exported as its text form (`10.0.0.7`, `::1`).
+    Ip(IpAddr),
+    /// A slice of one request's text, shared by its spans (one allocation per request).
+    Shared(SharedStr),
+}
+
+impl AttrValue {
+    /// The exported string value, if this is one (addresses are formatted).
+    pub fn to_text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            AttrValue::Static(s) => Some(Cow::Borrowed(s)),
+            AttrValue::String(s) => Some(Cow::Borrowed(s)),
+            AttrValue::Shared(s) => Some(Cow::Borrowed(s.as_str())),
+            AttrValue::Ip(ip) => Some(Cow::Owned(ip.to_string())),
+            AttrValue::Int(_) | AttrValue::Bool(_) => None,
+        }
+    }
+}
+
+/// An immutable string that is a slice of a shared text: cloning it is a reference count, and
+/// the strings of one request (span name, path, host, user agent) share one allocation.
+#[derive(Clone)]
+pub struct SharedStr {
+    text: Arc<str>,
+    start: u32,
+    end: u32,
+}
+
+impl SharedStr {
+    /// The whole of `text`.
+    pub fn new(text: Arc<str>) -> SharedStr {
+        let end = u32::try_from(text.len()).unwrap_or(0);
+        let text = if end as usize == text.len() {
+            text
+        } else {
+            Arc::from("")
+        };
+        SharedStr {
+            text,
+            start: 0,
+            end,
+        }
+    }
+
+    /// `text[range]`; `None` when the range is out of bounds or not on character boundaries.
+    pub fn slice(text: &Arc<str>, range: std::ops::Range<usize>) -> Option<SharedStr> {
+        text.get(range.clone())?;
+        Some(SharedStr {
+            text: text.clone(),
+            start: u32::try_from(range.start).ok()?,
+            end: u32::try_from(range.end).ok()?,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Bounds and boundaries were checked when the slice was made.
+        self.text
+            .get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for SharedStr {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for SharedStr {
+    fn eq(&self, other: &SharedStr) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for SharedStr {}
+
+impl PartialEq<str> for SharedStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for SharedStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> SharedStr {
+        SharedStr::new(Arc::from(s))
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> SharedStr {
+        SharedStr::new(Arc::from(s))
+    }
 }
 
 /// One finished span, as recorded on the request path. The exporter turns it into OTLP (adding
@@ -55,7 +170,8 @@ pub struct SpanRecord {
     /// W3C trace flags (bit 0 sampled, bit 1 random).
     pub flags: u8,
     pub kind: SpanKind,
-    pub name: String,
+    /// Shared by a request's SERVER and CLIENT spans.
+    pub name: SharedStr,
     /// Unix time, nanoseconds.
     pub start_unix_nanos: u64,
     /// Unix time, nanoseconds.
@@ -176,6 +292,26 @@ mod tests {
         assert_eq!(queue.dropped_queue_full.load(Ordering::Relaxed), 1);
         assert_eq!(queue.rx.recv().await.map(|s| s.trace_id[0]), Some(1));
         assert!(sink.try_send(record(4)).is_ok());
+    }
+
+    #[test]
+    fn shared_str_slices_one_text() {
+        let text: Arc<str> = Arc::from("GET /a/{id}héllo");
+        let name = SharedStr::slice(&text, 0..11).unwrap();
+        assert_eq!(name, "GET /a/{id}");
+        assert_eq!(SharedStr::slice(&text, 11..17).unwrap(), "héllo");
+        assert!(
+            SharedStr::slice(&text, 11..13).is_none(),
+            "not a char boundary"
+        );
+        assert!(SharedStr::slice(&text, 0..99).is_none());
+        assert_eq!(SharedStr::from("x").as_str(), "x");
+        assert_eq!(format!("{name:?}"), "\"GET /a/{id}\"");
+        assert_eq!(
+            AttrValue::Ip("::1".parse().unwrap()).to_text().as_deref(),
+            Some("::1")
+        );
+        assert_eq!(AttrValue::Int(1).to_text(), None);
     }
 
     #[test]

@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
@@ -20,6 +18,7 @@ use super::metrics::{DropReason, ExportMetrics, RequestResult};
 use super::resource::ProxyResource;
 use super::retry::{Attempt, Backoff};
 use super::transport::{ExportError, Transport};
+use super::wire::BatchEncoder;
 use crate::span::{SpanQueue, SpanRecord};
 
 /// Starts the exporter.
@@ -40,8 +39,7 @@ impl Exporter {
         let held = Arc::new(AtomicU64::new(0));
         let task = ExportTask {
             transport,
-            resource: resource.to_proto(),
-            scope: encode::scope(),
+            encoder: BatchEncoder::new(&resource.to_proto(), &encode::scope()),
             queue,
             batch: config.batch,
             retry: config.retry,
@@ -149,8 +147,8 @@ impl Shutdown {
 
 struct ExportTask {
     transport: Transport,
-    resource: Resource,
-    scope: InstrumentationScope,
+    /// Encodes each batch straight to its protobuf bytes.
+    encoder: BatchEncoder,
     queue: SpanQueue,
     batch: BatchConfig,
     retry: RetryPolicy,
@@ -226,8 +224,9 @@ impl ExportTask {
             return;
         }
         let count = spans.len() as u64;
-        let request = encode::export_request(&self.resource, &self.scope, spans);
-        let payload = self.transport.prepare(request);
+        let body = self.encoder.encode(&spans);
+        drop(spans);
+        let payload = self.transport.prepare(body);
         let batch_deadline = Instant::now() + self.batch.export_timeout;
         let mut backoff = Backoff::new(self.retry.clone());
         let outcome = loop {

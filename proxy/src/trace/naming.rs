@@ -50,24 +50,25 @@ pub fn known_method(method: &Method) -> Option<&'static str> {
 
 /// The span name for a request. `path` is the URI path (no query).
 pub fn span_name(naming: SpanNaming, method: &Method, path: &str) -> String {
+    let mut name = String::with_capacity(method.as_str().len() + 1 + path.len().min(MAX_PATH_LEN));
+    push_span_name(&mut name, naming, method, path);
+    name
+}
+
+/// Appends the span name for a request to `out` (see [`span_name`]).
+pub fn push_span_name(out: &mut String, naming: SpanNaming, method: &Method, path: &str) {
     let method = method_name(method);
     let path = if path.is_empty() { "/" } else { path };
+    out.push_str(method);
     match naming {
-        SpanNaming::Method => method.to_owned(),
+        SpanNaming::Method => {}
         SpanNaming::Path => {
-            let mut name =
-                String::with_capacity(method.len() + 1 + path.len().min(MAX_RAW_PATH_LEN));
-            name.push_str(method);
-            name.push(' ');
-            name.push_str(truncate_at_char(path, MAX_RAW_PATH_LEN));
-            name
+            out.push(' ');
+            out.push_str(truncate_at_char(path, MAX_RAW_PATH_LEN));
         }
         SpanNaming::Template => {
-            let mut name = String::with_capacity(method.len() + 1 + path.len().min(MAX_PATH_LEN));
-            name.push_str(method);
-            name.push(' ');
-            push_template(&mut name, path);
-            name
+            out.push(' ');
+            push_template(out, path);
         }
     }
 }
