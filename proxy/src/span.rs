@@ -6,10 +6,11 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::futures::Notified;
+use tokio::sync::{mpsc, Notify};
 
 /// A 128-bit trace id.
 pub type TraceId = [u8; 16];
@@ -194,6 +195,49 @@ pub enum SendError {
 pub struct SpanSink {
     tx: Option<mpsc::Sender<SpanRecord>>,
     dropped_queue_full: Arc<AtomicU64>,
+    signal: Arc<QueueSignal>,
+}
+
+/// Wakes the exporter when a given number of spans is queued, so that while it accumulates a
+/// batch it is woken once (batch full) instead of once per span. Waking a task per span cost
+/// more than recording the span.
+#[derive(Debug, Default)]
+pub struct QueueSignal {
+    notify: Notify,
+    armed: AtomicBool,
+    /// Queue length at which an armed signal fires.
+    threshold: AtomicUsize,
+}
+
+impl QueueSignal {
+    /// Asks to be notified once `threshold` spans are queued. Check the queue after arming:
+    /// spans queued before this call do not notify.
+    pub fn arm(&self, threshold: usize) {
+        self.threshold.store(threshold.max(1), Ordering::Relaxed);
+        self.armed.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `on_queued`: either the producer sees the signal armed, or
+        // the caller's queue check that follows sees the producer's span.
+        fence(Ordering::SeqCst);
+    }
+
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::Relaxed);
+    }
+
+    /// Resolves after the armed threshold was reached (possibly spuriously: re-check).
+    pub fn notified(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+
+    fn on_queued(&self, queued: usize) {
+        fence(Ordering::SeqCst);
+        if self.armed.load(Ordering::Relaxed)
+            && queued >= self.threshold.load(Ordering::Relaxed)
+            && self.armed.swap(false, Ordering::AcqRel)
+        {
+            self.notify.notify_one();
+        }
+    }
 }
 
 /// The consumer side, owned by the exporter task.
@@ -204,6 +248,8 @@ pub struct SpanQueue {
     pub dropped_queue_full: Arc<AtomicU64>,
     /// The queue's capacity, for the queue-depth metric.
     pub capacity: usize,
+    /// Notifies the consumer at a queue length it chooses.
+    pub signal: Arc<QueueSignal>,
 }
 
 impl SpanSink {
@@ -212,15 +258,18 @@ impl SpanSink {
         let capacity = capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
+        let signal = Arc::new(QueueSignal::default());
         (
             SpanSink {
                 tx: Some(tx),
                 dropped_queue_full: dropped.clone(),
+                signal: signal.clone(),
             },
             SpanQueue {
                 rx,
                 dropped_queue_full: dropped,
                 capacity,
+                signal,
             },
         )
     }
@@ -230,6 +279,7 @@ impl SpanSink {
         SpanSink {
             tx: None,
             dropped_queue_full: Arc::new(AtomicU64::new(0)),
+            signal: Arc::new(QueueSignal::default()),
         }
     }
 
@@ -245,7 +295,11 @@ impl SpanSink {
             return Err(SendError::Closed);
         };
         match tx.try_send(span) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.signal
+                    .on_queued(tx.max_capacity().saturating_sub(tx.capacity()));
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
                 Err(SendError::QueueFull)
@@ -312,6 +366,33 @@ mod tests {
             Some("::1")
         );
         assert_eq!(AttrValue::Int(1).to_text(), None);
+    }
+
+    #[tokio::test]
+    async fn signal_fires_at_the_armed_queue_length() {
+        let (sink, queue) = SpanSink::bounded(8);
+        queue.signal.arm(3);
+        let notified = queue.signal.notified();
+        tokio::pin!(notified);
+        sink.try_send(record(1)).unwrap();
+        sink.try_send(record(2)).unwrap();
+        assert!(futures_now(notified.as_mut()).is_none(), "fired early");
+        sink.try_send(record(3)).unwrap();
+        assert!(futures_now(notified.as_mut()).is_some(), "did not fire");
+        // Disarmed once fired: a fourth span does not leave a stored notification.
+        sink.try_send(record(4)).unwrap();
+        let again = queue.signal.notified();
+        tokio::pin!(again);
+        assert!(futures_now(again.as_mut()).is_none());
+    }
+
+    fn futures_now<F: std::future::Future + Unpin>(fut: F) -> Option<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut fut = fut;
+        match std::pin::Pin::new(&mut fut).poll(&mut cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        }
     }
 
     #[test]

@@ -164,35 +164,47 @@ impl ExportTask {
         let mut batch: Vec<SpanRecord> = Vec::with_capacity(max);
         let mut flush_at: Option<Instant> = None;
         loop {
-            let timer = async {
-                match flush_at {
-                    Some(at) => sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let room = max - batch.len();
-            tokio::select! {
-                biased;
-                () = self.shutdown.requested() => break,
-                () = timer => {
-                    flush_at = None;
-                    self.export(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
-                }
-                received = self.queue.rx.recv_many(&mut batch, room) => {
-                    if received == 0 {
-                        // Every sink is gone: nothing more will come.
-                        self.export(batch).await;
-                        self.metrics.set_queue_depth(0);
-                        return;
-                    }
-                    self.held.fetch_add(received as u64, Ordering::Relaxed);
-                    if batch.len() >= max {
-                        flush_at = None;
-                        self.export(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
-                    } else if flush_at.is_none() {
+            if batch.is_empty() {
+                // Idle: the first span starts a batch (and its schedule delay).
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.requested() => break,
+                    received = self.queue.rx.recv_many(&mut batch, max) => {
+                        if received == 0 {
+                            // Every sink is gone: nothing more will come.
+                            self.metrics.set_queue_depth(0);
+                            return;
+                        }
+                        self.held.fetch_add(received as u64, Ordering::Relaxed);
                         flush_at = Some(Instant::now() + self.batch.schedule_delay);
                     }
                 }
+            } else {
+                // Accumulating: woken when the batch can be filled or its delay is over, not
+                // for every span.
+                let missing = max - batch.len();
+                let signal = self.queue.signal.clone();
+                let notified = signal.notified();
+                signal.arm(missing);
+                if self.queue.rx.len() < missing {
+                    let at = flush_at.unwrap_or_else(Instant::now);
+                    tokio::select! {
+                        biased;
+                        () = self.shutdown.requested() => {
+                            signal.disarm();
+                            break;
+                        }
+                        () = sleep_until(at) => flush_at = None,
+                        () = notified => {}
+                    }
+                }
+                signal.disarm();
+                self.take_queued(&mut batch, max);
+            }
+            if batch.len() >= max || (flush_at.is_none() && !batch.is_empty()) {
+                flush_at = None;
+                self.export(std::mem::replace(&mut batch, Vec::with_capacity(max)))
+                    .await;
             }
             self.metrics.set_queue_depth(self.queue.rx.len());
         }
@@ -215,6 +227,21 @@ impl ExportTask {
             let chunk: Vec<SpanRecord> = rest.by_ref().take(max).collect();
             self.export(chunk).await;
         }
+    }
+
+    /// Moves queued spans into `batch`, up to `max`, without waiting.
+    fn take_queued(&mut self, batch: &mut Vec<SpanRecord>, max: usize) {
+        let mut received = 0u64;
+        while batch.len() < max {
+            match self.queue.rx.try_recv() {
+                Ok(span) => {
+                    batch.push(span);
+                    received += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.held.fetch_add(received, Ordering::Relaxed);
     }
 
     /// Sends one batch, retrying what the spec calls retryable within the export timeout (and

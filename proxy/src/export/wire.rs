@@ -250,9 +250,35 @@ impl IpText {
             bytes: [0; 48],
             len: 0,
         };
-        // The longest address text (IPv4-mapped IPv6) is 45 bytes: this cannot fail.
-        let _ = write!(text, "{ip}");
+        match ip {
+            // The common case, without the formatting machinery.
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            // The longest address text (IPv4-mapped IPv6) is 45 bytes: this cannot fail.
+            IpAddr::V6(_) => {
+                let _ = write!(text, "{ip}");
+            }
+        }
         text
+    }
+
+    fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.bytes.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
     }
 
     fn as_bytes(&self) -> &[u8] {
@@ -513,6 +539,29 @@ mod tests {
             peer.value.as_ref().and_then(|v| v.value.clone()),
             Some(Value::StringValue("::ffff:192.168.100.200".into()))
         );
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_formats_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.7",
+            "127.0.0.1",
+            "255.255.255.255",
+            "100.20.3.99",
+            "::",
+            "::1",
+            "fe80::1:2:3:4",
+            "::ffff:192.168.100.200",
+            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(&ip).as_bytes(), ip.to_string().as_bytes());
+        }
+        for n in 0..=255u8 {
+            let ip = IpAddr::from([n, n / 3, 255 - n, n % 10]);
+            assert_eq!(IpText::new(&ip).as_bytes(), ip.to_string().as_bytes());
+        }
     }
 
     #[test]
