@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::encoding::{encode_varint, encoded_len_varint, WireType};
+use prost::encoding::{encoded_len_varint, WireType};
 use prost::Message;
 
 use crate::span::{AttrValue, SpanKind, SpanRecord, SpanStatus};
@@ -107,14 +107,14 @@ impl BatchEncoder {
             REQUEST_RESOURCE_SPANS,
             WireType::LengthDelimited,
         );
-        encode_varint(resource_spans_len as u64, &mut prefix);
+        put_varint(&mut prefix, resource_spans_len as u64);
         prefix.extend_from_slice(&self.resource_field);
         put_key(
             &mut prefix,
             RESOURCE_SPANS_SCOPE_SPANS,
             WireType::LengthDelimited,
         );
-        encode_varint(scope_spans_len as u64, &mut prefix);
+        put_varint(&mut prefix, scope_spans_len as u64);
         prefix.extend_from_slice(&self.scope_field);
         let start = headroom - prefix.len();
         buf[start..headroom].copy_from_slice(&prefix);
@@ -122,17 +122,48 @@ impl BatchEncoder {
     }
 }
 
+/// A base-128 varint, as `prost::encoding::encode_varint` writes it, but in one append: a
+/// `Vec` is not worth a capacity check per byte on the exporter's hottest path.
+#[inline]
+fn put_varint(buf: &mut Vec<u8>, value: u64) {
+    if value < 0x80 {
+        buf.push(value as u8);
+        return;
+    }
+    let (bytes, len) = varint(value);
+    buf.extend_from_slice(&bytes[..len]);
+}
+
+/// The varint bytes of `value` and how many there are.
+#[inline]
+fn varint(mut value: u64) -> ([u8; MAX_VARINT], usize) {
+    let mut bytes = [0u8; MAX_VARINT];
+    let mut len = 0;
+    while value >= 0x80 {
+        bytes[len] = value as u8 | 0x80;
+        value >>= 7;
+        len += 1;
+    }
+    bytes[len] = value as u8;
+    (bytes, len + 1)
+}
+
+/// The key of a field numbered below 16: one byte.
+const fn one_byte_key(field: u32, wire_type: WireType) -> u8 {
+    (field << 3 | wire_type as u32) as u8
+}
+
 fn key_len(field: u32) -> usize {
     encoded_len_varint(u64::from(field << 3))
 }
 
 fn put_key(buf: &mut Vec<u8>, field: u32, wire_type: WireType) {
-    encode_varint(u64::from(field << 3 | wire_type as u32), buf);
+    put_varint(buf, u64::from(field << 3 | wire_type as u32));
 }
 
 fn put_bytes(buf: &mut Vec<u8>, field: u32, value: &[u8]) {
     put_key(buf, field, WireType::LengthDelimited);
-    encode_varint(value.len() as u64, buf);
+    put_varint(buf, value.len() as u64);
     buf.extend_from_slice(value);
 }
 
@@ -145,7 +176,7 @@ fn put_nonempty(buf: &mut Vec<u8>, field: u32, value: &[u8]) {
 
 fn put_message(buf: &mut Vec<u8>, field: u32, message: &impl Message) {
     put_key(buf, field, WireType::LengthDelimited);
-    encode_varint(message.encoded_len() as u64, buf);
+    put_varint(buf, message.encoded_len() as u64);
     message.encode_raw(buf);
 }
 
@@ -166,7 +197,7 @@ fn put_fixed32(buf: &mut Vec<u8>, field: u32, value: u32) {
 fn put_uint(buf: &mut Vec<u8>, field: u32, value: u64) {
     if value != 0 {
         put_key(buf, field, WireType::Varint);
-        encode_varint(value, buf);
+        put_varint(buf, value);
     }
 }
 
@@ -189,9 +220,7 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
         buf.copy_within(body_at..body_at + body_len, body_at - shrink);
         buf.truncate(buf.len() - shrink);
     }
-    let mut prefix = [0u8; MAX_VARINT];
-    let mut slot = &mut prefix[..];
-    encode_varint(body_len as u64, &mut slot);
+    let (prefix, len_len) = varint(body_len as u64);
     buf[len_at..len_at + len_len].copy_from_slice(&prefix[..len_len]);
 }
 
@@ -231,7 +260,7 @@ fn put_span_body(buf: &mut Vec<u8>, span: &SpanRecord) {
             len += key_len(STATUS_CODE) + encoded_len_varint(code);
         }
         put_key(buf, SPAN_STATUS, WireType::LengthDelimited);
-        encode_varint(len as u64, buf);
+        put_varint(buf, len as u64);
         put_nonempty(buf, STATUS_MESSAGE, message.as_bytes());
         put_uint(buf, STATUS_CODE, code);
     }
@@ -322,16 +351,45 @@ fn put_attribute(buf: &mut Vec<u8>, key: &str, value: &AttrValue) {
     if !key.is_empty() {
         kv_len += key_len(KEY_VALUE_KEY) + encoded_len_varint(key.len() as u64) + key.len();
     }
+    if kv_len < 0x80 && !key.is_empty() {
+        // The usual attribute: every length fits in one byte, so it is a few appends.
+        buf.reserve(2 + kv_len);
+        buf.extend_from_slice(&[
+            one_byte_key(SPAN_ATTRIBUTES, WireType::LengthDelimited),
+            kv_len as u8,
+            one_byte_key(KEY_VALUE_KEY, WireType::LengthDelimited),
+            key.len() as u8,
+        ]);
+        buf.extend_from_slice(key.as_bytes());
+        if field == ANY_STRING {
+            buf.extend_from_slice(&[
+                one_byte_key(KEY_VALUE_VALUE, WireType::LengthDelimited),
+                member_len as u8,
+                one_byte_key(ANY_STRING, WireType::LengthDelimited),
+                text.len() as u8,
+            ]);
+            buf.extend_from_slice(text);
+        } else {
+            let (number, len) = varint(number);
+            buf.extend_from_slice(&[
+                one_byte_key(KEY_VALUE_VALUE, WireType::LengthDelimited),
+                member_len as u8,
+                one_byte_key(field, WireType::Varint),
+            ]);
+            buf.extend_from_slice(&number[..len]);
+        }
+        return;
+    }
     put_key(buf, SPAN_ATTRIBUTES, WireType::LengthDelimited);
-    encode_varint(kv_len as u64, buf);
+    put_varint(buf, kv_len as u64);
     put_nonempty(buf, KEY_VALUE_KEY, key.as_bytes());
     put_key(buf, KEY_VALUE_VALUE, WireType::LengthDelimited);
-    encode_varint(member_len as u64, buf);
+    put_varint(buf, member_len as u64);
     if field == ANY_STRING {
         put_bytes(buf, field, text);
     } else {
         put_key(buf, field, WireType::Varint);
-        encode_varint(number, buf);
+        put_varint(buf, number);
     }
 }
 
@@ -561,6 +619,27 @@ mod tests {
         for n in 0..=255u8 {
             let ip = IpAddr::from([n, n / 3, 255 - n, n % 10]);
             assert_eq!(IpText::new(&ip).as_bytes(), ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn varints_match_prost() {
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut ours = Vec::new();
+            put_varint(&mut ours, value);
+            let mut theirs = Vec::new();
+            prost::encoding::encode_varint(value, &mut theirs);
+            assert_eq!(ours, theirs, "{value}");
         }
     }
 
