@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use meshtrace_proxy::export::{self, wire::BatchEncoder, ProxyResource};
 use meshtrace_proxy::meta::{ConnMeta, Direction};
-use meshtrace_proxy::span::{SpanQueue, SpanRecord, SpanSink};
+use meshtrace_proxy::span::{recycle_attributes, SpanQueue, SpanRecord, SpanSink};
 use meshtrace_proxy::trace::naming::{span_name, SpanNaming};
 use meshtrace_proxy::trace::propagation::{self, B3Forms, Outgoing};
 use meshtrace_proxy::trace::{sampling, TraceArgs, TracedBody, Tracer};
@@ -231,7 +231,9 @@ fn bench_request(c: &mut Criterion) {
                     }
                     if batch.len() >= BATCH {
                         black_box(encoder.encode(&batch));
-                        batch.clear();
+                        for span in batch.drain(..) {
+                            recycle_attributes(span.attributes);
+                        }
                     }
                 },
                 BatchSize::SmallInput,

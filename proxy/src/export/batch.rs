@@ -19,7 +19,7 @@ use super::resource::ProxyResource;
 use super::retry::{Attempt, Backoff};
 use super::transport::{ExportError, Transport};
 use super::wire::BatchEncoder;
-use crate::span::{SpanQueue, SpanRecord};
+use crate::span::{self, SpanQueue, SpanRecord};
 
 /// Starts the exporter.
 pub struct Exporter;
@@ -252,7 +252,9 @@ impl ExportTask {
         }
         let count = spans.len() as u64;
         let body = self.encoder.encode(&spans);
-        drop(spans);
+        for span in spans {
+            span::recycle_attributes(span.attributes);
+        }
         let payload = self.transport.prepare(body);
         let batch_deadline = Instant::now() + self.batch.export_timeout;
         let mut backoff = Backoff::new(self.retry.clone());

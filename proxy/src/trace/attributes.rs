@@ -17,11 +17,11 @@ use http::uri::Authority;
 use http::{Method, Version};
 
 use crate::meta::ConnMeta;
-use crate::span::{AttrValue, SharedStr};
+use crate::span::{attributes_with_capacity, AttrValue, SharedStr};
 
 use super::naming::{known_method, push_span_name, SpanNaming};
 
-pub type Attributes = Vec<(&'static str, AttrValue)>;
+pub use crate::span::Attributes;
 
 pub const DIRECTION: &str = "meshtrace.direction";
 pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
@@ -127,6 +127,8 @@ pub struct RequestText {
     pub user_agent: Option<SharedStr>,
     pub rpc_service: Option<SharedStr>,
     pub rpc_method: Option<SharedStr>,
+    /// `url.full` of the CLIENT span if the request is forwarded as received.
+    pub url_full: Option<SharedStr>,
 }
 
 thread_local! {
@@ -147,6 +149,7 @@ impl RequestText {
         naming: SpanNaming,
         req: &Parts,
         authority: Option<&Authority>,
+        orig_dst: Option<SocketAddr>,
         grpc: bool,
     ) -> RequestText {
         let build = |s: &mut String| {
@@ -167,6 +170,9 @@ impl RequestText {
             let agent = user_agent(req).map(&mut push);
             let rpc = if grpc { grpc_method(path) } else { None }
                 .map(|(service, method)| (push(service), push(method)));
+            let url_start = s.len();
+            let url = push_url_full(s, scheme(req), authority, orig_dst, path)
+                .then_some(url_start..s.len());
             let text: Arc<str> = Arc::from(s.as_str());
             let slice = |range: Range<usize>| {
                 SharedStr::slice(&text, range.clone())
@@ -179,6 +185,7 @@ impl RequestText {
                 user_agent: agent.map(slice),
                 rpc_service: rpc.as_ref().map(|(service, _)| slice(service.clone())),
                 rpc_method: rpc.map(|(_, method)| slice(method)),
+                url_full: url.map(slice),
             }
         };
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
@@ -286,7 +293,7 @@ pub fn server(
     authority: Option<&Authority>,
     text: &RequestText,
 ) -> Attributes {
-    let mut attrs = Attributes::with_capacity(capacity(16, grpc));
+    let mut attrs = attributes_with_capacity(capacity(16, grpc));
     push_common(&mut attrs, req, conn, grpc, text);
     let scheme = scheme(req);
     attrs.push((URL_PATH, AttrValue::Shared(text.path.clone())));
@@ -309,14 +316,28 @@ pub fn client(
     known: Option<&Authority>,
     text: &RequestText,
 ) -> Attributes {
-    let mut attrs = Attributes::with_capacity(capacity(14, grpc));
+    let mut attrs = attributes_with_capacity(capacity(14, grpc));
     push_common(&mut attrs, req, conn, grpc, text);
     let scheme = scheme(req);
     let authority = target_authority(req, known);
     let authority = authority.as_deref();
     let orig_dst = conn.and_then(|c| c.orig_dst);
-    if let Some(url) = url_full(scheme, authority, orig_dst, req.uri.path()) {
-        attrs.push((URL_FULL, AttrValue::String(url)));
+    let url = SCRATCH.with(|scratch| {
+        let mut scratch = scratch.try_borrow_mut().ok()?;
+        scratch.clear();
+        if !push_url_full(&mut scratch, scheme, authority, orig_dst, req.uri.path()) {
+            return Some(None);
+        }
+        Some(Some(match &text.url_full {
+            Some(known) if known.as_str() == scratch.as_str() => AttrValue::Shared(known.clone()),
+            _ => AttrValue::String(scratch.clone()),
+        }))
+    });
+    let url = url.unwrap_or_else(|| {
+        url_full(scheme, authority, orig_dst, req.uri.path()).map(AttrValue::String)
+    });
+    if let Some(url) = url {
+        attrs.push((URL_FULL, url));
     }
     push_server_target(&mut attrs, authority, text, orig_dst, scheme);
     attrs
@@ -329,27 +350,39 @@ pub fn url_full(
     fallback: Option<SocketAddr>,
     path: &str,
 ) -> Option<String> {
-    let path = if path.is_empty() { "/" } else { path };
     let mut url = String::with_capacity(scheme.len() + 3 + 64 + path.len());
-    url.push_str(scheme);
-    url.push_str("://");
+    push_url_full(&mut url, scheme, authority, fallback, path).then_some(url)
+}
+
+/// Appends [`url_full`] to `out`; false (and nothing appended) when there is no target.
+fn push_url_full(
+    out: &mut String,
+    scheme: &str,
+    authority: Option<&Authority>,
+    fallback: Option<SocketAddr>,
+    path: &str,
+) -> bool {
+    let path = if path.is_empty() { "/" } else { path };
     match (authority, fallback) {
         (Some(authority), _) => {
-            url.push_str(authority.host());
+            out.push_str(scheme);
+            out.push_str("://");
+            out.push_str(authority.host());
             if let Some(port) = authority.port() {
-                url.push(':');
-                url.push_str(port.as_str());
+                out.push(':');
+                out.push_str(port.as_str());
             }
         }
         (None, Some(addr)) => {
             use std::fmt::Write;
+            out.push_str(scheme);
             // Writing to a String cannot fail.
-            let _ = write!(url, "{addr}");
+            let _ = write!(out, "://{addr}");
         }
-        (None, None) => return None,
+        (None, None) => return false,
     }
-    url.push_str(path);
-    Some(url)
+    out.push_str(path);
+    true
 }
 
 /// Adds the network peer after the response, for the CLIENT span.
@@ -385,7 +418,14 @@ mod tests {
     /// SERVER attributes as the layer computes them.
     fn server_of(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
         let authority = target_authority(req, None);
-        let text = RequestText::new(SpanNaming::Template, req, authority.as_deref(), grpc);
+        let orig_dst = conn.and_then(|c| c.orig_dst);
+        let text = RequestText::new(
+            SpanNaming::Template,
+            req,
+            authority.as_deref(),
+            orig_dst,
+            grpc,
+        );
         server(req, conn, grpc, authority.as_deref(), &text)
     }
 
@@ -393,7 +433,14 @@ mod tests {
     /// same way.
     fn client_of(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
         let authority = target_authority(req, None);
-        let text = RequestText::new(SpanNaming::Template, req, authority.as_deref(), grpc);
+        let orig_dst = conn.and_then(|c| c.orig_dst);
+        let text = RequestText::new(
+            SpanNaming::Template,
+            req,
+            authority.as_deref(),
+            orig_dst,
+            grpc,
+        );
         let known = match authority {
             Some(Cow::Owned(parsed)) => Some(parsed),
             _ => None,
@@ -550,7 +597,13 @@ mod tests {
             .0;
         let authority = target_authority(&req, None);
         assert!(matches!(authority, Some(Cow::Owned(_))));
-        let text = RequestText::new(SpanNaming::Template, &req, authority.as_deref(), false);
+        let text = RequestText::new(
+            SpanNaming::Template,
+            &req,
+            authority.as_deref(),
+            conn.orig_dst,
+            false,
+        );
         assert_eq!(text.name, "GET /orders/{id}");
         assert_eq!(text.path, "/orders/7");
         assert_eq!(text.host.as_ref().unwrap(), "svc.ns");
@@ -562,7 +615,11 @@ mod tests {
             Some(Cow::Borrowed(_))
         ));
         let attrs = client(&req, Some(&conn), false, known.as_ref(), &text);
-        for key in [SERVER_ADDRESS, USER_AGENT_ORIGINAL] {
+        assert_eq!(
+            text.url_full.as_ref().unwrap(),
+            "http://svc.ns:8080/orders/7"
+        );
+        for key in [SERVER_ADDRESS, USER_AGENT_ORIGINAL, URL_FULL] {
             let value = attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
             assert!(
                 matches!(value, Some(AttrValue::Shared(_))),

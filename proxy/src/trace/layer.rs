@@ -107,7 +107,13 @@ impl Shared {
             let conn = parts.extensions.get::<Arc<ConnMeta>>().map(Arc::as_ref);
             let grpc = attributes::is_grpc(&parts.headers);
             let authority = attributes::target_authority(parts, None);
-            let text = RequestText::new(self.naming, parts, authority.as_deref(), grpc);
+            let text = RequestText::new(
+                self.naming,
+                parts,
+                authority.as_deref(),
+                conn.and_then(|c| c.orig_dst),
+                grpc,
+            );
             let attrs = attributes::server(parts, conn, grpc, authority.as_deref(), &text);
             let host_header = match authority {
                 Some(Cow::Owned(parsed)) => Some(parsed),
