@@ -284,6 +284,16 @@ impl QueueSignal {
     }
 }
 
+impl Drop for SpanSink {
+    fn drop(&mut self) {
+        // Sender first, then the wake-up: an exporter accumulating a batch learns that the last
+        // sink is gone without waiting for its schedule delay.
+        if self.tx.take().is_some() {
+            self.signal.notify.notify_one();
+        }
+    }
+}
+
 /// The consumer side, owned by the exporter task.
 #[derive(Debug)]
 pub struct SpanQueue {

@@ -200,6 +200,10 @@ impl ExportTask {
                 }
                 signal.disarm();
                 self.take_queued(&mut batch, max);
+                if self.queue.rx.sender_strong_count() == 0 {
+                    // Every sink is gone: send what is left now.
+                    flush_at = None;
+                }
             }
             if batch.len() >= max || (flush_at.is_none() && !batch.is_empty()) {
                 flush_at = None;
