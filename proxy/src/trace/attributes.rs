@@ -102,6 +102,30 @@ pub fn target_authority<'a>(
     Authority::try_from(host.as_bytes()).ok().map(Cow::Owned)
 }
 
+/// An authority's host (brackets kept) and port, parsed once: `Authority::host` and `port`
+/// parse the authority again on every call.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    host: &'a str,
+    /// As written, and as a number.
+    port: Option<(&'a str, u16)>,
+}
+
+impl<'a> Target<'a> {
+    fn of(authority: &'a Authority) -> Target<'a> {
+        // What `Authority::port` does, keeping the text's lifetime.
+        let text = authority.as_str();
+        let port = text.rfind(':').and_then(|colon| {
+            let port = text.get(colon + 1..)?;
+            Some((port, port.parse::<u16>().ok()?))
+        });
+        Target {
+            host: authority.host(),
+            port,
+        }
+    }
+}
+
 fn scheme(req: &Parts) -> &'static str {
     match req.uri.scheme_str() {
         Some("https") => "https",
@@ -166,13 +190,14 @@ impl RequestText {
                 start..s.len()
             };
             let path_range = push(path);
-            let host = authority.map(|a| push(strip_brackets(a.host())));
+            let target = authority.map(Target::of);
+            let host = target.map(|t| push(strip_brackets(t.host)));
             let agent = user_agent(req).map(&mut push);
             let rpc = if grpc { grpc_method(path) } else { None }
                 .map(|(service, method)| (push(service), push(method)));
             let url_start = s.len();
-            let url = push_url_full(s, scheme(req), authority, orig_dst, path)
-                .then_some(url_start..s.len());
+            let url =
+                push_url_full(s, scheme(req), target, orig_dst, path).then_some(url_start..s.len());
             let text: Arc<str> = Arc::from(s.as_str());
             let slice = |range: Range<usize>| {
                 SharedStr::slice(&text, range.clone())
@@ -225,17 +250,17 @@ impl RequestText {
 /// from `fallback`.
 fn push_server_target(
     attrs: &mut Attributes,
-    authority: Option<&Authority>,
+    target: Option<Target<'_>>,
     text: &RequestText,
     fallback: Option<SocketAddr>,
     scheme: &str,
 ) {
-    match (authority, fallback) {
-        (Some(authority), _) => {
-            attrs.push((SERVER_ADDRESS, text.value(strip_brackets(authority.host()))));
-            let port = authority
-                .port_u16()
-                .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    match (target, fallback) {
+        (Some(target), _) => {
+            attrs.push((SERVER_ADDRESS, text.value(strip_brackets(target.host))));
+            let port = target
+                .port
+                .map_or(if scheme == "https" { 443 } else { 80 }, |(_, port)| port);
             attrs.push((SERVER_PORT, AttrValue::Int(i64::from(port))));
         }
         (None, Some(addr)) => {
@@ -299,7 +324,13 @@ pub fn server(
     attrs.push((URL_PATH, AttrValue::Shared(text.path.clone())));
     attrs.push((URL_SCHEME, AttrValue::Static(scheme)));
     let fallback = conn.map(|c| c.orig_dst.unwrap_or(c.local_addr));
-    push_server_target(&mut attrs, authority, text, fallback, scheme);
+    push_server_target(
+        &mut attrs,
+        authority.map(Target::of),
+        text,
+        fallback,
+        scheme,
+    );
     if let Some(conn) = conn {
         attrs.push((CLIENT_ADDRESS, AttrValue::Ip(conn.client_addr.ip())));
         push_peer(&mut attrs, conn.client_addr);
@@ -320,12 +351,12 @@ pub fn client(
     push_common(&mut attrs, req, conn, grpc, text);
     let scheme = scheme(req);
     let authority = target_authority(req, known);
-    let authority = authority.as_deref();
+    let target = authority.as_deref().map(Target::of);
     let orig_dst = conn.and_then(|c| c.orig_dst);
     let url = SCRATCH.with(|scratch| {
         let mut scratch = scratch.try_borrow_mut().ok()?;
         scratch.clear();
-        if !push_url_full(&mut scratch, scheme, authority, orig_dst, req.uri.path()) {
+        if !push_url_full(&mut scratch, scheme, target, orig_dst, req.uri.path()) {
             return Some(None);
         }
         Some(Some(match &text.url_full {
@@ -334,12 +365,14 @@ pub fn client(
         }))
     });
     let url = url.unwrap_or_else(|| {
-        url_full(scheme, authority, orig_dst, req.uri.path()).map(AttrValue::String)
+        let mut url = String::new();
+        push_url_full(&mut url, scheme, target, orig_dst, req.uri.path())
+            .then_some(AttrValue::String(url))
     });
     if let Some(url) = url {
         attrs.push((URL_FULL, url));
     }
-    push_server_target(&mut attrs, authority, text, orig_dst, scheme);
+    push_server_target(&mut attrs, target, text, orig_dst, scheme);
     attrs
 }
 
@@ -351,26 +384,26 @@ pub fn url_full(
     path: &str,
 ) -> Option<String> {
     let mut url = String::with_capacity(scheme.len() + 3 + 64 + path.len());
-    push_url_full(&mut url, scheme, authority, fallback, path).then_some(url)
+    push_url_full(&mut url, scheme, authority.map(Target::of), fallback, path).then_some(url)
 }
 
 /// Appends [`url_full`] to `out`; false (and nothing appended) when there is no target.
 fn push_url_full(
     out: &mut String,
     scheme: &str,
-    authority: Option<&Authority>,
+    target: Option<Target<'_>>,
     fallback: Option<SocketAddr>,
     path: &str,
 ) -> bool {
     let path = if path.is_empty() { "/" } else { path };
-    match (authority, fallback) {
-        (Some(authority), _) => {
+    match (target, fallback) {
+        (Some(target), _) => {
             out.push_str(scheme);
             out.push_str("://");
-            out.push_str(authority.host());
-            if let Some(port) = authority.port() {
+            out.push_str(target.host);
+            if let Some((port, _)) = target.port {
                 out.push(':');
-                out.push_str(port.as_str());
+                out.push_str(port);
             }
         }
         (None, Some(addr)) => {
@@ -643,6 +676,36 @@ mod tests {
             get(&attrs, URL_FULL),
             Some(s("http://other.ns:9090/orders/7"))
         );
+    }
+
+    #[test]
+    fn targets_split_like_the_http_crate() {
+        for text in [
+            "svc.ns",
+            "svc.ns:8080",
+            "[::1]:9000",
+            "[::1]",
+            "user:pw@svc:81",
+            "svc:0",
+            "svc:65535",
+            "svc:99999",
+            "10.0.0.1:443",
+        ] {
+            let Ok(authority) = Authority::try_from(text) else {
+                continue;
+            };
+            let target = Target::of(&authority);
+            assert_eq!(target.host, authority.host(), "{text}");
+            assert_eq!(
+                target.port,
+                authority
+                    .port()
+                    .map(|p| (p.as_str().to_owned(), p.as_u16()))
+                    .as_ref()
+                    .map(|(s, n)| (s.as_str(), *n)),
+                "{text}"
+            );
+        }
     }
 
     #[test]
