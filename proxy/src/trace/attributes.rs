@@ -376,18 +376,8 @@ pub fn client(
     attrs
 }
 
-/// `scheme://host[:port]/path`: no userinfo, no query, no fragment.
-pub fn url_full(
-    scheme: &str,
-    authority: Option<&Authority>,
-    fallback: Option<SocketAddr>,
-    path: &str,
-) -> Option<String> {
-    let mut url = String::with_capacity(scheme.len() + 3 + 64 + path.len());
-    push_url_full(&mut url, scheme, authority.map(Target::of), fallback, path).then_some(url)
-}
-
-/// Appends [`url_full`] to `out`; false (and nothing appended) when there is no target.
+/// Appends `url.full`, `scheme://host[:port]/path` (no userinfo, no query, no fragment), to
+/// `out`; false (and nothing appended) when there is no target.
 fn push_url_full(
     out: &mut String,
     scheme: &str,
