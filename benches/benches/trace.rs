@@ -1,6 +1,6 @@
 //! Per-request tracing cost: header extraction and injection per format, the sampling
 //! decision, span naming, and a whole request through the SERVER and CLIENT layers, sampled
-//! (span recording included) and unsampled.
+//! (span recording included) and unsampled, and sampled with the exporter's encoding.
 //!
 //! The inner service answers immediately and futures are polled with a no-op waker, so the
 //! numbers are the layers' own work, not a runtime's.
@@ -16,7 +16,11 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::Body;
 use http_body_util::Full;
-use meshtrace_proxy::span::{SpanQueue, SpanSink};
+use std::sync::Arc;
+
+use meshtrace_proxy::export::{self, wire::BatchEncoder, ProxyResource};
+use meshtrace_proxy::meta::{ConnMeta, Direction};
+use meshtrace_proxy::span::{recycle_attributes, SpanQueue, SpanRecord, SpanSink};
 use meshtrace_proxy::trace::naming::{span_name, SpanNaming};
 use meshtrace_proxy::trace::propagation::{self, B3Forms, Outgoing};
 use meshtrace_proxy::trace::{sampling, TraceArgs, TracedBody, Tracer};
@@ -159,15 +163,44 @@ fn drain<B: Body>(body: B) {
     }
 }
 
+/// A request as the data path hands it to the SERVER layer: connection facts in its extensions,
+/// a `Host` header, a user agent and (sampled or not) a W3C parent.
+fn request(sampled: bool) -> Request<Full<Bytes>> {
+    let mut req = Request::builder()
+        .method(Method::GET)
+        .uri("/api/v1/users/12345")
+        .body(Full::new(Bytes::from_static(b"ping")))
+        .unwrap();
+    *req.headers_mut() = w3c_headers(if sampled { "01" } else { "00" });
+    req.headers_mut()
+        .insert("host", HeaderValue::from_static("users.shop.svc:8080"));
+    req.extensions_mut().insert(Arc::new(ConnMeta {
+        direction: Direction::Inbound,
+        client_addr: "10.1.2.3:51000".parse().unwrap(),
+        local_addr: "10.1.4.5:4143".parse().unwrap(),
+        orig_dst: Some("10.1.4.5:8080".parse().unwrap()),
+    }));
+    req
+}
+
+/// Spans per export request in the `sampled_and_encoded` case (the exporter's default).
+const BATCH: usize = 512;
+
 fn bench_request(c: &mut Criterion) {
     let mut group = c.benchmark_group("request");
-    // (name, rate, export enabled)
+    // (name, rate, export enabled, encode like the exporter)
     let cases = [
-        ("unsampled", 0.0, true),
-        ("sampled", 1.0, true),
-        ("sampled_export_disabled", 1.0, false),
+        ("unsampled", 0.0, true, false),
+        ("sampled", 1.0, true, false),
+        ("sampled_export_disabled", 1.0, false, false),
+        // Everything tracing costs per request: both spans recorded, queued, encoded to OTLP
+        // protobuf in batches of 512, and freed.
+        ("sampled_and_encoded", 1.0, true, true),
     ];
-    for (name, rate, export) in cases {
+    let resource = ProxyResource::from_env(|_| None).to_proto();
+    for (name, rate, export, encode) in cases {
+        let mut encoder = BatchEncoder::new(&resource, &export::encode::scope());
+        let mut batch: Vec<SpanRecord> = Vec::with_capacity(BATCH);
         let (sink, mut queue): (SpanSink, SpanQueue) = if export {
             SpanSink::bounded(1 << 16)
         } else {
@@ -187,19 +220,21 @@ fn bench_request(c: &mut Criterion) {
             .layer(tracer.client_layer().layer(upstream));
         group.bench_function(name, |b| {
             b.iter_batched(
-                || {
-                    let mut req = Request::builder()
-                        .method(Method::GET)
-                        .uri("/api/v1/users/12345")
-                        .body(Full::new(Bytes::from_static(b"ping")))
-                        .unwrap();
-                    *req.headers_mut() = w3c_headers(if rate > 0.0 { "01" } else { "00" });
-                    req
-                },
+                || request(rate > 0.0),
                 |req| {
                     let rsp = now(svc.call(req)).unwrap();
                     drain(rsp.into_body());
-                    while queue.rx.try_recv().is_ok() {}
+                    while let Ok(span) = queue.rx.try_recv() {
+                        if encode {
+                            batch.push(span);
+                        }
+                    }
+                    if batch.len() >= BATCH {
+                        black_box(encoder.encode(&batch));
+                        for span in batch.drain(..) {
+                            recycle_attributes(span.attributes);
+                        }
+                    }
                 },
                 BatchSize::SmallInput,
             )

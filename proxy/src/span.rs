@@ -4,10 +4,14 @@
 //! exporter (consumer, a background task). The request path only ever calls
 //! [`SpanSink::try_send`]: it never waits, and a full queue drops the span and counts it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::futures::Notified;
+use tokio::sync::{mpsc, Notify};
 
 /// A 128-bit trace id.
 pub type TraceId = [u8; 16];
@@ -32,14 +36,127 @@ pub enum SpanStatus {
     Error(Option<String>),
 }
 
-/// An attribute value. `&'static str` keys and the `Static` variant keep the common
-/// attributes free of allocation.
+/// An attribute value. `&'static str` keys, the `Static`, `Int`, `Ip` and `Shared` variants keep
+/// the attributes the proxy records free of per-attribute allocation: values stay the typed data
+/// they are and are only turned into text when the exporter encodes them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
     Static(&'static str),
     String(String),
     Int(i64),
     Bool(bool),
+    /// An address, exported as its text form (`10.0.0.7`, `::1`).
+    Ip(IpAddr),
+    /// A slice of one request's text, shared by its spans (one allocation per request).
+    Shared(SharedStr),
+}
+
+impl AttrValue {
+    /// The exported string value, if this is one (addresses are formatted).
+    pub fn to_text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            AttrValue::Static(s) => Some(Cow::Borrowed(s)),
+            AttrValue::String(s) => Some(Cow::Borrowed(s)),
+            AttrValue::Shared(s) => Some(Cow::Borrowed(s.as_str())),
+            AttrValue::Ip(ip) => Some(Cow::Owned(ip.to_string())),
+            AttrValue::Int(_) | AttrValue::Bool(_) => None,
+        }
+    }
+}
+
+/// An immutable string that is a slice of a shared text: cloning it is a reference count, and
+/// the strings of one request (span name, path, host, user agent) share one allocation.
+#[derive(Clone)]
+pub struct SharedStr {
+    text: Arc<str>,
+    start: u32,
+    end: u32,
+}
+
+impl SharedStr {
+    /// The whole of `text`.
+    pub fn new(text: Arc<str>) -> SharedStr {
+        let end = u32::try_from(text.len()).unwrap_or(0);
+        let text = if end as usize == text.len() {
+            text
+        } else {
+            Arc::from("")
+        };
+        SharedStr {
+            text,
+            start: 0,
+            end,
+        }
+    }
+
+    /// `text[range]`; `None` when the range is out of bounds or not on character boundaries.
+    pub fn slice(text: &Arc<str>, range: std::ops::Range<usize>) -> Option<SharedStr> {
+        text.get(range.clone())?;
+        Some(SharedStr {
+            text: text.clone(),
+            start: u32::try_from(range.start).ok()?,
+            end: u32::try_from(range.end).ok()?,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Bounds and boundaries were checked when the slice was made.
+        self.text
+            .get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for SharedStr {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for SharedStr {
+    fn eq(&self, other: &SharedStr) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for SharedStr {}
+
+impl PartialEq<str> for SharedStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for SharedStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> SharedStr {
+        SharedStr::new(Arc::from(s))
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> SharedStr {
+        SharedStr::new(Arc::from(s))
+    }
 }
 
 /// One finished span, as recorded on the request path. The exporter turns it into OTLP (adding
@@ -55,13 +172,57 @@ pub struct SpanRecord {
     /// W3C trace flags (bit 0 sampled, bit 1 random).
     pub flags: u8,
     pub kind: SpanKind,
-    pub name: String,
+    /// Shared by a request's SERVER and CLIENT spans.
+    pub name: SharedStr,
     /// Unix time, nanoseconds.
     pub start_unix_nanos: u64,
     /// Unix time, nanoseconds.
     pub end_unix_nanos: u64,
     pub status: SpanStatus,
-    pub attributes: Vec<(&'static str, AttrValue)>,
+    pub attributes: Attributes,
+}
+
+/// A span's attribute list.
+pub type Attributes = Vec<(&'static str, AttrValue)>;
+
+/// Most attribute lists kept per thread for reuse (a few hundred KiB at most).
+const ATTRIBUTE_POOL_MAX: usize = 512;
+
+thread_local! {
+    /// Attribute lists of exported spans, for new spans on this thread. The exporter frees
+    /// spans a batch at a time; handing their (cleared) lists back spares the request path an
+    /// allocation per span and the allocator a bulk free. No lock: each thread has its own.
+    static ATTRIBUTE_POOL: RefCell<Vec<Attributes>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty attribute list with room for `capacity` attributes, reused when one is pooled.
+pub fn attributes_with_capacity(capacity: usize) -> Attributes {
+    let pooled = ATTRIBUTE_POOL
+        .try_with(|pool| pool.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten();
+    match pooled {
+        Some(mut attrs) => {
+            attrs.reserve(capacity);
+            attrs
+        }
+        None => Attributes::with_capacity(capacity),
+    }
+}
+
+/// Gives an exported span's attribute list back for reuse on this thread.
+pub fn recycle_attributes(mut attrs: Attributes) {
+    attrs.clear();
+    if attrs.capacity() == 0 || attrs.capacity() > 64 {
+        return;
+    }
+    let _ = ATTRIBUTE_POOL.try_with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut() {
+            if pool.len() < ATTRIBUTE_POOL_MAX {
+                pool.push(attrs);
+            }
+        }
+    });
 }
 
 /// Why a span never reached the exporter's queue.
@@ -78,6 +239,59 @@ pub enum SendError {
 pub struct SpanSink {
     tx: Option<mpsc::Sender<SpanRecord>>,
     dropped_queue_full: Arc<AtomicU64>,
+    signal: Arc<QueueSignal>,
+}
+
+/// Wakes the exporter when a given number of spans is queued, so that while it accumulates a
+/// batch it is woken once (batch full) instead of once per span. Waking a task per span cost
+/// more than recording the span.
+#[derive(Debug, Default)]
+pub struct QueueSignal {
+    notify: Notify,
+    armed: AtomicBool,
+    /// Queue length at which an armed signal fires.
+    threshold: AtomicUsize,
+}
+
+impl QueueSignal {
+    /// Asks to be notified once `threshold` spans are queued. Check the queue after arming:
+    /// spans queued before this call do not notify.
+    pub fn arm(&self, threshold: usize) {
+        self.threshold.store(threshold.max(1), Ordering::Relaxed);
+        self.armed.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `on_queued`: either the producer sees the signal armed, or
+        // the caller's queue check that follows sees the producer's span.
+        fence(Ordering::SeqCst);
+    }
+
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::Relaxed);
+    }
+
+    /// Resolves after the armed threshold was reached (possibly spuriously: re-check).
+    pub fn notified(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+
+    fn on_queued(&self, queued: usize) {
+        fence(Ordering::SeqCst);
+        if self.armed.load(Ordering::Relaxed)
+            && queued >= self.threshold.load(Ordering::Relaxed)
+            && self.armed.swap(false, Ordering::AcqRel)
+        {
+            self.notify.notify_one();
+        }
+    }
+}
+
+impl Drop for SpanSink {
+    fn drop(&mut self) {
+        // Sender first, then the wake-up: an exporter accumulating a batch learns that the last
+        // sink is gone without waiting for its schedule delay.
+        if self.tx.take().is_some() {
+            self.signal.notify.notify_one();
+        }
+    }
 }
 
 /// The consumer side, owned by the exporter task.
@@ -88,6 +302,8 @@ pub struct SpanQueue {
     pub dropped_queue_full: Arc<AtomicU64>,
     /// The queue's capacity, for the queue-depth metric.
     pub capacity: usize,
+    /// Notifies the consumer at a queue length it chooses.
+    pub signal: Arc<QueueSignal>,
 }
 
 impl SpanSink {
@@ -96,15 +312,18 @@ impl SpanSink {
         let capacity = capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
+        let signal = Arc::new(QueueSignal::default());
         (
             SpanSink {
                 tx: Some(tx),
                 dropped_queue_full: dropped.clone(),
+                signal: signal.clone(),
             },
             SpanQueue {
                 rx,
                 dropped_queue_full: dropped,
                 capacity,
+                signal,
             },
         )
     }
@@ -114,6 +333,7 @@ impl SpanSink {
         SpanSink {
             tx: None,
             dropped_queue_full: Arc::new(AtomicU64::new(0)),
+            signal: Arc::new(QueueSignal::default()),
         }
     }
 
@@ -129,7 +349,11 @@ impl SpanSink {
             return Err(SendError::Closed);
         };
         match tx.try_send(span) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.signal
+                    .on_queued(tx.max_capacity().saturating_sub(tx.capacity()));
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
                 Err(SendError::QueueFull)
@@ -176,6 +400,72 @@ mod tests {
         assert_eq!(queue.dropped_queue_full.load(Ordering::Relaxed), 1);
         assert_eq!(queue.rx.recv().await.map(|s| s.trace_id[0]), Some(1));
         assert!(sink.try_send(record(4)).is_ok());
+    }
+
+    #[test]
+    fn shared_str_slices_one_text() {
+        let text: Arc<str> = Arc::from("GET /a/{id}héllo");
+        let name = SharedStr::slice(&text, 0..11).unwrap();
+        assert_eq!(name, "GET /a/{id}");
+        assert_eq!(SharedStr::slice(&text, 11..17).unwrap(), "héllo");
+        assert!(
+            SharedStr::slice(&text, 11..13).is_none(),
+            "not a char boundary"
+        );
+        assert!(SharedStr::slice(&text, 0..99).is_none());
+        assert_eq!(SharedStr::from("x").as_str(), "x");
+        assert_eq!(format!("{name:?}"), "\"GET /a/{id}\"");
+        assert_eq!(
+            AttrValue::Ip("::1".parse().unwrap()).to_text().as_deref(),
+            Some("::1")
+        );
+        assert_eq!(AttrValue::Int(1).to_text(), None);
+    }
+
+    #[tokio::test]
+    async fn signal_fires_at_the_armed_queue_length() {
+        let (sink, queue) = SpanSink::bounded(8);
+        queue.signal.arm(3);
+        let notified = queue.signal.notified();
+        tokio::pin!(notified);
+        sink.try_send(record(1)).unwrap();
+        sink.try_send(record(2)).unwrap();
+        assert!(futures_now(notified.as_mut()).is_none(), "fired early");
+        sink.try_send(record(3)).unwrap();
+        assert!(futures_now(notified.as_mut()).is_some(), "did not fire");
+        // Disarmed once fired: a fourth span does not leave a stored notification.
+        sink.try_send(record(4)).unwrap();
+        let again = queue.signal.notified();
+        tokio::pin!(again);
+        assert!(futures_now(again.as_mut()).is_none());
+    }
+
+    fn futures_now<F: std::future::Future + Unpin>(fut: F) -> Option<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut fut = fut;
+        match std::pin::Pin::new(&mut fut).poll(&mut cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn attribute_lists_are_reused_on_their_thread() {
+        std::thread::spawn(|| {
+            let mut attrs = attributes_with_capacity(16);
+            attrs.push(("k", AttrValue::Int(1)));
+            let ptr = attrs.as_ptr();
+            recycle_attributes(attrs);
+            let again = attributes_with_capacity(8);
+            assert!(again.is_empty());
+            assert_eq!(again.as_ptr(), ptr);
+            assert!(again.capacity() >= 16);
+            // A list that is too small grows.
+            recycle_attributes(again);
+            assert!(attributes_with_capacity(40).capacity() >= 40);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

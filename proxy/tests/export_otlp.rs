@@ -685,6 +685,38 @@ async fn shutdown_flushes_queued_spans() {
 }
 
 #[tokio::test]
+async fn dropping_every_sink_sends_the_partial_batch_without_waiting_for_the_delay() {
+    for protocol in PROTOCOLS {
+        let receiver = receiver(protocol).await;
+        let config = config_for(
+            &receiver,
+            &[
+                ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100"),
+            ],
+        );
+        let Running {
+            sink,
+            handle,
+            metrics,
+        } = start_exporter(config, &test_resource());
+        let second = sink.clone();
+        let sent = send_hops(&sink, 0..3);
+        drop(sink);
+        // One sink left: the batch waits for its (ten-minute) delay.
+        assert_eq!(metrics.spans_exported(), 0);
+        drop(second);
+        receiver
+            .wait_for_spans(sent, WAIT)
+            .await
+            .expect("partial batch sent once the last sink is gone");
+        handle.shutdown(WAIT).await.expect("clean shutdown");
+        assert_eq!(receiver.spans().len(), sent, "{protocol:?}");
+        assert_eq!(metrics.spans_exported(), sent as u64);
+    }
+}
+
+#[tokio::test]
 async fn shutdown_with_the_collector_down_ends_and_counts_the_loss() {
     for protocol in PROTOCOLS {
         let receiver = reserved_receiver(protocol);

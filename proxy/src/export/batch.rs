@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
@@ -20,7 +18,8 @@ use super::metrics::{DropReason, ExportMetrics, RequestResult};
 use super::resource::ProxyResource;
 use super::retry::{Attempt, Backoff};
 use super::transport::{ExportError, Transport};
-use crate::span::{SpanQueue, SpanRecord};
+use super::wire::BatchEncoder;
+use crate::span::{self, SpanQueue, SpanRecord};
 
 /// Starts the exporter.
 pub struct Exporter;
@@ -40,8 +39,7 @@ impl Exporter {
         let held = Arc::new(AtomicU64::new(0));
         let task = ExportTask {
             transport,
-            resource: resource.to_proto(),
-            scope: encode::scope(),
+            encoder: BatchEncoder::new(&resource.to_proto(), &encode::scope()),
             queue,
             batch: config.batch,
             retry: config.retry,
@@ -149,8 +147,8 @@ impl Shutdown {
 
 struct ExportTask {
     transport: Transport,
-    resource: Resource,
-    scope: InstrumentationScope,
+    /// Encodes each batch straight to its protobuf bytes.
+    encoder: BatchEncoder,
     queue: SpanQueue,
     batch: BatchConfig,
     retry: RetryPolicy,
@@ -166,35 +164,51 @@ impl ExportTask {
         let mut batch: Vec<SpanRecord> = Vec::with_capacity(max);
         let mut flush_at: Option<Instant> = None;
         loop {
-            let timer = async {
-                match flush_at {
-                    Some(at) => sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let room = max - batch.len();
-            tokio::select! {
-                biased;
-                () = self.shutdown.requested() => break,
-                () = timer => {
-                    flush_at = None;
-                    self.export(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
-                }
-                received = self.queue.rx.recv_many(&mut batch, room) => {
-                    if received == 0 {
-                        // Every sink is gone: nothing more will come.
-                        self.export(batch).await;
-                        self.metrics.set_queue_depth(0);
-                        return;
-                    }
-                    self.held.fetch_add(received as u64, Ordering::Relaxed);
-                    if batch.len() >= max {
-                        flush_at = None;
-                        self.export(std::mem::replace(&mut batch, Vec::with_capacity(max))).await;
-                    } else if flush_at.is_none() {
+            if batch.is_empty() {
+                // Idle: the first span starts a batch (and its schedule delay).
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.requested() => break,
+                    received = self.queue.rx.recv_many(&mut batch, max) => {
+                        if received == 0 {
+                            // Every sink is gone: nothing more will come.
+                            self.metrics.set_queue_depth(0);
+                            return;
+                        }
+                        self.held.fetch_add(received as u64, Ordering::Relaxed);
                         flush_at = Some(Instant::now() + self.batch.schedule_delay);
                     }
                 }
+            } else {
+                // Accumulating: woken when the batch can be filled or its delay is over, not
+                // for every span.
+                let missing = max - batch.len();
+                let signal = self.queue.signal.clone();
+                let notified = signal.notified();
+                signal.arm(missing);
+                if self.queue.rx.len() < missing {
+                    let at = flush_at.unwrap_or_else(Instant::now);
+                    tokio::select! {
+                        biased;
+                        () = self.shutdown.requested() => {
+                            signal.disarm();
+                            break;
+                        }
+                        () = sleep_until(at) => flush_at = None,
+                        () = notified => {}
+                    }
+                }
+                signal.disarm();
+                self.take_queued(&mut batch, max);
+                if self.queue.rx.sender_strong_count() == 0 {
+                    // Every sink is gone: send what is left now.
+                    flush_at = None;
+                }
+            }
+            if batch.len() >= max || (flush_at.is_none() && !batch.is_empty()) {
+                flush_at = None;
+                self.export(std::mem::replace(&mut batch, Vec::with_capacity(max)))
+                    .await;
             }
             self.metrics.set_queue_depth(self.queue.rx.len());
         }
@@ -219,6 +233,21 @@ impl ExportTask {
         }
     }
 
+    /// Moves queued spans into `batch`, up to `max`, without waiting.
+    fn take_queued(&mut self, batch: &mut Vec<SpanRecord>, max: usize) {
+        let mut received = 0u64;
+        while batch.len() < max {
+            match self.queue.rx.try_recv() {
+                Ok(span) => {
+                    batch.push(span);
+                    received += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.held.fetch_add(received, Ordering::Relaxed);
+    }
+
     /// Sends one batch, retrying what the spec calls retryable within the export timeout (and
     /// the shutdown deadline, once there is one). Every span ends up exported or counted dropped.
     async fn export(&mut self, spans: Vec<SpanRecord>) {
@@ -226,8 +255,11 @@ impl ExportTask {
             return;
         }
         let count = spans.len() as u64;
-        let request = encode::export_request(&self.resource, &self.scope, spans);
-        let payload = self.transport.prepare(request);
+        let body = self.encoder.encode(&spans);
+        for span in spans {
+            span::recycle_attributes(span.attributes);
+        }
+        let payload = self.transport.prepare(body);
         let batch_deadline = Instant::now() + self.batch.export_timeout;
         let mut backoff = Backoff::new(self.retry.clone());
         let outcome = loop {

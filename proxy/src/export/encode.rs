@@ -1,8 +1,9 @@
-//! `SpanRecord` → OTLP messages, off the request path.
+//! `SpanRecord` → OTLP messages: the definition of what a record means in OTLP.
 //!
-//! Records are consumed by value so their strings move into the protobuf message instead of
-//! being copied. All spans of one proxy share one resource and one instrumentation scope, so a
-//! batch becomes a single `ResourceSpans` with a single `ScopeSpans`.
+//! The exporter itself writes the wire format directly ([`super::wire`]); these typed messages
+//! are the reference it is tested against byte for byte. All spans of one proxy share one
+//! resource and one instrumentation scope, so a batch becomes a single `ResourceSpans` with a
+//! single `ScopeSpans`.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
@@ -42,27 +43,55 @@ pub fn export_request(
     }
 }
 
-/// Converts one record. A SERVER span's parent is the caller's (remote) span; a CLIENT span's
-/// parent is this proxy's SERVER span; OTLP span flags carry that fact.
-pub fn span_to_proto(record: SpanRecord) -> Span {
-    let kind = match record.kind {
-        SpanKind::Server => span::SpanKind::Server,
-        SpanKind::Client => span::SpanKind::Client,
-    };
+/// OTLP span flags: the W3C flags, plus whether the parent is remote. A SERVER span's parent
+/// is the caller's (remote) span; a CLIENT span's parent is this proxy's SERVER span.
+pub fn span_flags(record: &SpanRecord) -> u32 {
     let parent_is_remote = record.parent_span_id.is_some() && record.kind == SpanKind::Server;
     let mut flags = u32::from(record.flags) | SpanFlags::ContextHasIsRemoteMask as u32;
     if parent_is_remote {
         flags |= SpanFlags::ContextIsRemoteMask as u32;
     }
+    flags
+}
+
+/// The OTLP status code of a status.
+pub fn status_code(status: &SpanStatus) -> status::StatusCode {
+    match status {
+        SpanStatus::Unset => status::StatusCode::Unset,
+        SpanStatus::Ok => status::StatusCode::Ok,
+        SpanStatus::Error(_) => status::StatusCode::Error,
+    }
+}
+
+/// The OTLP value of an attribute.
+pub fn attribute_value(value: AttrValue) -> any_value::Value {
+    match value {
+        AttrValue::Static(s) => any_value::Value::StringValue(s.to_owned()),
+        AttrValue::String(s) => any_value::Value::StringValue(s),
+        AttrValue::Shared(s) => any_value::Value::StringValue(s.as_str().to_owned()),
+        AttrValue::Ip(ip) => any_value::Value::StringValue(ip.to_string()),
+        AttrValue::Int(i) => any_value::Value::IntValue(i),
+        AttrValue::Bool(b) => any_value::Value::BoolValue(b),
+    }
+}
+
+/// Converts one record.
+pub fn span_to_proto(record: SpanRecord) -> Span {
+    let kind = match record.kind {
+        SpanKind::Server => span::SpanKind::Server,
+        SpanKind::Client => span::SpanKind::Client,
+    };
+    let flags = span_flags(&record);
+    let code = status_code(&record.status) as i32;
     let status = match record.status {
         SpanStatus::Unset => None,
         SpanStatus::Ok => Some(Status {
             message: String::new(),
-            code: status::StatusCode::Ok as i32,
+            code,
         }),
         SpanStatus::Error(message) => Some(Status {
             message: message.unwrap_or_default(),
-            code: status::StatusCode::Error as i32,
+            code,
         }),
     };
     Span {
@@ -74,7 +103,7 @@ pub fn span_to_proto(record: SpanRecord) -> Span {
             .map(|id| id.to_vec())
             .unwrap_or_default(),
         flags,
-        name: record.name,
+        name: record.name.as_str().to_owned(),
         kind: kind as i32,
         start_time_unix_nano: record.start_unix_nanos,
         end_time_unix_nano: record.end_unix_nanos,
@@ -84,12 +113,7 @@ pub fn span_to_proto(record: SpanRecord) -> Span {
             .map(|(key, value)| KeyValue {
                 key: key.to_owned(),
                 value: Some(AnyValue {
-                    value: Some(match value {
-                        AttrValue::Static(s) => any_value::Value::StringValue(s.to_owned()),
-                        AttrValue::String(s) => any_value::Value::StringValue(s),
-                        AttrValue::Int(i) => any_value::Value::IntValue(i),
-                        AttrValue::Bool(b) => any_value::Value::BoolValue(b),
-                    }),
+                    value: Some(attribute_value(value)),
                 }),
                 key_strindex: 0,
             })

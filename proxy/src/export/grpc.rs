@@ -1,4 +1,5 @@
-//! OTLP/gRPC with the generated `opentelemetry-proto` tonic client.
+//! OTLP/gRPC: the `TraceService/Export` unary call over tonic, with a request body the exporter
+//! has already encoded ([`super::wire`]) and the generated type for the response.
 //!
 //! The channel connects lazily and reconnects through tonic's connector, which resolves the
 //! collector's name again on every new connection, so a collector that restarts (new pod IP)
@@ -6,18 +7,70 @@
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use tonic::codec::CompressionEncoding;
+use bytes::{BufMut, Bytes};
+use http::uri::PathAndQuery;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use tonic::client::Grpc;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::GrpcMethod;
+use tonic_prost::ProstDecoder;
 
 use super::config::{Compression, ExportConfig};
 use super::retry::{classify_grpc, Attempt};
 use super::transport::{load_certificates, untraced_headers, ExportError, USER_AGENT};
 
+const SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Sends an encoded `ExportTraceServiceRequest` as is; decodes the response with prost.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PreEncodedCodec;
+
+/// Writes pre-encoded message bytes into the gRPC frame.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PreEncodedEncoder;
+
+impl Encoder for PreEncodedEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Codec for PreEncodedCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = PreEncodedEncoder;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PreEncodedEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ResponseDecoder(ProstDecoder::default())
+    }
+}
+
+/// The generated response type, decoded by prost.
+pub struct ResponseDecoder(ProstDecoder<ExportTraceServiceResponse>);
+
+impl Decoder for ResponseDecoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        self.0.decode(src)
+    }
+}
+
 pub struct GrpcTransport {
-    client: TraceServiceClient<Channel>,
+    client: Grpc<Channel>,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
@@ -43,8 +96,8 @@ impl GrpcTransport {
             };
             endpoint = endpoint.tls_config(tls)?;
         }
-        let mut client = TraceServiceClient::new(endpoint.connect_lazy())
-            .accept_compressed(CompressionEncoding::Gzip);
+        let mut client =
+            Grpc::new(endpoint.connect_lazy()).accept_compressed(CompressionEncoding::Gzip);
         if config.compression == Compression::Gzip {
             client = client.send_compressed(CompressionEncoding::Gzip);
         }
@@ -54,20 +107,28 @@ impl GrpcTransport {
         })
     }
 
-    pub async fn send(
-        &mut self,
-        request: &ExportTraceServiceRequest,
-        timeout: Duration,
-    ) -> Attempt {
+    /// One `Export` call; `request` is an encoded `ExportTraceServiceRequest`.
+    pub async fn send(&mut self, request: &Bytes, timeout: Duration) -> Attempt {
         let metadata = MetadataMap::from_headers(untraced_headers(&self.headers));
-        let mut request = tonic::Request::from_parts(
-            metadata,
-            tonic::Extensions::default(),
-            // The batch is kept for a possible retry; the generated client wants it by value.
-            request.clone(),
-        );
+        let mut extensions = tonic::Extensions::default();
+        extensions.insert(GrpcMethod::new(SERVICE, "Export"));
+        // The batch is kept for a possible retry: cloning `Bytes` is a reference count.
+        let mut request = tonic::Request::from_parts(metadata, extensions, request.clone());
         request.set_timeout(timeout);
-        match tokio::time::timeout(timeout, self.client.export(request)).await {
+        let client = &mut self.client;
+        let call = async move {
+            client.ready().await.map_err(|error| {
+                tonic::Status::unknown(format!("Service was not ready: {error}"))
+            })?;
+            client
+                .unary(
+                    request,
+                    PathAndQuery::from_static(EXPORT_PATH),
+                    PreEncodedCodec,
+                )
+                .await
+        };
+        match tokio::time::timeout(timeout, call).await {
             Err(_elapsed) => Attempt::Retryable {
                 after: None,
                 reason: format!("no response within {timeout:?}"),

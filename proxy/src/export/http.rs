@@ -15,9 +15,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 
 use super::config::{Compression, ExportConfig};
@@ -69,12 +67,11 @@ impl HttpTransport {
         })
     }
 
-    /// Encodes (and compresses) a batch once.
-    pub fn prepare(&self, request: &ExportTraceServiceRequest) -> HttpPayload {
-        let encoded = request.encode_to_vec();
+    /// Compresses an encoded batch once, if configured to.
+    pub fn prepare(&self, encoded: Bytes) -> HttpPayload {
         if !self.gzip {
             return HttpPayload {
-                body: encoded.into(),
+                body: encoded,
                 gzip: false,
             };
         }
@@ -91,7 +88,7 @@ impl HttpTransport {
             Err(error) => {
                 tracing::warn!(%error, "gzip failed; sending uncompressed");
                 HttpPayload {
-                    body: encoded.into(),
+                    body: encoded,
                     gzip: false,
                 }
             }

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod resource;
 pub mod retry;
 pub mod transport;
+pub mod wire;
 
 pub use batch::{Exporter, ExporterHandle, ShutdownTimedOut};
 pub use config::{

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use rand::Rng;
 
 use super::config::{ExportConfig, Protocol};
@@ -43,7 +43,8 @@ pub const USER_AGENT: &str = concat!(
 
 /// A prepared request body: encoded once per batch, re-sent as-is on retries.
 pub enum Payload {
-    Grpc(ExportTraceServiceRequest),
+    /// An encoded `ExportTraceServiceRequest`.
+    Grpc(Bytes),
     Http(HttpPayload),
 }
 
@@ -60,10 +61,11 @@ impl Transport {
         })
     }
 
-    pub fn prepare(&self, request: ExportTraceServiceRequest) -> Payload {
+    /// `request` is an encoded `ExportTraceServiceRequest`.
+    pub fn prepare(&self, request: Bytes) -> Payload {
         match self {
             Transport::Grpc(_) => Payload::Grpc(request),
-            Transport::Http(http) => Payload::Http(http.prepare(&request)),
+            Transport::Http(http) => Payload::Http(http.prepare(request)),
         }
     }
 

@@ -5,7 +5,11 @@
 //! `Proxy-Authorization`, `Cookie` and `Set-Cookie` are never looked at, URLs are rebuilt from
 //! host, port and path so userinfo and query strings cannot leak into a span.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
 
 use http::header::{HeaderMap, CONTENT_TYPE, HOST, USER_AGENT};
 use http::request::Parts;
@@ -13,11 +17,11 @@ use http::uri::Authority;
 use http::{Method, Version};
 
 use crate::meta::ConnMeta;
-use crate::span::AttrValue;
+use crate::span::{attributes_with_capacity, AttrValue, SharedStr};
 
-use super::naming::known_method;
+use super::naming::{known_method, push_span_name, SpanNaming};
 
-pub type Attributes = Vec<(&'static str, AttrValue)>;
+pub use crate::span::Attributes;
 
 pub const DIRECTION: &str = "meshtrace.direction";
 pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
@@ -81,13 +85,45 @@ fn push_method(attrs: &mut Attributes, method: &Method) {
 }
 
 /// The host and port the request was addressed to: the URI authority (HTTP/2, absolute
-/// form), else the `Host` header. Userinfo is never part of the result.
-fn target_authority(req: &Parts) -> Option<Authority> {
+/// form), else the `Host` header. Userinfo is never part of the result. `known` is an
+/// authority already parsed for this request: reused when the `Host` header is the same, so
+/// the header is parsed (and copied) once per request, not once per span.
+pub fn target_authority<'a>(
+    req: &'a Parts,
+    known: Option<&'a Authority>,
+) -> Option<Cow<'a, Authority>> {
     if let Some(authority) = req.uri.authority() {
-        return Some(authority.clone());
+        return Some(Cow::Borrowed(authority));
     }
     let host = req.headers.get(HOST)?;
-    Authority::try_from(host.as_bytes()).ok()
+    if let Some(known) = known.filter(|k| k.as_str().as_bytes() == host.as_bytes()) {
+        return Some(Cow::Borrowed(known));
+    }
+    Authority::try_from(host.as_bytes()).ok().map(Cow::Owned)
+}
+
+/// An authority's host (brackets kept) and port, parsed once: `Authority::host` and `port`
+/// parse the authority again on every call.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    host: &'a str,
+    /// As written, and as a number.
+    port: Option<(&'a str, u16)>,
+}
+
+impl<'a> Target<'a> {
+    fn of(authority: &'a Authority) -> Target<'a> {
+        // What `Authority::port` does, keeping the text's lifetime.
+        let text = authority.as_str();
+        let port = text.rfind(':').and_then(|colon| {
+            let port = text.get(colon + 1..)?;
+            Some((port, port.parse::<u16>().ok()?))
+        });
+        Target {
+            host: authority.host(),
+            port,
+        }
+    }
 }
 
 fn scheme(req: &Parts) -> &'static str {
@@ -103,25 +139,132 @@ fn strip_brackets(host: &str) -> &str {
         .unwrap_or(host)
 }
 
+/// The strings of one sampled request that its spans record, copied once into one shared
+/// allocation: the span name, path, target host, user agent and gRPC method. Both spans of the
+/// request take slices of it instead of a `String` per attribute.
+#[derive(Debug)]
+pub struct RequestText {
+    pub name: SharedStr,
+    pub path: SharedStr,
+    /// `server.address` from the request's authority (brackets stripped).
+    pub host: Option<SharedStr>,
+    pub user_agent: Option<SharedStr>,
+    pub rpc_service: Option<SharedStr>,
+    pub rpc_method: Option<SharedStr>,
+    /// `url.full` of the CLIENT span if the request is forwarded as received.
+    pub url_full: Option<SharedStr>,
+}
+
+thread_local! {
+    /// Where a request's text is assembled before its one allocation; reused per thread.
+    static SCRATCH: RefCell<String> = RefCell::new(String::with_capacity(256));
+}
+
+/// A scratch buffer that grew past this is not kept.
+const MAX_KEPT_SCRATCH: usize = 16 * 1024;
+
+fn user_agent(req: &Parts) -> Option<&str> {
+    req.headers.get(USER_AGENT).and_then(|v| v.to_str().ok())
+}
+
+impl RequestText {
+    /// Assembles the text of a request as the SERVER layer sees it.
+    pub fn new(
+        naming: SpanNaming,
+        req: &Parts,
+        authority: Option<&Authority>,
+        orig_dst: Option<SocketAddr>,
+        grpc: bool,
+    ) -> RequestText {
+        let build = |s: &mut String| {
+            s.clear();
+            let path = req.uri.path();
+            let name = {
+                let start = s.len();
+                push_span_name(s, naming, &req.method, path);
+                start..s.len()
+            };
+            let mut push = |value: &str| {
+                let start = s.len();
+                s.push_str(value);
+                start..s.len()
+            };
+            let path_range = push(path);
+            let target = authority.map(Target::of);
+            let host = target.map(|t| push(strip_brackets(t.host)));
+            let agent = user_agent(req).map(&mut push);
+            let rpc = if grpc { grpc_method(path) } else { None }
+                .map(|(service, method)| (push(service), push(method)));
+            let url_start = s.len();
+            let url =
+                push_url_full(s, scheme(req), target, orig_dst, path).then_some(url_start..s.len());
+            let text: Arc<str> = Arc::from(s.as_str());
+            let slice = |range: Range<usize>| {
+                SharedStr::slice(&text, range.clone())
+                    .unwrap_or_else(|| SharedStr::from(s.get(range).unwrap_or_default()))
+            };
+            RequestText {
+                name: slice(name),
+                path: slice(path_range),
+                host: host.map(slice),
+                user_agent: agent.map(slice),
+                rpc_service: rpc.as_ref().map(|(service, _)| slice(service.clone())),
+                rpc_method: rpc.map(|(_, method)| slice(method)),
+                url_full: url.map(slice),
+            }
+        };
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let text = build(&mut scratch);
+                if scratch.capacity() > MAX_KEPT_SCRATCH {
+                    *scratch = String::with_capacity(256);
+                }
+                text
+            }
+            Err(_) => build(&mut String::new()),
+        })
+    }
+
+    /// `value` as an attribute value: a slice of this text when it is one of its strings (the
+    /// CLIENT span usually records what the SERVER span did), else a copy.
+    pub fn value(&self, value: &str) -> AttrValue {
+        [
+            Some(&self.host),
+            Some(&self.user_agent),
+            Some(&self.rpc_service),
+            Some(&self.rpc_method),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .chain(std::iter::once(&self.path))
+        .find(|known| known.as_str() == value)
+        .map_or_else(
+            || AttrValue::String(value.to_owned()),
+            |known| AttrValue::Shared(known.clone()),
+        )
+    }
+}
+
+/// `server.address` and `server.port`: from the authority (its host as `text` has it), else
+/// from `fallback`.
 fn push_server_target(
     attrs: &mut Attributes,
-    authority: Option<&Authority>,
+    target: Option<Target<'_>>,
+    text: &RequestText,
     fallback: Option<SocketAddr>,
     scheme: &str,
 ) {
-    match (authority, fallback) {
-        (Some(authority), _) => {
-            attrs.push((
-                SERVER_ADDRESS,
-                AttrValue::String(strip_brackets(authority.host()).to_owned()),
-            ));
-            let port = authority
-                .port_u16()
-                .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    match (target, fallback) {
+        (Some(target), _) => {
+            attrs.push((SERVER_ADDRESS, text.value(strip_brackets(target.host))));
+            let port = target
+                .port
+                .map_or(if scheme == "https" { 443 } else { 80 }, |(_, port)| port);
             attrs.push((SERVER_PORT, AttrValue::Int(i64::from(port))));
         }
         (None, Some(addr)) => {
-            attrs.push((SERVER_ADDRESS, AttrValue::String(addr.ip().to_string())));
+            attrs.push((SERVER_ADDRESS, AttrValue::Ip(addr.ip())));
             attrs.push((SERVER_PORT, AttrValue::Int(i64::from(addr.port()))));
         }
         (None, None) => {}
@@ -129,14 +272,17 @@ fn push_server_target(
 }
 
 fn push_peer(attrs: &mut Attributes, peer: SocketAddr) {
-    attrs.push((
-        NETWORK_PEER_ADDRESS,
-        AttrValue::String(peer.ip().to_string()),
-    ));
+    attrs.push((NETWORK_PEER_ADDRESS, AttrValue::Ip(peer.ip())));
     attrs.push((NETWORK_PEER_PORT, AttrValue::Int(i64::from(peer.port()))));
 }
 
-fn push_common(attrs: &mut Attributes, req: &Parts, conn: Option<&ConnMeta>, grpc: bool) {
+fn push_common(
+    attrs: &mut Attributes,
+    req: &Parts,
+    conn: Option<&ConnMeta>,
+    grpc: bool,
+    text: &RequestText,
+) {
     if let Some(conn) = conn {
         attrs.push((DIRECTION, AttrValue::Static(conn.direction.as_str())));
     }
@@ -145,75 +291,121 @@ fn push_common(attrs: &mut Attributes, req: &Parts, conn: Option<&ConnMeta>, grp
         NETWORK_PROTOCOL_VERSION,
         AttrValue::Static(protocol_version(req.version)),
     ));
-    if let Some(agent) = req.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()) {
-        attrs.push((USER_AGENT_ORIGINAL, AttrValue::String(agent.to_owned())));
+    if let Some(agent) = user_agent(req) {
+        attrs.push((USER_AGENT_ORIGINAL, text.value(agent)));
     }
     if grpc {
         attrs.push((RPC_SYSTEM, AttrValue::Static("grpc")));
         if let Some((service, method)) = grpc_method(req.uri.path()) {
-            attrs.push((RPC_SERVICE, AttrValue::String(service.to_owned())));
-            attrs.push((RPC_METHOD, AttrValue::String(method.to_owned())));
+            attrs.push((RPC_SERVICE, text.value(service)));
+            attrs.push((RPC_METHOD, text.value(method)));
         }
     }
 }
 
-/// Attributes of the SERVER span known when the request arrives.
-pub fn server(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
-    let mut attrs = Attributes::with_capacity(24);
-    push_common(&mut attrs, req, conn, grpc);
+/// Attribute capacity: what is known at the start plus what `finish` adds, so a span's
+/// attributes are one allocation.
+fn capacity(base: usize, grpc: bool) -> usize {
+    base + if grpc { 4 } else { 0 }
+}
+
+/// Attributes of the SERVER span known when the request arrives. `authority` is
+/// [`target_authority`] of `req`.
+pub fn server(
+    req: &Parts,
+    conn: Option<&ConnMeta>,
+    grpc: bool,
+    authority: Option<&Authority>,
+    text: &RequestText,
+) -> Attributes {
+    let mut attrs = attributes_with_capacity(capacity(16, grpc));
+    push_common(&mut attrs, req, conn, grpc, text);
     let scheme = scheme(req);
-    attrs.push((URL_PATH, AttrValue::String(req.uri.path().to_owned())));
+    attrs.push((URL_PATH, AttrValue::Shared(text.path.clone())));
     attrs.push((URL_SCHEME, AttrValue::Static(scheme)));
     let fallback = conn.map(|c| c.orig_dst.unwrap_or(c.local_addr));
-    push_server_target(&mut attrs, target_authority(req).as_ref(), fallback, scheme);
+    push_server_target(
+        &mut attrs,
+        authority.map(Target::of),
+        text,
+        fallback,
+        scheme,
+    );
     if let Some(conn) = conn {
-        attrs.push((
-            CLIENT_ADDRESS,
-            AttrValue::String(conn.client_addr.ip().to_string()),
-        ));
+        attrs.push((CLIENT_ADDRESS, AttrValue::Ip(conn.client_addr.ip())));
         push_peer(&mut attrs, conn.client_addr);
     }
     attrs
 }
 
-/// Attributes of the CLIENT span known when the request is forwarded.
-pub fn client(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
-    let mut attrs = Attributes::with_capacity(24);
-    push_common(&mut attrs, req, conn, grpc);
+/// Attributes of the CLIENT span known when the request is forwarded. `known` is the
+/// authority the SERVER span parsed, if any (see [`target_authority`]).
+pub fn client(
+    req: &Parts,
+    conn: Option<&ConnMeta>,
+    grpc: bool,
+    known: Option<&Authority>,
+    text: &RequestText,
+) -> Attributes {
+    let mut attrs = attributes_with_capacity(capacity(14, grpc));
+    push_common(&mut attrs, req, conn, grpc, text);
     let scheme = scheme(req);
-    let authority = target_authority(req);
+    let authority = target_authority(req, known);
+    let target = authority.as_deref().map(Target::of);
     let orig_dst = conn.and_then(|c| c.orig_dst);
-    if let Some(url) = url_full(scheme, authority.as_ref(), orig_dst, req.uri.path()) {
-        attrs.push((URL_FULL, AttrValue::String(url)));
+    let url = SCRATCH.with(|scratch| {
+        let mut scratch = scratch.try_borrow_mut().ok()?;
+        scratch.clear();
+        if !push_url_full(&mut scratch, scheme, target, orig_dst, req.uri.path()) {
+            return Some(None);
+        }
+        Some(Some(match &text.url_full {
+            Some(known) if known.as_str() == scratch.as_str() => AttrValue::Shared(known.clone()),
+            _ => AttrValue::String(scratch.clone()),
+        }))
+    });
+    let url = url.unwrap_or_else(|| {
+        let mut url = String::new();
+        push_url_full(&mut url, scheme, target, orig_dst, req.uri.path())
+            .then_some(AttrValue::String(url))
+    });
+    if let Some(url) = url {
+        attrs.push((URL_FULL, url));
     }
-    push_server_target(&mut attrs, authority.as_ref(), orig_dst, scheme);
+    push_server_target(&mut attrs, target, text, orig_dst, scheme);
     attrs
 }
 
-/// `scheme://host[:port]/path`: no userinfo, no query, no fragment.
-pub fn url_full(
+/// Appends `url.full`, `scheme://host[:port]/path` (no userinfo, no query, no fragment), to
+/// `out`; false (and nothing appended) when there is no target.
+fn push_url_full(
+    out: &mut String,
     scheme: &str,
-    authority: Option<&Authority>,
+    target: Option<Target<'_>>,
     fallback: Option<SocketAddr>,
     path: &str,
-) -> Option<String> {
+) -> bool {
     let path = if path.is_empty() { "/" } else { path };
-    let mut url = String::with_capacity(scheme.len() + 3 + 64 + path.len());
-    url.push_str(scheme);
-    url.push_str("://");
-    match (authority, fallback) {
-        (Some(authority), _) => {
-            url.push_str(authority.host());
-            if let Some(port) = authority.port() {
-                url.push(':');
-                url.push_str(port.as_str());
+    match (target, fallback) {
+        (Some(target), _) => {
+            out.push_str(scheme);
+            out.push_str("://");
+            out.push_str(target.host);
+            if let Some((port, _)) = target.port {
+                out.push(':');
+                out.push_str(port);
             }
         }
-        (None, Some(addr)) => url.push_str(&addr.to_string()),
-        (None, None) => return None,
+        (None, Some(addr)) => {
+            use std::fmt::Write;
+            out.push_str(scheme);
+            // Writing to a String cannot fail.
+            let _ = write!(out, "://{addr}");
+        }
+        (None, None) => return false,
     }
-    url.push_str(path);
-    Some(url)
+    out.push_str(path);
+    true
 }
 
 /// Adds the network peer after the response, for the CLIENT span.
@@ -237,8 +429,46 @@ mod tests {
         })
     }
 
-    fn get<'a>(attrs: &'a Attributes, key: &str) -> Option<&'a AttrValue> {
-        attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    /// The attribute's value, strings normalised to `String` whatever their representation.
+    fn get(attrs: &Attributes, key: &str) -> Option<AttrValue> {
+        let value = attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)?;
+        Some(match value {
+            AttrValue::Static(_) | AttrValue::Int(_) | AttrValue::Bool(_) => value.clone(),
+            text => AttrValue::String(text.to_text()?.into_owned()),
+        })
+    }
+
+    /// SERVER attributes as the layer computes them.
+    fn server_of(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
+        let authority = target_authority(req, None);
+        let orig_dst = conn.and_then(|c| c.orig_dst);
+        let text = RequestText::new(
+            SpanNaming::Template,
+            req,
+            authority.as_deref(),
+            orig_dst,
+            grpc,
+        );
+        server(req, conn, grpc, authority.as_deref(), &text)
+    }
+
+    /// CLIENT attributes as the layer computes them, for a request the SERVER layer saw the
+    /// same way.
+    fn client_of(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
+        let authority = target_authority(req, None);
+        let orig_dst = conn.and_then(|c| c.orig_dst);
+        let text = RequestText::new(
+            SpanNaming::Template,
+            req,
+            authority.as_deref(),
+            orig_dst,
+            grpc,
+        );
+        let known = match authority {
+            Some(Cow::Owned(parsed)) => Some(parsed),
+            _ => None,
+        };
+        client(req, conn, grpc, known.as_ref(), &text)
     }
 
     fn s(v: &str) -> AttrValue {
@@ -279,24 +509,24 @@ mod tests {
             .unwrap()
             .into_parts()
             .0;
-        let attrs = server(&req, Some(&conn), false);
-        assert_eq!(get(&attrs, DIRECTION), Some(&AttrValue::Static("inbound")));
+        let attrs = server_of(&req, Some(&conn), false);
+        assert_eq!(get(&attrs, DIRECTION), Some(AttrValue::Static("inbound")));
         assert_eq!(
             get(&attrs, HTTP_REQUEST_METHOD),
-            Some(&AttrValue::Static("GET"))
+            Some(AttrValue::Static("GET"))
         );
-        assert_eq!(get(&attrs, URL_PATH), Some(&s("/orders/7")));
-        assert_eq!(get(&attrs, URL_SCHEME), Some(&AttrValue::Static("http")));
-        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(&s("svc.ns")));
-        assert_eq!(get(&attrs, SERVER_PORT), Some(&AttrValue::Int(8080)));
-        assert_eq!(get(&attrs, CLIENT_ADDRESS), Some(&s("10.0.0.7")));
-        assert_eq!(get(&attrs, NETWORK_PEER_ADDRESS), Some(&s("10.0.0.7")));
-        assert_eq!(get(&attrs, NETWORK_PEER_PORT), Some(&AttrValue::Int(51000)));
+        assert_eq!(get(&attrs, URL_PATH), Some(s("/orders/7")));
+        assert_eq!(get(&attrs, URL_SCHEME), Some(AttrValue::Static("http")));
+        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(s("svc.ns")));
+        assert_eq!(get(&attrs, SERVER_PORT), Some(AttrValue::Int(8080)));
+        assert_eq!(get(&attrs, CLIENT_ADDRESS), Some(s("10.0.0.7")));
+        assert_eq!(get(&attrs, NETWORK_PEER_ADDRESS), Some(s("10.0.0.7")));
+        assert_eq!(get(&attrs, NETWORK_PEER_PORT), Some(AttrValue::Int(51000)));
         assert_eq!(
             get(&attrs, NETWORK_PROTOCOL_VERSION),
-            Some(&AttrValue::Static("1.1"))
+            Some(AttrValue::Static("1.1"))
         );
-        assert_eq!(get(&attrs, USER_AGENT_ORIGINAL), Some(&s("curl/8")));
+        assert_eq!(get(&attrs, USER_AGENT_ORIGINAL), Some(s("curl/8")));
         assert_eq!(get(&attrs, RPC_SYSTEM), None);
     }
 
@@ -304,9 +534,9 @@ mod tests {
     fn server_target_falls_back_to_original_destination() {
         let conn = conn();
         let req = Request::builder().uri("/").body(()).unwrap().into_parts().0;
-        let attrs = server(&req, Some(&conn), false);
-        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(&s("10.0.0.9")));
-        assert_eq!(get(&attrs, SERVER_PORT), Some(&AttrValue::Int(8080)));
+        let attrs = server_of(&req, Some(&conn), false);
+        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(s("10.0.0.9")));
+        assert_eq!(get(&attrs, SERVER_PORT), Some(AttrValue::Int(8080)));
     }
 
     #[test]
@@ -320,12 +550,12 @@ mod tests {
             .unwrap()
             .into_parts()
             .0;
-        let attrs = client(&req, Some(&conn), false);
-        assert_eq!(get(&attrs, URL_FULL), Some(&s("http://[::1]:9000/a/b")));
-        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(&s("::1")));
+        let attrs = client_of(&req, Some(&conn), false);
+        assert_eq!(get(&attrs, URL_FULL), Some(s("http://[::1]:9000/a/b")));
+        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(s("::1")));
         assert_eq!(
             get(&attrs, NETWORK_PROTOCOL_VERSION),
-            Some(&AttrValue::Static("2"))
+            Some(AttrValue::Static("2"))
         );
         assert_eq!(get(&attrs, CLIENT_ADDRESS), None);
 
@@ -335,9 +565,9 @@ mod tests {
             .unwrap()
             .into_parts()
             .0;
-        let attrs = client(&req, Some(&conn), false);
-        assert_eq!(get(&attrs, URL_FULL), Some(&s("http://10.0.0.9:8080/x")));
-        let attrs = client(&req, None, false);
+        let attrs = client_of(&req, Some(&conn), false);
+        assert_eq!(get(&attrs, URL_FULL), Some(s("http://10.0.0.9:8080/x")));
+        let attrs = client_of(&req, None, false);
         assert_eq!(get(&attrs, URL_FULL), None);
         assert_eq!(get(&attrs, DIRECTION), None);
     }
@@ -346,15 +576,15 @@ mod tests {
     fn never_records_credentials_query_or_userinfo() {
         let conn = conn();
         let req = secret_request();
-        let server_attrs = server(&req, Some(&conn), false);
-        let client_attrs = client(&req, Some(&conn), false);
+        let server_attrs = server_of(&req, Some(&conn), false);
+        let client_attrs = client_of(&req, Some(&conn), false);
         assert_no_secrets(&server_attrs);
         assert_no_secrets(&client_attrs);
         assert_eq!(
             get(&client_attrs, URL_FULL),
-            Some(&s("http://svc.ns:8080/orders/7"))
+            Some(s("http://svc.ns:8080/orders/7"))
         );
-        assert_eq!(get(&server_attrs, SERVER_ADDRESS), Some(&s("svc.ns")));
+        assert_eq!(get(&server_attrs, SERVER_ADDRESS), Some(s("svc.ns")));
     }
 
     #[test]
@@ -368,13 +598,119 @@ mod tests {
             .into_parts()
             .0;
         assert!(is_grpc(&req.headers));
-        let attrs = client(&req, None, true);
-        assert_eq!(get(&attrs, RPC_SYSTEM), Some(&AttrValue::Static("grpc")));
-        assert_eq!(get(&attrs, RPC_SERVICE), Some(&s("helloworld.Greeter")));
-        assert_eq!(get(&attrs, RPC_METHOD), Some(&s("SayHello")));
+        let attrs = client_of(&req, None, true);
+        assert_eq!(get(&attrs, RPC_SYSTEM), Some(AttrValue::Static("grpc")));
+        assert_eq!(get(&attrs, RPC_SERVICE), Some(s("helloworld.Greeter")));
+        assert_eq!(get(&attrs, RPC_METHOD), Some(s("SayHello")));
         assert_eq!(grpc_method("/onlyservice"), None);
         assert_eq!(grpc_method("/a/b/c"), None);
         assert_eq!(grpc_method("//m"), None);
+    }
+
+    #[test]
+    fn spans_share_one_text_per_request() {
+        let conn = conn();
+        let req = Request::builder()
+            .uri("/orders/7")
+            .header("host", "svc.ns:8080")
+            .header("user-agent", "curl/8")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let authority = target_authority(&req, None);
+        assert!(matches!(authority, Some(Cow::Owned(_))));
+        let text = RequestText::new(
+            SpanNaming::Template,
+            &req,
+            authority.as_deref(),
+            conn.orig_dst,
+            false,
+        );
+        assert_eq!(text.name, "GET /orders/{id}");
+        assert_eq!(text.path, "/orders/7");
+        assert_eq!(text.host.as_ref().unwrap(), "svc.ns");
+        assert_eq!(text.user_agent.as_ref().unwrap(), "curl/8");
+        let known = authority.map(Cow::into_owned);
+        // The CLIENT layer reuses the parsed Host header and the request's strings.
+        assert!(matches!(
+            target_authority(&req, known.as_ref()),
+            Some(Cow::Borrowed(_))
+        ));
+        let attrs = client(&req, Some(&conn), false, known.as_ref(), &text);
+        assert_eq!(
+            text.url_full.as_ref().unwrap(),
+            "http://svc.ns:8080/orders/7"
+        );
+        for key in [SERVER_ADDRESS, USER_AGENT_ORIGINAL, URL_FULL] {
+            let value = attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
+            assert!(
+                matches!(value, Some(AttrValue::Shared(_))),
+                "{key}: {value:?}"
+            );
+        }
+
+        // A request changed between the layers is recorded as forwarded.
+        let mut forwarded = req.clone();
+        forwarded
+            .headers
+            .insert(HOST, "other.ns:9090".parse().unwrap());
+        forwarded
+            .headers
+            .insert(USER_AGENT, "proxy/2".parse().unwrap());
+        let attrs = client(&forwarded, Some(&conn), false, known.as_ref(), &text);
+        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(s("other.ns")));
+        assert_eq!(get(&attrs, SERVER_PORT), Some(AttrValue::Int(9090)));
+        assert_eq!(get(&attrs, USER_AGENT_ORIGINAL), Some(s("proxy/2")));
+        assert_eq!(
+            get(&attrs, URL_FULL),
+            Some(s("http://other.ns:9090/orders/7"))
+        );
+    }
+
+    #[test]
+    fn targets_split_like_the_http_crate() {
+        for text in [
+            "svc.ns",
+            "svc.ns:8080",
+            "[::1]:9000",
+            "[::1]",
+            "user:pw@svc:81",
+            "svc:0",
+            "svc:65535",
+            "svc:99999",
+            "10.0.0.1:443",
+        ] {
+            let Ok(authority) = Authority::try_from(text) else {
+                continue;
+            };
+            let target = Target::of(&authority);
+            assert_eq!(target.host, authority.host(), "{text}");
+            assert_eq!(
+                target.port,
+                authority
+                    .port()
+                    .map(|p| (p.as_str().to_owned(), p.as_u16()))
+                    .as_ref()
+                    .map(|(s, n)| (s.as_str(), *n)),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn addresses_are_typed_until_exported() {
+        let conn = conn();
+        let req = Request::builder().uri("/").body(()).unwrap().into_parts().0;
+        let attrs = server_of(&req, Some(&conn), false);
+        let client_address = attrs
+            .iter()
+            .find(|(k, _)| *k == CLIENT_ADDRESS)
+            .map(|(_, v)| v);
+        assert_eq!(
+            client_address,
+            Some(&AttrValue::Ip("10.0.0.7".parse().unwrap()))
+        );
     }
 
     #[test]
@@ -386,11 +722,11 @@ mod tests {
             .unwrap()
             .into_parts()
             .0;
-        let attrs = server(&req, None, false);
+        let attrs = server_of(&req, None, false);
         assert_eq!(
             get(&attrs, HTTP_REQUEST_METHOD),
-            Some(&AttrValue::Static("_OTHER"))
+            Some(AttrValue::Static("_OTHER"))
         );
-        assert_eq!(get(&attrs, HTTP_REQUEST_METHOD_ORIGINAL), Some(&s("PURGE")));
+        assert_eq!(get(&attrs, HTTP_REQUEST_METHOD_ORIGINAL), Some(s("PURGE")));
     }
 }

@@ -4,10 +4,12 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use http::uri::Authority;
 use http::HeaderValue;
 
 use crate::span::{SpanId, TraceId};
 
+use super::attributes::RequestText;
 use super::propagation::{B3Forms, FLAG_RANDOM, FLAG_SAMPLED};
 
 /// Shared by a sampled request's two spans and its request body.
@@ -15,15 +17,18 @@ use super::propagation::{B3Forms, FLAG_RANDOM, FLAG_SAMPLED};
 pub struct Recording {
     /// Request body bytes actually read by the upstream side so far.
     pub request_body_bytes: AtomicU64,
-    /// The span name, computed once for both spans.
-    pub name: String,
+    /// The span name and the request's other strings, copied once for both spans.
+    pub text: RequestText,
+    /// The `Host` header as the SERVER span parsed it, for the CLIENT span to reuse.
+    pub authority: Option<Authority>,
 }
 
 impl Recording {
-    pub fn new(name: String) -> Arc<Recording> {
+    pub fn new(text: RequestText, authority: Option<Authority>) -> Arc<Recording> {
         Arc::new(Recording {
             request_body_bytes: AtomicU64::new(0),
-            name,
+            text,
+            authority,
         })
     }
 }

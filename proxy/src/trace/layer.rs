@@ -1,6 +1,7 @@
 //! The two tower layers: SERVER span around everything the proxy does for a request, CLIENT
 //! span around the forwarded request.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,11 +17,12 @@ use tower::{Layer, Service};
 use crate::meta::{ConnMeta, ErrorType};
 use crate::span::SpanKind;
 
+use super::attributes::{self, RequestText};
 use super::body::TracedBody;
 use super::context::{HopContext, Recording};
 use super::propagation::{self, Outgoing, FLAG_RANDOM, FLAG_SAMPLED, TRACERESPONSE};
 use super::record::{End, PendingSpan, SpanGuard, SpanStart, ERROR_OTHER};
-use super::{attributes, ids, naming, sampling, Shared};
+use super::{ids, sampling, Shared};
 
 /// Records SERVER spans; see [`super::Tracer::server_layer`].
 #[derive(Clone, Debug)]
@@ -104,11 +106,20 @@ impl Shared {
         let (guard, recording) = if decision.sampled && self.sink.is_enabled() {
             let conn = parts.extensions.get::<Arc<ConnMeta>>().map(Arc::as_ref);
             let grpc = attributes::is_grpc(&parts.headers);
-            let recording = Recording::new(naming::span_name(
+            let authority = attributes::target_authority(parts, None);
+            let text = RequestText::new(
                 self.naming,
-                &parts.method,
-                parts.uri.path(),
-            ));
+                parts,
+                authority.as_deref(),
+                conn.and_then(|c| c.orig_dst),
+                grpc,
+            );
+            let attrs = attributes::server(parts, conn, grpc, authority.as_deref(), &text);
+            let host_header = match authority {
+                Some(Cow::Owned(parsed)) => Some(parsed),
+                _ => None,
+            };
+            let recording = Recording::new(text, host_header);
             let span = PendingSpan::new(
                 SpanStart {
                     kind: SpanKind::Server,
@@ -123,7 +134,7 @@ impl Shared {
                     grpc,
                     fallback_peer: None,
                 },
-                attributes::server(parts, conn, grpc),
+                attrs,
                 self.clone(),
                 recording.clone(),
             );
@@ -287,7 +298,13 @@ impl Shared {
                 grpc,
                 fallback_peer: conn.and_then(|c| c.orig_dst),
             },
-            attributes::client(parts, conn, grpc),
+            attributes::client(
+                parts,
+                conn,
+                grpc,
+                recording.authority.as_ref(),
+                &recording.text,
+            ),
             self.clone(),
             recording.clone(),
         );

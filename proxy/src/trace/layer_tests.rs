@@ -320,12 +320,9 @@ fn int(span: &SpanRecord, key: &str) -> Option<i64> {
     }
 }
 
-fn text<'a>(span: &'a SpanRecord, key: &str) -> Option<&'a str> {
-    match attr(span, key) {
-        Some(AttrValue::Static(s)) => Some(s),
-        Some(AttrValue::String(s)) => Some(s.as_str()),
-        _ => None,
-    }
+/// A string attribute as exported, whatever its representation in the record.
+fn text(span: &SpanRecord, key: &str) -> Option<String> {
+    attr(span, key)?.to_text().map(|t| t.into_owned())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -414,13 +411,22 @@ async fn sampled_request_yields_server_and_client_spans_chained_to_the_upstream(
     assert!(client.end_unix_nanos <= server.end_unix_nanos);
     assert!(server.start_unix_nanos < server.end_unix_nanos);
     for span in [&server, &client] {
-        assert_eq!(text(span, "meshtrace.direction"), Some("outbound"));
-        assert_eq!(text(span, "http.request.method"), Some("POST"));
+        assert_eq!(
+            text(span, "meshtrace.direction").as_deref(),
+            Some("outbound")
+        );
+        assert_eq!(text(span, "http.request.method").as_deref(), Some("POST"));
         assert_eq!(int(span, "http.response.status_code"), Some(200));
         assert_eq!(int(span, "http.request.body.size"), Some(11));
         assert_eq!(int(span, "http.response.body.size"), Some(19));
-        assert_eq!(text(span, "network.protocol.version"), Some("1.1"));
-        assert_eq!(text(span, "user_agent.original"), Some("test-agent/1"));
+        assert_eq!(
+            text(span, "network.protocol.version").as_deref(),
+            Some("1.1")
+        );
+        assert_eq!(
+            text(span, "user_agent.original").as_deref(),
+            Some("test-agent/1")
+        );
         assert_eq!(span.status, SpanStatus::Unset);
         let dump = format!("{span:?}");
         assert!(
@@ -428,15 +434,21 @@ async fn sampled_request_yields_server_and_client_spans_chained_to_the_upstream(
             "{dump}"
         );
     }
-    assert_eq!(text(&server, "url.path"), Some("/orders/42"));
-    assert_eq!(text(&server, "client.address"), Some("127.0.0.1"));
+    assert_eq!(text(&server, "url.path").as_deref(), Some("/orders/42"));
+    assert_eq!(
+        text(&server, "client.address").as_deref(),
+        Some("127.0.0.1")
+    );
     // The URL as addressed (Host header; here the test client addressed the proxy itself),
     // the peer as actually connected.
     assert_eq!(
-        text(&client, "url.full"),
+        text(&client, "url.full").as_deref(),
         Some(format!("http://{}/orders/42", proxy.addr).as_str())
     );
-    assert_eq!(text(&client, "network.peer.address"), Some("127.0.0.1"));
+    assert_eq!(
+        text(&client, "network.peer.address").as_deref(),
+        Some("127.0.0.1")
+    );
     assert_eq!(
         int(&client, "network.peer.port"),
         Some(i64::from(upstream.addr.port()))
@@ -803,7 +815,7 @@ async fn client_gone_mid_stream_ends_both_spans_as_cancelled() {
     drop(stream);
     for span in [&server, &client] {
         assert!(matches!(span.status, SpanStatus::Error(_)), "{span:?}");
-        assert_eq!(text(span, "error.type"), Some("cancelled"));
+        assert_eq!(text(span, "error.type").as_deref(), Some("cancelled"));
         assert_eq!(int(span, "http.response.body.size"), Some(6));
     }
 }
@@ -823,10 +835,16 @@ async fn failed_upstream_still_yields_both_spans_with_error_status() {
     let [server, client]: [SpanRecord; 2] = spans(&mut proxy.queue, 2).await.try_into().unwrap();
     assert_eq!(client.parent_span_id, Some(server.span_id));
     assert!(matches!(client.status, SpanStatus::Error(_)));
-    assert_eq!(text(&client, "error.type"), Some("connect_error"));
+    assert_eq!(
+        text(&client, "error.type").as_deref(),
+        Some("connect_error")
+    );
     assert_eq!(int(&client, "http.response.status_code"), None);
     assert!(matches!(server.status, SpanStatus::Error(_)));
-    assert_eq!(text(&server, "error.type"), Some("connect_error"));
+    assert_eq!(
+        text(&server, "error.type").as_deref(),
+        Some("connect_error")
+    );
     assert_eq!(int(&server, "http.response.status_code"), Some(502));
 }
 
@@ -842,13 +860,13 @@ async fn status_codes_set_span_status_per_kind() {
         "4xx is not a server error"
     );
     assert!(matches!(client.status, SpanStatus::Error(_)));
-    assert_eq!(text(&client, "error.type"), Some("404"));
-    assert_eq!(text(&server, "error.type"), None);
+    assert_eq!(text(&client, "error.type").as_deref(), Some("404"));
+    assert_eq!(text(&server, "error.type").as_deref(), None);
 
     send(request(&proxy, Method::GET, "/status/503", &[])).await;
     for span in spans(&mut proxy.queue, 2).await {
         assert!(matches!(span.status, SpanStatus::Error(_)), "{span:?}");
-        assert_eq!(text(&span, "error.type"), Some("503"));
+        assert_eq!(text(&span, "error.type").as_deref(), Some("503"));
         assert_eq!(int(&span, "http.response.status_code"), Some(503));
     }
 }
@@ -883,11 +901,14 @@ async fn grpc_status_from_trailers_over_http2() {
     let seen = next_seen(&mut upstream).await;
     assert!(seen.headers.contains_key("traceparent"));
     for span in spans(&mut proxy.queue, 2).await {
-        assert_eq!(text(&span, "rpc.system"), Some("grpc"));
-        assert_eq!(text(&span, "rpc.service"), Some("grpc.Svc"));
-        assert_eq!(text(&span, "rpc.method"), Some("Fail"));
+        assert_eq!(text(&span, "rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(text(&span, "rpc.service").as_deref(), Some("grpc.Svc"));
+        assert_eq!(text(&span, "rpc.method").as_deref(), Some("Fail"));
         assert_eq!(int(&span, "rpc.grpc.status_code"), Some(13));
-        assert_eq!(text(&span, "network.protocol.version"), Some("2"));
+        assert_eq!(
+            text(&span, "network.protocol.version").as_deref(),
+            Some("2")
+        );
         assert!(matches!(span.status, SpanStatus::Error(_)), "{span:?}");
     }
 }
@@ -1065,7 +1086,7 @@ mod unit {
         drop(fut);
         for _ in 0..2 {
             let span = queue.rx.recv().await.unwrap();
-            assert_eq!(text(&span, "error.type"), Some("cancelled"));
+            assert_eq!(text(&span, "error.type").as_deref(), Some("cancelled"));
             assert_eq!(int(&span, "http.response.status_code"), None);
         }
     }

@@ -50,24 +50,25 @@ pub fn known_method(method: &Method) -> Option<&'static str> {
 
 /// The span name for a request. `path` is the URI path (no query).
 pub fn span_name(naming: SpanNaming, method: &Method, path: &str) -> String {
+    let mut name = String::with_capacity(method.as_str().len() + 1 + path.len().min(MAX_PATH_LEN));
+    push_span_name(&mut name, naming, method, path);
+    name
+}
+
+/// Appends the span name for a request to `out` (see [`span_name`]).
+pub fn push_span_name(out: &mut String, naming: SpanNaming, method: &Method, path: &str) {
     let method = method_name(method);
     let path = if path.is_empty() { "/" } else { path };
+    out.push_str(method);
     match naming {
-        SpanNaming::Method => method.to_owned(),
+        SpanNaming::Method => {}
         SpanNaming::Path => {
-            let mut name =
-                String::with_capacity(method.len() + 1 + path.len().min(MAX_RAW_PATH_LEN));
-            name.push_str(method);
-            name.push(' ');
-            name.push_str(truncate_at_char(path, MAX_RAW_PATH_LEN));
-            name
+            out.push(' ');
+            out.push_str(truncate_at_char(path, MAX_RAW_PATH_LEN));
         }
         SpanNaming::Template => {
-            let mut name = String::with_capacity(method.len() + 1 + path.len().min(MAX_PATH_LEN));
-            name.push_str(method);
-            name.push(' ');
-            push_template(&mut name, path);
-            name
+            out.push(' ');
+            push_template(out, path);
         }
     }
 }
@@ -75,7 +76,11 @@ pub fn span_name(naming: SpanNaming, method: &Method, path: &str) -> String {
 /// Appends the templated `path` to `out`.
 pub fn push_template(out: &mut String, path: &str) {
     let start = out.len();
-    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let end = path
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(path.len());
+    let path = path.get(..end).unwrap_or(path);
     let mut segments = path.split('/');
     // A path starts with '/', so the first segment is empty; an odd one is kept as one segment.
     if let Some(first) = segments.next() {
@@ -115,23 +120,29 @@ pub fn looks_like_id(segment: &str) -> bool {
     if bytes.len() > 48 {
         return true;
     }
-    let digits = bytes.iter().filter(|c| c.is_ascii_digit()).count();
+    // One pass over the (short) segment.
+    let (mut digits, mut letters, mut hex, mut token) = (0usize, 0usize, true, true);
+    for &c in bytes {
+        if c.is_ascii_digit() {
+            digits += 1;
+        } else if c.is_ascii_alphabetic() {
+            letters += 1;
+            hex &= c.is_ascii_hexdigit();
+        } else {
+            hex = false;
+            token &= matches!(c, b'-' | b'_' | b'.' | b'~' | b'=');
+        }
+    }
     if digits == bytes.len() {
         return true;
     }
     if is_uuid(bytes) {
         return true;
     }
-    if bytes.iter().all(u8::is_ascii_hexdigit)
-        && (bytes.len() >= 16 || (bytes.len() >= 8 && digits > 0))
-    {
+    if hex && (bytes.len() >= 16 || (bytes.len() >= 8 && digits > 0)) {
         return true;
     }
-    let token_chars = bytes
-        .iter()
-        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~' | b'='));
-    let letters = bytes.iter().filter(|c| c.is_ascii_alphabetic()).count();
-    token_chars && bytes.len() >= 16 && digits > 0 && letters > 0
+    token && bytes.len() >= 16 && digits > 0 && letters > 0
 }
 
 fn is_uuid(bytes: &[u8]) -> bool {
@@ -155,6 +166,61 @@ fn truncate_at_char(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
+    /// The rules as first written (several passes), to check the one-pass version against.
+    fn reference_looks_like_id(segment: &str) -> bool {
+        let bytes = segment.as_bytes();
+        if bytes.is_empty() {
+            return false;
+        }
+        if bytes.len() > 48 {
+            return true;
+        }
+        let digits = bytes.iter().filter(|c| c.is_ascii_digit()).count();
+        if digits == bytes.len() || is_uuid(bytes) {
+            return true;
+        }
+        if bytes.iter().all(u8::is_ascii_hexdigit)
+            && (bytes.len() >= 16 || (bytes.len() >= 8 && digits > 0))
+        {
+            return true;
+        }
+        let token_chars = bytes
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~' | b'='));
+        let letters = bytes.iter().filter(|c| c.is_ascii_alphabetic()).count();
+        token_chars && bytes.len() >= 16 && digits > 0 && letters > 0
+    }
+
+    #[test]
+    fn one_pass_rules_match_the_reference() {
+        const ALPHABET: &[u8] = b"0123456789abcdefXYZ-_.~=%@";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..50_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 52) as usize;
+            let segment: String = (0..len)
+                .map(|i| {
+                    let pick = (state >> (i % 50)) as usize ^ i.wrapping_mul(31);
+                    char::from(ALPHABET[pick % ALPHABET.len()])
+                })
+                .collect();
+            assert_eq!(
+                looks_like_id(&segment),
+                reference_looks_like_id(&segment),
+                "{segment}"
+            );
+        }
+        for uuid in [
+            "550e8400-e29b-41d4-a716-446655440000",
+            "deadbeef",
+            "abc123def4567890",
+        ] {
+            assert_eq!(looks_like_id(uuid), reference_looks_like_id(uuid));
+        }
+    }
+
     use super::*;
 
     fn template(path: &str) -> String {

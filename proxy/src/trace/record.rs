@@ -84,7 +84,7 @@ impl PendingSpan {
                 trace_state: start.trace_state,
                 flags: start.flags,
                 kind: start.kind,
-                name: request.name.clone(),
+                name: request.text.name.clone(),
                 start_unix_nanos: clock::now_unix_nanos(),
                 end_unix_nanos: 0,
                 status: SpanStatus::Unset,
