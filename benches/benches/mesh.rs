@@ -743,9 +743,16 @@ fn oha_latency(
     let ok = report["statusCodeDistribution"]["200"]
         .as_u64()
         .unwrap_or(0);
+    // Requests still in flight when `-z` runs out are cancelled by oha itself and reported as
+    // "aborted due to deadline": not failures of the path under test.
     let errors: u64 = report["errorDistribution"]
         .as_object()
-        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .map(|m| {
+            m.iter()
+                .filter(|(kind, _)| !kind.contains("aborted due to deadline"))
+                .filter_map(|(_, n)| n.as_u64())
+                .sum()
+        })
         .unwrap_or(0);
     Ok((latency, ok, errors))
 }
