@@ -55,8 +55,8 @@ fn run(config: Config) -> ExitCode {
     }
     // The multi-thread scheduler even for one worker: its LIFO slot runs the task a request just
     // woke (the other side of the exchange) next, while its data is still in cache. The
-    // current-thread scheduler queues it behind every other ready connection, which measured
-    // 35% slower at 1,000 connections (benches/README.md).
+    // current-thread scheduler queues it behind every other ready connection, which cost 30%
+    // more CPU per request at 1,000 connections (benches/README.md).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         builder.worker_threads(config.worker_threads);
