@@ -247,6 +247,27 @@ async fn keep_alive_connections_are_reused() {
     proxy.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_closed_upstream_connection_is_replaced_for_the_same_client_connection() {
+    // The upstream closes after every response; the client keeps its connection to the proxy
+    // (Connection is hop-by-hop), so each request needs a fresh upstream connection.
+    const CLOSING: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
+    let upstream = RawHttpUpstream::start(CLOSING).await;
+    let proxy = common::start(common::fixed_target(upstream.addr())).await;
+    let mut client = RawClient::connect(proxy.inbound).await;
+    for i in 0..3 {
+        client
+            .send(format!("GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .await;
+        let response = client.read_response().await;
+        assert_eq!(response.status(), 200, "{}", response.head_str());
+        assert_eq!(response.header("connection"), None);
+        assert_eq!(upstream.next_request().await.connection, i);
+    }
+    assert_eq!(upstream.connections(), 3);
+    proxy.shutdown().await;
+}
+
 /// Waits until the proxy has finished with all but `open` inbound client connections.
 async fn wait_for_open_connections(admin: std::net::SocketAddr, open: u64) {
     let series = r#"meshtrace_proxy_open_connections{direction="inbound"}"#;

@@ -75,31 +75,37 @@ where
     /// busy, or to another address) goes back to the pool.
     fn keep_http1(&self, pool: &Arc<Pool<B>>, addr: SocketAddr, sender: http1::SendRequest<B>) {
         let replaced = lock(&self.http1).replace((addr, sender));
-        if let Some((addr, sender)) = replaced {
-            pool.return_when_idle(addr, sender);
+        match replaced {
+            Some((addr, sender)) if !sender.is_closed() => pool.return_when_idle(addr, sender),
+            _ => {}
         }
     }
 
     /// Sends over the client connection's HTTP/2 connection when it goes to one of `addrs`
-    /// and is open (taking the request); leaves the request where it is otherwise.
+    /// and is open; gives the request back otherwise.
     fn try_send_h2(
         &self,
         addrs: &[SocketAddr],
-        request: &mut Option<Request<B>>,
-    ) -> Option<(SocketAddr, impl Future<Output = Http2Sent<B>>)> {
+        request: Request<B>,
+    ) -> OwnH2<impl Future<Output = Http2Sent<B>>, B> {
         let mut own = lock(&self.h2);
         match own.as_mut() {
             Some((addr, sender)) if !sender.is_closed() && addrs.contains(addr) => {
-                let request = request.take()?;
-                Some((*addr, sender.try_send_request(request)))
+                OwnH2::Sent(*addr, sender.try_send_request(request))
             }
             _ => {
                 // Closed or elsewhere: forget it (the pool keeps the shared connections).
                 *own = None;
-                None
+                OwnH2::Unsent(request)
             }
         }
     }
+}
+
+/// What [`Affinity::try_send_h2`] did with the request.
+enum OwnH2<F, B> {
+    Sent(SocketAddr, F),
+    Unsent(Request<B>),
 }
 
 type Http2Sent<B> = Result<Response<Incoming>, TrySendError<Request<B>>>;
@@ -262,18 +268,15 @@ where
         addrs: &[SocketAddr],
         request: Request<B>,
     ) -> Result<(SocketAddr, Response<Incoming>), ForwardError> {
-        let mut unsent = Some(request);
-        if let Some((addr, response)) = affinity.try_send_h2(addrs, &mut unsent) {
-            match response.await {
+        let request = match affinity.try_send_h2(addrs, request) {
+            OwnH2::Sent(addr, response) => match response.await {
                 Ok(response) => return Ok((addr, response)),
                 Err(mut error) => match error.take_message() {
-                    Some(request) => unsent = Some(request),
+                    Some(unsent) => unsent,
                     None => return Err(ForwardError::upstream(error.into_error())),
                 },
-            }
-        }
-        let Some(request) = unsent else {
-            return Err(ForwardError::NoDestination);
+            },
+            OwnH2::Unsent(request) => request,
         };
         let (addr, mut sender) = match self.cached_h2(addrs) {
             Some(cached) => cached,
