@@ -289,31 +289,24 @@ where
         Ok((addr, response))
     }
 
-    /// The shared HTTP/2 connection to one of `addrs`, made by the first request that needs it
-    /// while the others wait for it.
+    /// Opens the shared HTTP/2 connection to one of `addrs` (the caller found none cached).
+    /// Attempts are serialised per destination: whoever waited finds the connection the first
+    /// one made.
     async fn connect_h2_shared(
         &self,
         addrs: &[SocketAddr],
     ) -> Result<(SocketAddr, http2::SendRequest<B>), ForwardError> {
-        Ok(match self.cached_h2(addrs) {
-            Some(cached) => cached,
-            None => {
-                let Some(key) = addrs.first() else {
-                    return Err(ForwardError::NoDestination);
-                };
-                let gate = lock(&self.h2_connecting).entry(*key).or_default().clone();
-                let _connecting = gate.lock().await;
-                match self.cached_h2(addrs) {
-                    Some(cached) => cached,
-                    None => {
-                        let (addr, sender) =
-                            first_connected(addrs, |addr| self.connect_h2(addr)).await?;
-                        lock(&self.h2).insert(addr, sender.clone());
-                        (addr, sender)
-                    }
-                }
-            }
-        })
+        let Some(key) = addrs.first() else {
+            return Err(ForwardError::NoDestination);
+        };
+        let gate = lock(&self.h2_connecting).entry(*key).or_default().clone();
+        let _connecting = gate.lock().await;
+        if let Some(cached) = self.cached_h2(addrs) {
+            return Ok(cached);
+        }
+        let (addr, sender) = first_connected(addrs, |addr| self.connect_h2(addr)).await?;
+        lock(&self.h2).insert(addr, sender.clone());
+        Ok((addr, sender))
     }
 
     fn cached_h2(&self, addrs: &[SocketAddr]) -> Option<(SocketAddr, http2::SendRequest<B>)> {
