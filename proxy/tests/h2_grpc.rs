@@ -19,8 +19,19 @@ async fn h2_client(addr: std::net::SocketAddr) -> http2::SendRequest<TestBody> {
     sender
 }
 
+/// One runtime thread: the proxy polls a connection's streams in the connection's task.
 #[tokio::test]
 async fn h2_streams_with_trailers_are_multiplexed_over_one_upstream_connection() {
+    multiplexed_streams_with_trailers().await;
+}
+
+/// Several runtime threads: each stream is a task of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_are_multiplexed_on_a_multi_threaded_runtime() {
+    multiplexed_streams_with_trailers().await;
+}
+
+async fn multiplexed_streams_with_trailers() {
     let upstream = HttpUpstream::start().await;
     let proxy = common::start(common::fixed_target(upstream.addr())).await;
     let client = h2_client(proxy.inbound).await;

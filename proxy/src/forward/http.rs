@@ -22,6 +22,7 @@ use super::connect::connect;
 use super::error::ForwardError;
 use super::pool::{Affinity, Pool};
 use super::resolve::Resolver;
+use super::streams::{self, ConnectionStreams};
 use crate::detect::Protocol;
 use crate::listen::is_own_listener;
 use crate::meta::{ConnMeta, Direction, UpstreamPeer};
@@ -501,6 +502,12 @@ where
     }
 }
 
+/// Whether the runtime runs on one thread (the sidecar's default), where a connection's h2
+/// streams gain nothing from tasks of their own.
+fn single_threaded_runtime() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|runtime| runtime.metrics().num_workers() == 1)
+}
+
 /// Serves one client connection with hyper until it closes. When shutdown starts, HTTP/1
 /// closes after the response in flight and HTTP/2 sends GOAWAY and finishes its streams.
 pub async fn serve_connection<I, S, RB>(
@@ -520,20 +527,38 @@ pub async fn serve_connection<I, S, RB>(
     let io = TokioIo::new(io);
     let signaled = watch.signaled();
     let result = match protocol {
+        // Boxed so that the (more common) HTTP/1 connection's task is not sized for h2.
+        Protocol::H2 if single_threaded_runtime() => {
+            Box::pin(async {
+                let (streams, executor) = ConnectionStreams::new();
+                let connection = hyper::server::conn::http2::Builder::new(executor)
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, service);
+                let connection = std::pin::pin!(connection);
+                streams::drive(connection, streams, signaled, |connection| {
+                    connection.graceful_shutdown()
+                })
+                .await
+            })
+            .await
+        }
+        // With several runtime threads, one connection's streams run in parallel.
         Protocol::H2 => {
-            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .serve_connection(io, service);
-            // Boxed so that the (more common) HTTP/1 connection's task is not sized for h2.
-            let mut connection = Box::pin(connection);
-            tokio::select! {
-                biased;
-                result = connection.as_mut() => result,
-                _ = signaled => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            Box::pin(async {
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, service);
+                let mut connection = std::pin::pin!(connection);
+                tokio::select! {
+                    biased;
+                    result = connection.as_mut() => result,
+                    _ = signaled => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
                 }
-            }
+            })
+            .await
         }
         Protocol::Http1 | Protocol::Opaque => {
             let connection = hyper::server::conn::http1::Builder::new()

@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod pool;
 pub mod resolve;
+pub mod streams;
 pub mod tcp;
 
 use std::net::SocketAddr;
