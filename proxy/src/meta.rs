@@ -31,7 +31,8 @@ pub struct ConnMeta {
     /// The proxy's own address for this connection.
     pub local_addr: SocketAddr,
     /// Where the connection was going before it was redirected (`SO_ORIGINAL_DST`), or the fixed
-    /// target; `None` in explicit (forward-proxy) mode.
+    /// target; `None` in explicit (forward-proxy) mode. Never one of the proxy's own listeners:
+    /// such connections are closed when accepted.
     pub orig_dst: Option<SocketAddr>,
 }
 

@@ -160,10 +160,13 @@ where
                 &resolved
             }
         };
-        if let Some(own) = targets
-            .iter()
-            .find(|target| is_own_listener(**target, &self.settings.own_listeners, conn_local))
-        {
+        // A connection's original destination was checked once, when it was accepted.
+        let own = transparent_dst.is_none().then(|| {
+            targets
+                .iter()
+                .find(|target| is_own_listener(**target, &self.settings.own_listeners, conn_local))
+        });
+        if let Some(Some(own)) = own {
             return Err(ForwardError::Loop(*own));
         }
 
