@@ -19,7 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::WithTrailers;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -100,6 +101,7 @@ fn main() {
             PathKind::Direct,
             PathKind::ProxyTracingOff,
             PathKind::ProxySampled,
+            PathKind::ProxySampledGrpc,
             PathKind::TwoProxies,
             PathKind::Nginx,
         ] {
@@ -177,16 +179,26 @@ enum PathKind {
     Direct,
     ProxyTracingOff,
     ProxySampled,
+    ProxySampledGrpc,
     TwoProxies,
     Nginx,
 }
 
 impl PathKind {
+    /// Whether the path's proxies export spans.
+    fn exports(self) -> bool {
+        matches!(
+            self,
+            PathKind::ProxySampled | PathKind::ProxySampledGrpc | PathKind::TwoProxies
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
             PathKind::Direct => "direct",
             PathKind::ProxyTracingOff => "proxy, tracing off",
             PathKind::ProxySampled => "proxy, 100% sampled + export",
+            PathKind::ProxySampledGrpc => "proxy, 100% sampled + OTLP/gRPC export",
             PathKind::TwoProxies => "two proxies (out → in), 100% sampled",
             PathKind::Nginx => "nginx reverse proxy",
         }
@@ -370,7 +382,7 @@ fn run_path(
     let (latency, latency_requests, latency_errors) =
         tools.latency(&target, protocol, settings.rate, settings.latency_secs)?;
     // Let the exporters send their last batches before counting.
-    if path == PathKind::ProxySampled || path == PathKind::TwoProxies {
+    if path.exports() {
         std::thread::sleep(Duration::from_millis(1500));
     }
     Ok(PathResult {
@@ -402,9 +414,13 @@ fn start_path(
             connect: upstream,
             authority: upstream,
         },
-        PathKind::ProxyTracingOff | PathKind::ProxySampled => {
-            let sampled = path == PathKind::ProxySampled;
-            let (child, ports) = spawn_proxy(proxy_bin, upstream, sink, sampled)?;
+        PathKind::ProxyTracingOff | PathKind::ProxySampled | PathKind::ProxySampledGrpc => {
+            let export = match path {
+                PathKind::ProxySampled => Export::Http,
+                PathKind::ProxySampledGrpc => Export::Grpc,
+                _ => Export::Off,
+            };
+            let (child, ports) = spawn_proxy(proxy_bin, upstream, sink, export)?;
             fleet.children.push(child);
             fleet.admins.push(ports.admin);
             Target {
@@ -413,10 +429,10 @@ fn start_path(
             }
         }
         PathKind::TwoProxies => {
-            let (server_side, server_ports) = spawn_proxy(proxy_bin, upstream, sink, true)?;
+            let (server_side, server_ports) = spawn_proxy(proxy_bin, upstream, sink, Export::Http)?;
             fleet.children.push(server_side);
             fleet.admins.push(server_ports.admin);
-            let (client_side, client_ports) = spawn_proxy(proxy_bin, upstream, sink, true)?;
+            let (client_side, client_ports) = spawn_proxy(proxy_bin, upstream, sink, Export::Http)?;
             fleet.children.push(client_side);
             fleet.admins.push(client_ports.admin);
             // The app talks to its outbound proxy, naming the peer's inbound listener.
@@ -440,6 +456,17 @@ fn start_path(
     Ok((fleet, target))
 }
 
+/// What a proxy of the benchmark does with its spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Export {
+    /// `MESHTRACE_TRACING=off` (propagation only).
+    Off,
+    /// 100% sampled, OTLP/HTTP protobuf to the sink.
+    Http,
+    /// 100% sampled, OTLP/gRPC to the sink.
+    Grpc,
+}
+
 struct ProxyPorts {
     inbound: SocketAddr,
     outbound: SocketAddr,
@@ -450,7 +477,7 @@ fn spawn_proxy(
     proxy_bin: &Path,
     upstream: SocketAddr,
     sink: SocketAddr,
-    sampled: bool,
+    export: Export,
 ) -> Result<(Child, ProxyPorts), String> {
     let ports = ProxyPorts {
         inbound: free_port()?,
@@ -470,13 +497,21 @@ fn spawn_proxy(
         .env("MESHTRACE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    if sampled {
-        command
-            .env("MESHTRACE_SAMPLE_RATE", "1")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{sink}"))
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
-    } else {
-        command.env("MESHTRACE_TRACING", "off");
+    match export {
+        Export::Off => {
+            command.env("MESHTRACE_TRACING", "off");
+        }
+        Export::Http | Export::Grpc => {
+            let protocol = if export == Export::Grpc {
+                "grpc"
+            } else {
+                "http/protobuf"
+            };
+            command
+                .env("MESHTRACE_SAMPLE_RATE", "1")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{sink}"))
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol);
+        }
     }
     let child = command
         .spawn()
@@ -921,10 +956,12 @@ fn machine() -> Value {
     })
 }
 
-async fn serve<F, Fut>(handler: F) -> SocketAddr
+async fn serve<F, Fut, B>(handler: F) -> SocketAddr
 where
     F: Fn(Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -955,16 +992,36 @@ async fn upstream_service(
     ))))
 }
 
-/// Accepts OTLP/HTTP protobuf exports and answers with an empty (= fully accepted) response.
-async fn otlp_sink_service(
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+/// What the sink answers with: a body, and for gRPC its trailers.
+type SinkBody = WithTrailers<Full<Bytes>, std::future::Ready<Option<Result<HeaderMap, Infallible>>>>;
+
+/// Accepts OTLP exports, OTLP/HTTP protobuf or OTLP/gRPC, and answers that all were accepted
+/// (an empty response message) without decoding them: the sink shares the load generator's CPU.
+async fn otlp_sink_service(request: Request<Incoming>) -> Result<Response<SinkBody>, Infallible> {
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
     let _ = request.into_body().collect().await;
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let (content_type, body, trailers) = if grpc {
+        // One uncompressed gRPC message of length 0: an empty ExportTraceServiceResponse.
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        (
+            "application/grpc",
+            Bytes::from_static(&[0, 0, 0, 0, 0]),
+            Some(Ok(trailers)),
+        )
+    } else {
+        ("application/x-protobuf", Bytes::new(), None)
+    };
+    let mut response = Response::new(
+        Full::new(body).with_trailers(std::future::ready(trailers)),
+    );
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/x-protobuf"),
+        HeaderValue::from_static(content_type),
     );
     Ok(response)
 }
