@@ -993,7 +993,8 @@ async fn upstream_service(
 }
 
 /// What the sink answers with: a body, and for gRPC its trailers.
-type SinkBody = WithTrailers<Full<Bytes>, std::future::Ready<Option<Result<HeaderMap, Infallible>>>>;
+type SinkBody =
+    WithTrailers<Full<Bytes>, std::future::Ready<Option<Result<HeaderMap, Infallible>>>>;
 
 /// Accepts OTLP exports, OTLP/HTTP protobuf or OTLP/gRPC, and answers that all were accepted
 /// (an empty response message) without decoding them: the sink shares the load generator's CPU.
@@ -1015,9 +1016,7 @@ async fn otlp_sink_service(request: Request<Incoming>) -> Result<Response<SinkBo
     } else {
         ("application/x-protobuf", Bytes::new(), None)
     };
-    let mut response = Response::new(
-        Full::new(body).with_trailers(std::future::ready(trailers)),
-    );
+    let mut response = Response::new(Full::new(body).with_trailers(std::future::ready(trailers)));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

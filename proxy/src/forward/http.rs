@@ -505,12 +505,6 @@ where
     }
 }
 
-/// Whether the runtime runs on one thread (the sidecar's default), where a connection's h2
-/// streams gain nothing from tasks of their own.
-fn single_threaded_runtime() -> bool {
-    tokio::runtime::Handle::try_current().is_ok_and(|runtime| runtime.metrics().num_workers() == 1)
-}
-
 /// Serves one client connection with hyper until it closes. When shutdown starts, HTTP/1
 /// closes after the response in flight and HTTP/2 sends GOAWAY and finishes its streams.
 pub async fn serve_connection<I, S, RB>(
@@ -531,7 +525,7 @@ pub async fn serve_connection<I, S, RB>(
     let signaled = watch.signaled();
     let result = match protocol {
         // Boxed so that the (more common) HTTP/1 connection's task is not sized for h2.
-        Protocol::H2 if single_threaded_runtime() => {
+        Protocol::H2 if streams::single_threaded_runtime() => {
             Box::pin(async {
                 let (streams, executor) = ConnectionStreams::new();
                 let connection = hyper::server::conn::http2::Builder::new(executor)

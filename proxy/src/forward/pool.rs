@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::connect;
 use super::error::ForwardError;
+use super::streams::{self, ConnectionStreams};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -386,17 +387,35 @@ where
     }
 
     async fn connect_h2(&self, addr: SocketAddr) -> Result<http2::SendRequest<B>, ForwardError> {
-        let stream = connect(addr, self.connect_timeout).await?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ForwardError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
+        let stream = TokioIo::new(connect(addr, self.connect_timeout).await?);
+        let handshake_failed = |source| ForwardError::Handshake { addr, source };
+        let ended = move |result: Result<(), hyper::Error>| {
+            if let Err(error) = result {
                 tracing::debug!(%addr, %error, "upstream HTTP/2 connection ended");
             }
-        });
-        Ok(sender)
+        };
+        if streams::single_threaded_runtime() {
+            // hyper runs the connection and, per request, a future that hands the response back:
+            // here they all run in this connection's task instead of a task each.
+            let (streams, executor) = ConnectionStreams::new();
+            let (sender, connection) = http2::Builder::new(executor)
+                .timer(TokioTimer::new())
+                .handshake(stream)
+                .await
+                .map_err(handshake_failed)?;
+            tokio::spawn(async move {
+                let connection = std::pin::pin!(connection);
+                ended(streams::drive(connection, streams, std::future::pending(), |_| {}).await);
+            });
+            Ok(sender)
+        } else {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(stream)
+                .await
+                .map_err(handshake_failed)?;
+            tokio::spawn(async move { ended(connection.await) });
+            Ok(sender)
+        }
     }
 }

@@ -1,10 +1,11 @@
-//! Runs an HTTP/2 client connection's request streams inside the connection's own task.
+//! Runs the futures hyper spawns for an HTTP/2 connection inside the connection's own task.
 //!
-//! hyper hands every h2 request stream to an executor. With tokio's, each request costs a task
-//! spawn (allocation, registration in the runtime's shared task list, scheduling) and every step
-//! of the exchange becomes a wake-up of another task. With a single runtime thread (the
-//! sidecar's default) those tasks could never run in parallel anyway, so the connection's task
-//! polls its streams itself, as a set of futures.
+//! hyper hands an executor every h2 request stream it serves, and, as a client, the connection
+//! itself and a future per request that hands the response back. With tokio's executor each
+//! request costs task spawns (allocation, registration in the runtime's shared task list,
+//! scheduling) and every step of the exchange becomes a wake-up of another task. With a single
+//! runtime thread (the sidecar's default) those tasks could never run in parallel anyway, so the
+//! connection's task polls them itself, as a set of futures.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -15,6 +16,12 @@ use std::task::{Context, Poll};
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::task::AtomicWaker;
+
+/// Whether the runtime runs on one thread (the sidecar's default), where a connection's h2
+/// futures gain nothing from tasks of their own.
+pub fn single_threaded_runtime() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|runtime| runtime.metrics().num_workers() == 1)
+}
 
 /// The executor given to hyper: queues each stream for the connection's task.
 #[derive(Clone)]
