@@ -1067,6 +1067,12 @@ fn markdown(results: &[PathResult], rss_1000: Option<u64>) -> String {
                 .find(|r| r.protocol == protocol && r.path == path)
                 .map(|r| r.throughput_rps)
         };
+        let cpu = |path: PathKind| {
+            results
+                .iter()
+                .find(|r| r.protocol == protocol && r.path == path)
+                .and_then(|r| r.cpu_us_per_request)
+        };
         if let (Some(sampled), Some(off)) =
             (rps(PathKind::ProxySampled), rps(PathKind::ProxyTracingOff))
         {
@@ -1075,6 +1081,12 @@ fn markdown(results: &[PathResult], rss_1000: Option<u64>) -> String {
                 protocol.name(),
                 sampled / off
             ));
+            // The same ratio from CPU time, which VM speed drifts blur less.
+            if let (Some(sampled), Some(off)) =
+                (cpu(PathKind::ProxySampled), cpu(PathKind::ProxyTracingOff))
+            {
+                out.push_str(&format!(" (from CPU per request: {:.2})", off / sampled));
+            }
         }
         if let (Some(sampled), Some(nginx)) = (rps(PathKind::ProxySampled), rps(PathKind::Nginx)) {
             out.push_str(&format!(
