@@ -61,9 +61,8 @@ struct ServerStart {
 }
 
 impl Shared {
-    /// Removes the sample header; its rate if it is a number.
-    fn take_sample_rate(&self, parts: &mut Parts) -> Option<f64> {
-        let value = parts.headers.remove(&self.sample_header)?;
+    /// The sample header's rate if it is a number (counted when it is not).
+    fn sample_rate_of(&self, value: &HeaderValue) -> Option<f64> {
         let rate = sampling::parse_rate(value.as_bytes());
         if rate.is_none() {
             self.metrics.sample_header_invalid.inc();
@@ -73,8 +72,15 @@ impl Shared {
     }
 
     fn begin_server(self: &Arc<Self>, parts: &mut Parts) -> ServerStart {
-        let forced_rate = self.take_sample_rate(parts);
-        let incoming = propagation::extract(&parts.headers);
+        // One pass over the headers finds the sample header and every propagation header.
+        let found = propagation::Found::scan(&parts.headers, Some(&self.sample_header));
+        let sample = found.sample().map(|value| self.sample_rate_of(value));
+        let incoming = found.extract();
+        let forced_rate = sample.flatten();
+        if sample.is_some() {
+            // The proxy that applies the sample header removes it.
+            parts.headers.remove(&self.sample_header);
+        }
         let (trace_id, parent_span_id, random, trace_state, trace_id_64) = match incoming.parent {
             Some(parent) => (
                 parent.trace_id,
