@@ -112,7 +112,7 @@ pub(crate) struct MultiValues<'a> {
 
 /// [`extract_multi`] from the values already found.
 pub(crate) fn multi_of(values: &MultiValues<'_>) -> Option<B3Context> {
-    fn bytes<'a>(value: Result<Option<&'a HeaderValue>, ()>) -> Option<Option<&'a [u8]>> {
+    fn bytes(value: Result<Option<&HeaderValue>, ()>) -> Option<Option<&[u8]>> {
         value.ok().map(|v| v.map(HeaderValue::as_bytes))
     }
     let trace = bytes(values.trace)?;
