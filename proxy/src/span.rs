@@ -100,6 +100,11 @@ impl SharedStr {
         })
     }
 
+    /// `text[start..end]`, bounds checked when read (an out-of-bounds slice reads as empty).
+    pub(crate) fn from_parts(text: Arc<str>, start: u32, end: u32) -> SharedStr {
+        SharedStr { text, start, end }
+    }
+
     pub fn as_str(&self) -> &str {
         // Bounds and boundaries were checked when the slice was made.
         self.text

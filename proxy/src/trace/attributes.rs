@@ -141,18 +141,37 @@ fn strip_brackets(host: &str) -> &str {
 
 /// The strings of one sampled request that its spans record, copied once into one shared
 /// allocation: the span name, path, target host, user agent and gRPC method. Both spans of the
-/// request take slices of it instead of a `String` per attribute.
+/// request take slices of it instead of a `String` per attribute. The text is held once and
+/// its strings as ranges, so making it costs one reference count, not one per string.
 #[derive(Debug)]
 pub struct RequestText {
-    pub name: SharedStr,
-    pub path: SharedStr,
+    text: Arc<str>,
+    name: TextRange,
+    path: TextRange,
     /// `server.address` from the request's authority (brackets stripped).
-    pub host: Option<SharedStr>,
-    pub user_agent: Option<SharedStr>,
-    pub rpc_service: Option<SharedStr>,
-    pub rpc_method: Option<SharedStr>,
+    host: Option<TextRange>,
+    user_agent: Option<TextRange>,
+    rpc_service: Option<TextRange>,
+    rpc_method: Option<TextRange>,
     /// `url.full` of the CLIENT span if the request is forwarded as received.
-    pub url_full: Option<SharedStr>,
+    url_full: Option<TextRange>,
+}
+
+/// A range of a [`RequestText`]'s text.
+#[derive(Clone, Copy, Debug)]
+struct TextRange {
+    start: u32,
+    end: u32,
+}
+
+impl TextRange {
+    /// Request text is bounded by the HTTP server's header limits, far below 4 GiB.
+    fn of(range: Range<usize>) -> TextRange {
+        match (u32::try_from(range.start), u32::try_from(range.end)) {
+            (Ok(start), Ok(end)) => TextRange { start, end },
+            _ => TextRange { start: 0, end: 0 },
+        }
+    }
 }
 
 thread_local! {
@@ -198,19 +217,15 @@ impl RequestText {
             let url_start = s.len();
             let url =
                 push_url_full(s, scheme(req), target, orig_dst, path).then_some(url_start..s.len());
-            let text: Arc<str> = Arc::from(s.as_str());
-            let slice = |range: Range<usize>| {
-                SharedStr::slice(&text, range.clone())
-                    .unwrap_or_else(|| SharedStr::from(s.get(range).unwrap_or_default()))
-            };
             RequestText {
-                name: slice(name),
-                path: slice(path_range),
-                host: host.map(slice),
-                user_agent: agent.map(slice),
-                rpc_service: rpc.as_ref().map(|(service, _)| slice(service.clone())),
-                rpc_method: rpc.map(|(_, method)| slice(method)),
-                url_full: url.map(slice),
+                text: Arc::from(s.as_str()),
+                name: TextRange::of(name),
+                path: TextRange::of(path_range),
+                host: host.map(TextRange::of),
+                user_agent: agent.map(TextRange::of),
+                rpc_service: rpc.as_ref().map(|(service, _)| TextRange::of(service.clone())),
+                rpc_method: rpc.map(|(_, method)| TextRange::of(method)),
+                url_full: url.map(TextRange::of),
             }
         };
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
@@ -225,23 +240,57 @@ impl RequestText {
         })
     }
 
+    fn str(&self, range: TextRange) -> &str {
+        self.text
+            .get(range.start as usize..range.end as usize)
+            .unwrap_or_default()
+    }
+
+    fn shared(&self, range: TextRange) -> SharedStr {
+        SharedStr::from_parts(self.text.clone(), range.start, range.end)
+    }
+
+    /// The span name.
+    pub fn name(&self) -> SharedStr {
+        self.shared(self.name)
+    }
+
+    #[cfg(test)]
+    pub fn path(&self) -> &str {
+        self.str(self.path)
+    }
+
+    #[cfg(test)]
+    pub fn host(&self) -> Option<&str> {
+        self.host.map(|r| self.str(r))
+    }
+
+    #[cfg(test)]
+    pub fn user_agent(&self) -> Option<&str> {
+        self.user_agent.map(|r| self.str(r))
+    }
+
+    #[cfg(test)]
+    pub fn url_full(&self) -> Option<&str> {
+        self.url_full.map(|r| self.str(r))
+    }
+
     /// `value` as an attribute value: a slice of this text when it is one of its strings (the
     /// CLIENT span usually records what the SERVER span did), else a copy.
     pub fn value(&self, value: &str) -> AttrValue {
         [
-            Some(&self.host),
-            Some(&self.user_agent),
-            Some(&self.rpc_service),
-            Some(&self.rpc_method),
+            self.host,
+            self.user_agent,
+            self.rpc_service,
+            self.rpc_method,
+            Some(self.path),
         ]
         .into_iter()
         .flatten()
-        .flatten()
-        .chain(std::iter::once(&self.path))
-        .find(|known| known.as_str() == value)
+        .find(|known| self.str(*known) == value)
         .map_or_else(
             || AttrValue::String(value.to_owned()),
-            |known| AttrValue::Shared(known.clone()),
+            |known| AttrValue::Shared(self.shared(known)),
         )
     }
 }
@@ -321,7 +370,7 @@ pub fn server(
     let mut attrs = attributes_with_capacity(capacity(16, grpc));
     push_common(&mut attrs, req, conn, grpc, text);
     let scheme = scheme(req);
-    attrs.push((URL_PATH, AttrValue::Shared(text.path.clone())));
+    attrs.push((URL_PATH, AttrValue::Shared(text.shared(text.path))));
     attrs.push((URL_SCHEME, AttrValue::Static(scheme)));
     let fallback = conn.map(|c| c.orig_dst.unwrap_or(c.local_addr));
     push_server_target(
@@ -359,8 +408,10 @@ pub fn client(
         if !push_url_full(&mut scratch, scheme, target, orig_dst, req.uri.path()) {
             return Some(None);
         }
-        Some(Some(match &text.url_full {
-            Some(known) if known.as_str() == scratch.as_str() => AttrValue::Shared(known.clone()),
+        Some(Some(match text.url_full {
+            Some(known) if text.str(known) == scratch.as_str() => {
+                AttrValue::Shared(text.shared(known))
+            }
             _ => AttrValue::String(scratch.clone()),
         }))
     });
@@ -627,10 +678,10 @@ mod tests {
             conn.orig_dst,
             false,
         );
-        assert_eq!(text.name, "GET /orders/{id}");
-        assert_eq!(text.path, "/orders/7");
-        assert_eq!(text.host.as_ref().unwrap(), "svc.ns");
-        assert_eq!(text.user_agent.as_ref().unwrap(), "curl/8");
+        assert_eq!(text.name(), "GET /orders/{id}");
+        assert_eq!(text.path(), "/orders/7");
+        assert_eq!(text.host().unwrap(), "svc.ns");
+        assert_eq!(text.user_agent().unwrap(), "curl/8");
         let known = authority.map(Cow::into_owned);
         // The CLIENT layer reuses the parsed Host header and the request's strings.
         assert!(matches!(
@@ -639,7 +690,7 @@ mod tests {
         ));
         let attrs = client(&req, Some(&conn), false, known.as_ref(), &text);
         assert_eq!(
-            text.url_full.as_ref().unwrap(),
+            text.url_full().unwrap(),
             "http://svc.ns:8080/orders/7"
         );
         for key in [SERVER_ADDRESS, USER_AGENT_ORIGINAL, URL_FULL] {

@@ -125,7 +125,7 @@ impl Shared {
                 Some(Cow::Owned(parsed)) => Some(parsed),
                 _ => None,
             };
-            let recording = Recording::new(text, host_header);
+            let recording = Recording::new(text, host_header, self.clone());
             let span = PendingSpan::new(
                 SpanStart {
                     kind: SpanKind::Server,
@@ -141,7 +141,6 @@ impl Shared {
                     fallback_peer: None,
                 },
                 attrs,
-                self.clone(),
                 recording.clone(),
             );
             (Some(SpanGuard::new(span)), Some(recording))
@@ -311,7 +310,6 @@ impl Shared {
                 recording.authority.as_ref(),
                 &recording.text,
             ),
-            self.clone(),
             recording.clone(),
         );
         Some(SpanGuard::new(span))

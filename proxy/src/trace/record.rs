@@ -16,7 +16,6 @@ use crate::span::{AttrValue, SpanKind, SpanRecord, SpanStatus};
 use super::attributes::{self as attr, Attributes};
 use super::clock;
 use super::context::Recording;
-use super::Shared;
 
 /// Response header set by the data path's error mapping on proxy-generated responses.
 pub const PROXY_ERROR: http::HeaderName = http::HeaderName::from_static("meshtrace-proxy-error");
@@ -45,7 +44,6 @@ pub enum End {
 #[derive(Debug)]
 pub struct PendingSpan {
     record: SpanRecord,
-    shared: Arc<Shared>,
     request: Arc<Recording>,
     response_body_bytes: u64,
     status_code: Option<StatusCode>,
@@ -73,7 +71,6 @@ impl PendingSpan {
     pub fn new(
         start: SpanStart,
         attributes: Attributes,
-        shared: Arc<Shared>,
         request: Arc<Recording>,
     ) -> Box<PendingSpan> {
         Box::new(PendingSpan {
@@ -84,13 +81,12 @@ impl PendingSpan {
                 trace_state: start.trace_state,
                 flags: start.flags,
                 kind: start.kind,
-                name: request.text.name.clone(),
+                name: request.text.name(),
                 start_unix_nanos: clock::now_unix_nanos(),
                 end_unix_nanos: 0,
                 status: SpanStatus::Unset,
                 attributes,
             },
-            shared,
             request,
             response_body_bytes: 0,
             status_code: None,
@@ -150,7 +146,6 @@ impl PendingSpan {
     pub fn finish(self: Box<Self>, end: End) {
         let PendingSpan {
             mut record,
-            shared,
             request,
             response_body_bytes,
             status_code,
@@ -225,7 +220,7 @@ impl PendingSpan {
             }
             record.status = SpanStatus::Error(description);
         }
-        shared.send(record);
+        request.shared.send(record);
     }
 }
 
