@@ -578,7 +578,11 @@ mod tests {
         assert!(!sink.is_enabled());
         assert_eq!(sink.try_send(record(2)), Err(SendError::Closed));
         let mut batch = Vec::new();
-        assert_eq!(queue.take(&mut batch, 10), (1, Taken::Open), "queued spans stay");
+        assert_eq!(
+            queue.take(&mut batch, 10),
+            (1, Taken::Open),
+            "queued spans stay"
+        );
         let (sink, queue) = SpanSink::bounded(4);
         drop(queue);
         assert!(!sink.is_enabled());

@@ -132,6 +132,10 @@ pub struct Found<'a> {
     x_b3_flags: Seen<'a>,
     /// The first value of the sample header the scan was asked to look for.
     sample: Option<&'a HeaderValue>,
+    /// Headers the span attributes read, found on the way (first values).
+    host: Option<&'a HeaderValue>,
+    user_agent: Option<&'a HeaderValue>,
+    content_type: Option<&'a HeaderValue>,
 }
 
 impl<'a> Found<'a> {
@@ -149,6 +153,9 @@ impl<'a> Found<'a> {
             x_b3_sampled: Seen::default(),
             x_b3_flags: Seen::default(),
             sample: None,
+            host: None,
+            user_agent: None,
+            content_type: None,
         };
         for (name, value) in headers {
             if sample_header == Some(name) {
@@ -164,6 +171,18 @@ impl<'a> Found<'a> {
                 "x-b3-parentspanid" => &mut found.x_b3_parentspanid,
                 "x-b3-sampled" => &mut found.x_b3_sampled,
                 "x-b3-flags" => &mut found.x_b3_flags,
+                "host" => {
+                    found.host.get_or_insert(value);
+                    continue;
+                }
+                "user-agent" => {
+                    found.user_agent.get_or_insert(value);
+                    continue;
+                }
+                "content-type" => {
+                    found.content_type.get_or_insert(value);
+                    continue;
+                }
                 _ => continue,
             };
             seen.add(value);
@@ -174,6 +193,38 @@ impl<'a> Found<'a> {
     /// The first value of the sample header, if the scan looked for it and it is there.
     pub fn sample(&self) -> Option<&'a HeaderValue> {
         self.sample
+    }
+
+    /// The first `Host`, `User-Agent` and `Content-Type` values.
+    pub fn host(&self) -> Option<&'a HeaderValue> {
+        self.host
+    }
+
+    pub fn user_agent(&self) -> Option<&'a HeaderValue> {
+        self.user_agent
+    }
+
+    pub fn content_type(&self) -> Option<&'a HeaderValue> {
+        self.content_type
+    }
+
+    /// Which propagation headers are present, one bit per name of [`ALL`].
+    pub fn present(&self) -> Present {
+        Present(
+            [
+                self.traceparent,
+                self.tracestate,
+                self.b3,
+                self.x_b3_traceid,
+                self.x_b3_spanid,
+                self.x_b3_parentspanid,
+                self.x_b3_sampled,
+                self.x_b3_flags,
+            ]
+            .iter()
+            .enumerate()
+            .fold(0, |bits, (i, seen)| bits | u8::from(seen.present()) << i),
+        )
     }
 
     /// Which B3 forms are present, valid or not.
@@ -310,7 +361,7 @@ impl Outgoing<'_> {
     }
 }
 
-/// Every propagation header, in the order of the bits of [`present`].
+/// Every propagation header, in the order of the bits of [`Present`].
 const ALL: [HeaderName; 8] = [
     TRACEPARENT,
     TRACESTATE,
@@ -322,8 +373,12 @@ const ALL: [HeaderName; 8] = [
     X_B3_FLAGS,
 ];
 
-/// Which propagation headers `headers` has, one bit per name of [`ALL`] (one pass, no hashing).
-fn present(headers: &HeaderMap) -> u8 {
+/// Which propagation headers a request has, one bit per name of [`ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Present(u8);
+
+/// Which propagation headers `headers` has (one pass, no hashing).
+fn present(headers: &HeaderMap) -> Present {
     let mut bits = 0u8;
     for name in headers.keys() {
         bits |= match name.as_str() {
@@ -338,7 +393,7 @@ fn present(headers: &HeaderMap) -> u8 {
             _ => 0,
         };
     }
-    bits
+    Present(bits)
 }
 
 /// Removes the propagation headers of [`ALL`] whose bit is set in `bits`.
@@ -352,7 +407,7 @@ fn remove(headers: &mut HeaderMap, bits: u8) {
 
 /// Removes every propagation header of every format.
 pub fn clear(headers: &mut HeaderMap) {
-    remove(headers, present(headers));
+    remove(headers, present(headers).0);
 }
 
 // traceparent + b3 single + x-b3-traceid/spanid/parentspanid, rounded up.
@@ -360,6 +415,14 @@ const WRITE_BUFFER: usize = 192;
 
 /// Replaces every propagation header with `out`. All generated values share one buffer.
 pub fn inject(headers: &mut HeaderMap, out: &Outgoing<'_>) {
+    let present = present(headers);
+    inject_into(headers, out, present);
+}
+
+/// [`inject`] into headers whose propagation headers are known to be `present` (as a
+/// [`Found::scan`] of them just said).
+pub fn inject_into(headers: &mut HeaderMap, out: &Outgoing<'_>, present: Present) {
+    let present = present.0;
     // Headers about to be written replace their old values (`insert`); only the others are
     // removed, and only when present.
     let tracestate = out.tracecontext && out.trace_state.is_some();
@@ -371,7 +434,6 @@ pub fn inject(headers: &mut HeaderMap, out: &Outgoing<'_>) {
         } else {
             0
         };
-    let present = present(headers);
     remove(headers, present & !written);
     headers.reserve((written & !present).count_ones() as usize);
     let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
