@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
+#[cfg(test)]
 use http::header::{HeaderMap, CONTENT_TYPE, HOST, USER_AGENT};
 use http::request::Parts;
 use http::uri::Authority;
