@@ -272,8 +272,8 @@ impl QueueSignal {
     pub fn arm(&self, threshold: usize) {
         self.threshold.store(threshold.max(1), Ordering::Relaxed);
         self.armed.store(true, Ordering::SeqCst);
-        // Pairs with the fence in `on_queued`: either the producer sees the signal armed, or
-        // the caller's queue check that follows sees the producer's span.
+        // See `on_queued`: either the producer sees the signal armed, or the caller's queue
+        // check that follows (a `SeqCst` load of the queue's tail) sees the producer's span.
         fence(Ordering::SeqCst);
     }
 
@@ -287,10 +287,18 @@ impl QueueSignal {
         self.notify.notified()
     }
 
-    fn on_queued(&self, queued: usize) {
-        fence(Ordering::SeqCst);
-        if self.armed.load(Ordering::Relaxed)
-            && queued >= self.threshold.load(Ordering::Relaxed)
+    /// Called by a producer right after its span entered the queue; `queued` reads the queue
+    /// length, only when the signal is armed.
+    ///
+    /// No fence here: the queue's tail is advanced by a sequentially consistent
+    /// compare-and-swap (crossbeam-channel's array flavour) and read by the consumer's length
+    /// check with a sequentially consistent load, so this `SeqCst` load of `armed` and the
+    /// consumer's `SeqCst` store of it are in one total order with them: either the producer
+    /// sees the signal armed, or the consumer's check after arming sees the span. A fence per
+    /// span (`mfence`) was most of the cost of handing a span over.
+    fn on_queued(&self, queued: impl FnOnce() -> usize) {
+        if self.armed.load(Ordering::SeqCst)
+            && queued() >= self.threshold.load(Ordering::Relaxed)
             && self.armed.swap(false, Ordering::AcqRel)
         {
             self.notify.notify_one();
@@ -437,7 +445,7 @@ impl SpanSink {
         }
         match tx.try_send(span) {
             Ok(()) => {
-                self.signal.on_queued(tx.len());
+                self.signal.on_queued(|| tx.len());
                 Ok(())
             }
             Err(TrySendError::Full(_)) => {
