@@ -144,6 +144,18 @@ impl PendingSpan {
 
     /// Completes the record and hands it to the sink.
     pub fn finish(self: Box<Self>, end: End) {
+        let at = clock::now_unix_nanos();
+        self.finish_at(end, at);
+    }
+
+    /// [`PendingSpan::finish`] as the response body ends, in a body poll (see
+    /// [`clock::body_end`]).
+    pub fn finish_body(self: Box<Self>) {
+        let at = clock::body_end(Arc::as_ptr(&self.request) as usize);
+        self.finish_at(End::Complete, at);
+    }
+
+    fn finish_at(self: Box<Self>, end: End, end_unix_nanos: u64) {
         let PendingSpan {
             mut record,
             request,
@@ -155,7 +167,7 @@ impl PendingSpan {
             peer_recorded,
             ..
         } = *self;
-        record.end_unix_nanos = clock::now_unix_nanos().max(record.start_unix_nanos);
+        record.end_unix_nanos = end_unix_nanos.max(record.start_unix_nanos);
         let attrs = &mut record.attributes;
         if !peer_recorded {
             if let Some(peer) = fallback_peer {
@@ -240,6 +252,13 @@ impl SpanGuard {
     pub fn finish(&mut self, end: End) {
         if let Some(span) = self.0.take() {
             span.finish(end);
+        }
+    }
+
+    /// Finishes the span as complete because its response body ended, in a body poll.
+    pub fn finish_body(&mut self) {
+        if let Some(span) = self.0.take() {
+            span.finish_body();
         }
     }
 
