@@ -173,8 +173,8 @@ pub struct SpanRecord {
     pub span_id: SpanId,
     /// `None` for a root span.
     pub parent_span_id: Option<SpanId>,
-    /// W3C `tracestate`, as propagated.
-    pub trace_state: Option<String>,
+    /// W3C `tracestate`, as propagated (a slice of the request's shared text).
+    pub trace_state: Option<SharedStr>,
     /// W3C trace flags (bit 0 sampled, bit 1 random).
     pub flags: u8,
     pub kind: SpanKind,

@@ -97,7 +97,10 @@ pub fn span_to_proto(record: SpanRecord) -> Span {
     Span {
         trace_id: record.trace_id.to_vec(),
         span_id: record.span_id.to_vec(),
-        trace_state: record.trace_state.unwrap_or_default(),
+        trace_state: record
+            .trace_state
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
         parent_span_id: record
             .parent_span_id
             .map(|id| id.to_vec())

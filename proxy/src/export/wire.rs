@@ -476,7 +476,7 @@ mod tests {
                 parent_span_id: (n % 3 != 0).then_some([n; 8]),
                 trace_state: match n % 3 {
                     0 => None,
-                    1 => Some(String::new()),
+                    1 => Some(SharedStr::from("")),
                     _ => Some("vendor=opaque,rojo=00f067aa0ba902b7".into()),
                 },
                 flags: n % 4,
@@ -551,7 +551,7 @@ mod tests {
             );
             assert_eq!(
                 span.trace_state,
-                record.trace_state.clone().unwrap_or_default()
+                record.trace_state.as_deref().unwrap_or_default()
             );
             assert_eq!(span.name, record.name.as_str());
             let kind = match record.kind {

@@ -271,6 +271,8 @@ pub struct RequestText {
     rpc_method: Option<TextRange>,
     /// `url.full` of the CLIENT span if the request is forwarded as received.
     url_full: Option<TextRange>,
+    /// The W3C `tracestate` the request's spans record.
+    trace_state: Option<TextRange>,
 }
 
 /// A range of a [`RequestText`]'s text.
@@ -307,6 +309,7 @@ impl RequestText {
         target: Option<Target<'_>>,
         orig_dst: Option<SocketAddr>,
         grpc: bool,
+        trace_state: Option<&str>,
     ) -> RequestText {
         let build = |s: &mut String| {
             s.clear();
@@ -326,6 +329,7 @@ impl RequestText {
             let agent = headers.user_agent().map(&mut push);
             let rpc = if grpc { grpc_method(path) } else { None }
                 .map(|(service, method)| (push(service), push(method)));
+            let trace_state = trace_state.map(&mut push);
             let url_start = s.len();
             let url =
                 push_url_full(s, scheme(req), target, orig_dst, path).then_some(url_start..s.len());
@@ -340,6 +344,7 @@ impl RequestText {
                     .map(|(service, _)| TextRange::of(service.clone())),
                 rpc_method: rpc.map(|(_, method)| TextRange::of(method)),
                 url_full: url.map(TextRange::of),
+                trace_state: trace_state.map(TextRange::of),
             }
         };
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
@@ -367,6 +372,11 @@ impl RequestText {
     /// The span name.
     pub fn name(&self) -> SharedStr {
         self.shared(self.name)
+    }
+
+    /// The W3C `tracestate` the request's spans record.
+    pub fn trace_state(&self) -> Option<SharedStr> {
+        self.trace_state.map(|r| self.shared(r))
     }
 
     #[cfg(test)]
@@ -606,7 +616,15 @@ mod tests {
         let authority = target_authority(req, None);
         let target = authority.as_ref().map(Addressed::target);
         let orig_dst = conn.and_then(|c| c.orig_dst);
-        let text = RequestText::new(SpanNaming::Template, req, &headers, target, orig_dst, grpc);
+        let text = RequestText::new(
+            SpanNaming::Template,
+            req,
+            &headers,
+            target,
+            orig_dst,
+            grpc,
+            None,
+        );
         server(req, &headers, conn, grpc, target, &text)
     }
 
@@ -617,7 +635,15 @@ mod tests {
         let authority = target_authority(req, None);
         let target = authority.as_ref().map(Addressed::target);
         let orig_dst = conn.and_then(|c| c.orig_dst);
-        let text = RequestText::new(SpanNaming::Template, req, &headers, target, orig_dst, grpc);
+        let text = RequestText::new(
+            SpanNaming::Template,
+            req,
+            &headers,
+            target,
+            orig_dst,
+            grpc,
+            None,
+        );
         let known = authority.and_then(Addressed::into_parsed);
         client(req, &headers, conn, grpc, known.as_ref(), &text)
     }
@@ -780,7 +806,9 @@ mod tests {
             target,
             conn.orig_dst,
             false,
+            Some("k=v"),
         );
+        assert_eq!(text.trace_state().as_deref(), Some("k=v"));
         assert_eq!(text.name(), "GET /orders/{id}");
         assert_eq!(text.path(), "/orders/7");
         assert_eq!(text.host().unwrap(), "svc.ns");

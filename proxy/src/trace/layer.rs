@@ -121,7 +121,9 @@ impl Shared {
                 target,
                 conn.and_then(|c| c.orig_dst),
                 grpc,
+                trace_state.as_ref().and_then(|s| s.to_str().ok()),
             );
+            let span_trace_state = text.trace_state();
             let attrs = attributes::server(parts, &headers, conn, grpc, target, &text);
             let host_header = addressed.and_then(Addressed::into_parsed);
             let recording = Recording::new(text, host_header, self.clone());
@@ -131,10 +133,7 @@ impl Shared {
                     trace_id,
                     span_id: server_span_id,
                     parent_span_id,
-                    trace_state: trace_state
-                        .as_ref()
-                        .and_then(|s| s.to_str().ok())
-                        .map(str::to_owned),
+                    trace_state: span_trace_state,
                     flags,
                     grpc,
                     fallback_peer: None,
@@ -292,11 +291,8 @@ impl Shared {
                     trace_id: hop.trace_id,
                     span_id: client_span_id,
                     parent_span_id: Some(hop.server_span_id),
-                    trace_state: hop
-                        .trace_state
-                        .as_ref()
-                        .and_then(|s| s.to_str().ok())
-                        .map(str::to_owned),
+                    // The SERVER span's, which the hop context carries.
+                    trace_state: recording.text.trace_state(),
                     flags: hop.flags,
                     grpc,
                     fallback_peer: conn.and_then(|c| c.orig_dst),

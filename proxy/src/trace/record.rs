@@ -61,7 +61,7 @@ pub struct SpanStart {
     pub trace_id: crate::span::TraceId,
     pub span_id: crate::span::SpanId,
     pub parent_span_id: Option<crate::span::SpanId>,
-    pub trace_state: Option<String>,
+    pub trace_state: Option<crate::span::SharedStr>,
     pub flags: u8,
     pub grpc: bool,
     pub fallback_peer: Option<SocketAddr>,
