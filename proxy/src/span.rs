@@ -50,15 +50,23 @@ pub enum AttrValue {
     Ip(IpAddr),
     /// A slice of one request's text, shared by its spans (one allocation per request).
     Shared(SharedStr),
+    /// `start..end` of the text the span's `name` is a slice of: a string of the request
+    /// that costs neither a copy nor a reference count (read with [`SpanRecord::text_of`]).
+    Text {
+        start: u32,
+        end: u32,
+    },
 }
 
 impl AttrValue {
-    /// The exported string value, if this is one (addresses are formatted).
-    pub fn to_text(&self) -> Option<Cow<'_, str>> {
+    /// The exported string value, if this is one (addresses are formatted); `base` is the
+    /// name of the span the value belongs to (see [`AttrValue::Text`]).
+    pub fn to_text<'a>(&'a self, base: &'a SharedStr) -> Option<Cow<'a, str>> {
         match self {
             AttrValue::Static(s) => Some(Cow::Borrowed(s)),
             AttrValue::String(s) => Some(Cow::Borrowed(s)),
             AttrValue::Shared(s) => Some(Cow::Borrowed(s.as_str())),
+            AttrValue::Text { start, end } => Some(Cow::Borrowed(base.sibling(*start, *end))),
             AttrValue::Ip(ip) => Some(Cow::Owned(ip.to_string())),
             AttrValue::Int(_) | AttrValue::Bool(_) => None,
         }
@@ -103,6 +111,13 @@ impl SharedStr {
     /// `text[start..end]`, bounds checked when read (an out-of-bounds slice reads as empty).
     pub(crate) fn from_parts(text: Arc<str>, start: u32, end: u32) -> SharedStr {
         SharedStr { text, start, end }
+    }
+
+    /// `start..end` of the whole text this is a slice of (empty when out of bounds).
+    pub fn sibling(&self, start: u32, end: u32) -> &str {
+        self.text
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
     }
 
     pub fn as_str(&self) -> &str {
@@ -186,6 +201,13 @@ pub struct SpanRecord {
     pub end_unix_nanos: u64,
     pub status: SpanStatus,
     pub attributes: Attributes,
+}
+
+impl SpanRecord {
+    /// The exported string value of one of this span's attribute values.
+    pub fn text_of<'a>(&'a self, value: &'a AttrValue) -> Option<Cow<'a, str>> {
+        value.to_text(&self.name)
+    }
 }
 
 /// A span's attribute list.
@@ -508,10 +530,15 @@ mod tests {
         assert_eq!(SharedStr::from("x").as_str(), "x");
         assert_eq!(format!("{name:?}"), "\"GET /a/{id}\"");
         assert_eq!(
-            AttrValue::Ip("::1".parse().unwrap()).to_text().as_deref(),
+            AttrValue::Ip("::1".parse().unwrap())
+                .to_text(&name)
+                .as_deref(),
             Some("::1")
         );
-        assert_eq!(AttrValue::Int(1).to_text(), None);
+        assert_eq!(AttrValue::Int(1).to_text(&name), None);
+        let text = AttrValue::Text { start: 11, end: 17 };
+        assert_eq!(text.to_text(&name).as_deref(), Some("héllo"));
+        assert_eq!(name.sibling(11, 99), "", "out of bounds");
     }
 
     #[tokio::test]

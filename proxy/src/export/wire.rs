@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::encoding::{encoded_len_varint, WireType};
 use prost::Message;
 
-use crate::span::{AttrValue, SpanKind, SpanRecord, SpanStatus};
+use crate::span::{AttrValue, SharedStr, SpanKind, SpanRecord, SpanStatus};
 
 use super::encode::{span_flags, status_code};
 
@@ -264,7 +264,7 @@ fn put_span_body(buf: &mut Vec<u8>, span: &SpanRecord) {
     put_fixed64(buf, SPAN_START_TIME, span.start_unix_nanos);
     put_fixed64(buf, SPAN_END_TIME, span.end_unix_nanos);
     for (key, value) in &span.attributes {
-        put_attribute(buf, key, value);
+        put_attribute(buf, key, value, &span.name);
     }
     let status = match &span.status {
         SpanStatus::Unset => None,
@@ -348,13 +348,14 @@ impl Write for IpText {
 }
 
 /// `Span.attributes`: one length-prefixed `KeyValue { key, value: AnyValue { .. } }`.
-fn put_attribute(buf: &mut Vec<u8>, key: &str, value: &AttrValue) {
+fn put_attribute(buf: &mut Vec<u8>, key: &str, value: &AttrValue, name: &SharedStr) {
     let ip;
     // The `AnyValue` oneof member: its field, and its payload (text or varint).
     let (field, text, number): (u32, &[u8], u64) = match value {
         AttrValue::Static(s) => (ANY_STRING, s.as_bytes(), 0),
         AttrValue::String(s) => (ANY_STRING, s.as_bytes(), 0),
         AttrValue::Shared(s) => (ANY_STRING, s.as_bytes(), 0),
+        AttrValue::Text { start, end } => (ANY_STRING, name.sibling(*start, *end).as_bytes(), 0),
         AttrValue::Ip(addr) => {
             ip = IpText::new(addr);
             (ANY_STRING, ip.as_bytes(), 0)
@@ -420,7 +421,6 @@ mod tests {
     use super::*;
     use crate::export::encode::{export_request, scope};
     use crate::export::ProxyResource;
-    use crate::span::SharedStr;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::trace::v1::{span, status};
@@ -482,6 +482,10 @@ mod tests {
                     "shared.unicode",
                     AttrValue::Shared(SharedStr::slice(&text, 23..29).unwrap()),
                 ),
+                // Ranges of the text the span's name is a slice of.
+                ("text.path", AttrValue::Text { start: 15, end: 23 }),
+                ("text.unicode", AttrValue::Text { start: 23, end: 29 }),
+                ("text.outside", AttrValue::Text { start: 23, end: 99 }),
             ];
             // Long values and many attributes: length prefixes of more than one byte, and a
             // span longer than 16 KiB (three-byte prefix).
@@ -608,8 +612,11 @@ mod tests {
                 let want = match value {
                     AttrValue::Int(i) => Value::IntValue(*i),
                     AttrValue::Bool(b) => Value::BoolValue(*b),
-                    text => Value::StringValue(text.to_text().unwrap().into_owned()),
+                    text => Value::StringValue(record.text_of(text).unwrap().into_owned()),
                 };
+                if *key == "text.path" && !record.name.is_empty() {
+                    assert_eq!(got, Some(Value::StringValue("/users/7".into())));
+                }
                 assert_eq!(got, Some(want), "{key}");
             }
             assert!(span.events.is_empty() && span.links.is_empty());

@@ -365,6 +365,14 @@ impl RequestText {
             .unwrap_or_default()
     }
 
+    /// A range of the text as an attribute value of a span named by this text.
+    fn attr(&self, range: TextRange) -> AttrValue {
+        AttrValue::Text {
+            start: range.start,
+            end: range.end,
+        }
+    }
+
     fn shared(&self, range: TextRange) -> SharedStr {
         SharedStr::from_parts(self.text.clone(), range.start, range.end)
     }
@@ -414,7 +422,7 @@ impl RequestText {
         .find(|known| self.str(*known) == value)
         .map_or_else(
             || AttrValue::String(value.to_owned()),
-            |known| AttrValue::Shared(self.shared(known)),
+            |known| self.attr(known),
         )
     }
 }
@@ -496,7 +504,7 @@ pub fn server(
     let mut attrs = attributes_with_capacity(capacity(16, grpc));
     push_common(&mut attrs, req, headers, conn, grpc, text);
     let scheme = scheme(req);
-    attrs.push((URL_PATH, AttrValue::Shared(text.shared(text.path))));
+    attrs.push((URL_PATH, text.attr(text.path)));
     attrs.push((URL_SCHEME, AttrValue::Static(scheme)));
     let fallback = conn.map(|c| c.orig_dst.unwrap_or(c.local_addr));
     push_server_target(&mut attrs, target, text, fallback, scheme);
@@ -530,9 +538,7 @@ pub fn client(
             return Some(None);
         }
         Some(Some(match text.url_full {
-            Some(known) if text.str(known) == scratch.as_str() => {
-                AttrValue::Shared(text.shared(known))
-            }
+            Some(known) if text.str(known) == scratch.as_str() => text.attr(known),
             _ => AttrValue::String(scratch.clone()),
         }))
     });
@@ -606,8 +612,21 @@ mod tests {
         let value = attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)?;
         Some(match value {
             AttrValue::Static(_) | AttrValue::Int(_) | AttrValue::Bool(_) => value.clone(),
-            text => AttrValue::String(text.to_text()?.into_owned()),
+            AttrValue::Text { .. } => panic!("{key}: unresolved text; use `resolved`"),
+            text => AttrValue::String(text.to_text(&SharedStr::from(""))?.into_owned()),
         })
+    }
+
+    /// `attrs` with their request-text ranges turned into the strings they are in `text`.
+    fn resolved(mut attrs: Attributes, text: &RequestText) -> Attributes {
+        let name = text.name();
+        for (_, value) in &mut attrs {
+            if let AttrValue::Text { .. } = value {
+                let resolved = value.to_text(&name).map(|t| t.into_owned());
+                *value = AttrValue::String(resolved.unwrap_or_default());
+            }
+        }
+        attrs
     }
 
     /// SERVER attributes as the layer computes them.
@@ -625,7 +644,7 @@ mod tests {
             grpc,
             None,
         );
-        server(req, &headers, conn, grpc, target, &text)
+        resolved(server(req, &headers, conn, grpc, target, &text), &text)
     }
 
     /// CLIENT attributes as the layer computes them, for a request the SERVER layer saw the
@@ -645,7 +664,10 @@ mod tests {
             None,
         );
         let known = authority.and_then(Addressed::into_parsed);
-        client(req, &headers, conn, grpc, known.as_ref(), &text)
+        resolved(
+            client(req, &headers, conn, grpc, known.as_ref(), &text),
+            &text,
+        )
     }
 
     fn s(v: &str) -> AttrValue {
@@ -832,10 +854,17 @@ mod tests {
         for key in [SERVER_ADDRESS, USER_AGENT_ORIGINAL, URL_FULL] {
             let value = attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
             assert!(
-                matches!(value, Some(AttrValue::Shared(_))),
+                matches!(value, Some(AttrValue::Text { .. })),
                 "{key}: {value:?}"
             );
         }
+        let attrs = resolved(attrs, &text);
+        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(s("svc.ns")));
+        assert_eq!(get(&attrs, USER_AGENT_ORIGINAL), Some(s("curl/8")));
+        assert_eq!(
+            get(&attrs, URL_FULL),
+            Some(s("http://svc.ns:8080/orders/7"))
+        );
 
         // A request changed between the layers is recorded as forwarded.
         let mut forwarded = req.clone();
@@ -846,12 +875,15 @@ mod tests {
             .headers
             .insert(USER_AGENT, "proxy/2".parse().unwrap());
         let headers = RequestHeaders::of(&forwarded.headers);
-        let attrs = client(
-            &forwarded,
-            &headers,
-            Some(&conn),
-            false,
-            known.as_ref(),
+        let attrs = resolved(
+            client(
+                &forwarded,
+                &headers,
+                Some(&conn),
+                false,
+                known.as_ref(),
+                &text,
+            ),
             &text,
         );
         assert_eq!(get(&attrs, SERVER_ADDRESS), Some(s("other.ns")));

@@ -322,7 +322,7 @@ fn int(span: &SpanRecord, key: &str) -> Option<i64> {
 
 /// A string attribute as exported, whatever its representation in the record.
 fn text(span: &SpanRecord, key: &str) -> Option<String> {
-    attr(span, key)?.to_text().map(|t| t.into_owned())
+    span.text_of(attr(span, key)?).map(|t| t.into_owned())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
