@@ -481,11 +481,16 @@ fn push(headers: &mut HeaderMap, name: HeaderName, buf: &mut BytesMut) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends `bytes` as lowercase hex.
+/// Appends `bytes` as lowercase hex: formatted on the stack and appended at once (a
+/// `put_u8` per digit checked the buffer's capacity a hundred and more times per request).
 pub(crate) fn put_hex(buf: &mut BytesMut, bytes: &[u8]) {
-    for byte in bytes {
-        buf.put_u8(HEX[usize::from(byte >> 4)]);
-        buf.put_u8(HEX[usize::from(byte & 0x0f)]);
+    let mut digits = [0u8; 32];
+    for chunk in bytes.chunks(digits.len() / 2) {
+        for (pair, byte) in digits.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
+        }
+        buf.put_slice(&digits[..chunk.len() * 2]);
     }
 }
 
