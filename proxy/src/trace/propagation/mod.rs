@@ -659,6 +659,45 @@ mod tests {
     }
 
     #[test]
+    fn one_scan_finds_the_sample_header_propagation_and_request_headers() {
+        let map = headers(&[
+            ("host", "svc:80"),
+            ("x-b3-sampled", "1"),
+            ("l5d-sample", "0.5"),
+            ("l5d-sample", "0.1"),
+            ("user-agent", "curl/8"),
+            ("tracestate", "a=1"),
+            ("tracestate", "b=2"),
+            ("traceparent", TP),
+            ("content-type", "application/grpc"),
+        ]);
+        let sample = HeaderName::from_static("l5d-sample");
+        let found = Found::scan(&map, Some(&sample));
+        assert_eq!(found.sample().map(|v| v.as_bytes()), Some(&b"0.5"[..]));
+        assert_eq!(found.host().unwrap(), "svc:80");
+        assert_eq!(found.user_agent().unwrap(), "curl/8");
+        assert_eq!(found.content_type().unwrap(), "application/grpc");
+        assert_eq!(found.present(), Present(0b100_0011));
+        let got = found.extract();
+        assert_eq!(got.format, Some(Format::TraceContext));
+        assert_eq!(
+            got.parent.unwrap().trace_state,
+            Some(HeaderValue::from_static("a=1,b=2")),
+            "repeated tracestate fields are joined"
+        );
+        // A sample header named like a propagation header is only the sample header.
+        let sample = HeaderName::from_static("x-b3-sampled");
+        let found = Found::scan(&map, Some(&sample));
+        assert_eq!(found.sample().map(|v| v.as_bytes()), Some(&b"1"[..]));
+        assert!(!found.b3_arrived().multi);
+        // As if the sample header had been removed before reading propagation.
+        let mut without = map.clone();
+        without.remove(&sample);
+        assert_eq!(found.extract(), extract(&without));
+        assert_eq!(Found::scan(&map, None).present(), present(&map));
+    }
+
+    #[test]
     fn header_names_are_case_insensitive() {
         let got = extract(&headers(&[("TraceParent", TP), ("TRACESTATE", "k=v")]));
         assert_eq!(got.format, Some(Format::TraceContext));
