@@ -201,7 +201,7 @@ fn bench_request(c: &mut Criterion) {
     for (name, rate, export, encode) in cases {
         let mut encoder = BatchEncoder::new(&resource, &export::encode::scope());
         let mut batch: Vec<SpanRecord> = Vec::with_capacity(BATCH);
-        let (sink, mut queue): (SpanSink, SpanQueue) = if export {
+        let (sink, queue): (SpanSink, SpanQueue) = if export {
             SpanSink::bounded(1 << 16)
         } else {
             let (_, queue) = SpanSink::bounded(1);

@@ -10,8 +10,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tokio::sync::futures::Notified;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// A 128-bit trace id.
 pub type TraceId = [u8; 16];
@@ -49,15 +50,23 @@ pub enum AttrValue {
     Ip(IpAddr),
     /// A slice of one request's text, shared by its spans (one allocation per request).
     Shared(SharedStr),
+    /// `start..end` of the text the span's `name` is a slice of: a string of the request
+    /// that costs neither a copy nor a reference count (read with [`SpanRecord::text_of`]).
+    Text {
+        start: u32,
+        end: u32,
+    },
 }
 
 impl AttrValue {
-    /// The exported string value, if this is one (addresses are formatted).
-    pub fn to_text(&self) -> Option<Cow<'_, str>> {
+    /// The exported string value, if this is one (addresses are formatted); `base` is the
+    /// name of the span the value belongs to (see [`AttrValue::Text`]).
+    pub fn to_text<'a>(&'a self, base: &'a SharedStr) -> Option<Cow<'a, str>> {
         match self {
             AttrValue::Static(s) => Some(Cow::Borrowed(s)),
             AttrValue::String(s) => Some(Cow::Borrowed(s)),
             AttrValue::Shared(s) => Some(Cow::Borrowed(s.as_str())),
+            AttrValue::Text { start, end } => Some(Cow::Borrowed(base.sibling(*start, *end))),
             AttrValue::Ip(ip) => Some(Cow::Owned(ip.to_string())),
             AttrValue::Int(_) | AttrValue::Bool(_) => None,
         }
@@ -97,6 +106,18 @@ impl SharedStr {
             start: u32::try_from(range.start).ok()?,
             end: u32::try_from(range.end).ok()?,
         })
+    }
+
+    /// `text[start..end]`, bounds checked when read (an out-of-bounds slice reads as empty).
+    pub(crate) fn from_parts(text: Arc<str>, start: u32, end: u32) -> SharedStr {
+        SharedStr { text, start, end }
+    }
+
+    /// `start..end` of the whole text this is a slice of (empty when out of bounds).
+    pub fn sibling(&self, start: u32, end: u32) -> &str {
+        self.text
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
     }
 
     pub fn as_str(&self) -> &str {
@@ -167,8 +188,8 @@ pub struct SpanRecord {
     pub span_id: SpanId,
     /// `None` for a root span.
     pub parent_span_id: Option<SpanId>,
-    /// W3C `tracestate`, as propagated.
-    pub trace_state: Option<String>,
+    /// W3C `tracestate`, as propagated (a slice of the request's shared text).
+    pub trace_state: Option<SharedStr>,
     /// W3C trace flags (bit 0 sampled, bit 1 random).
     pub flags: u8,
     pub kind: SpanKind,
@@ -180,6 +201,13 @@ pub struct SpanRecord {
     pub end_unix_nanos: u64,
     pub status: SpanStatus,
     pub attributes: Attributes,
+}
+
+impl SpanRecord {
+    /// The exported string value of one of this span's attribute values.
+    pub fn text_of<'a>(&'a self, value: &'a AttrValue) -> Option<Cow<'a, str>> {
+        value.to_text(&self.name)
+    }
 }
 
 /// A span's attribute list.
@@ -235,11 +263,18 @@ pub enum SendError {
 }
 
 /// The producer side of the bounded span queue. Cheap to clone; never blocks.
+///
+/// The queue is a lock-free bounded array (`crossbeam-channel`): a span costs the producer one
+/// compare-and-swap and the consumer another. Tokio's bounded channel, used before, cost several
+/// atomics per span on each side plus a mutex on every receive (its semaphore's permit release),
+/// more than a span's recording. The consumer is woken through [`QueueSignal`] instead.
 #[derive(Clone, Debug)]
 pub struct SpanSink {
-    tx: Option<mpsc::Sender<SpanRecord>>,
+    tx: Option<Sender<SpanRecord>>,
     dropped_queue_full: Arc<AtomicU64>,
     signal: Arc<QueueSignal>,
+    /// Set when the consumer stops taking spans (shutdown) or is gone.
+    closed: Arc<AtomicBool>,
 }
 
 /// Wakes the exporter when a given number of spans is queued, so that while it accumulates a
@@ -259,8 +294,8 @@ impl QueueSignal {
     pub fn arm(&self, threshold: usize) {
         self.threshold.store(threshold.max(1), Ordering::Relaxed);
         self.armed.store(true, Ordering::SeqCst);
-        // Pairs with the fence in `on_queued`: either the producer sees the signal armed, or
-        // the caller's queue check that follows sees the producer's span.
+        // See `on_queued`: either the producer sees the signal armed, or the caller's queue
+        // check that follows (a `SeqCst` load of the queue's tail) sees the producer's span.
         fence(Ordering::SeqCst);
     }
 
@@ -268,15 +303,24 @@ impl QueueSignal {
         self.armed.store(false, Ordering::Relaxed);
     }
 
-    /// Resolves after the armed threshold was reached (possibly spuriously: re-check).
+    /// Resolves after the armed threshold was reached, or a sink was dropped (possibly
+    /// spuriously: re-check).
     pub fn notified(&self) -> Notified<'_> {
         self.notify.notified()
     }
 
-    fn on_queued(&self, queued: usize) {
-        fence(Ordering::SeqCst);
-        if self.armed.load(Ordering::Relaxed)
-            && queued >= self.threshold.load(Ordering::Relaxed)
+    /// Called by a producer right after its span entered the queue; `queued` reads the queue
+    /// length, only when the signal is armed.
+    ///
+    /// No fence here: the queue's tail is advanced by a sequentially consistent
+    /// compare-and-swap (crossbeam-channel's array flavour) and read by the consumer's length
+    /// check with a sequentially consistent load, so this `SeqCst` load of `armed` and the
+    /// consumer's `SeqCst` store of it are in one total order with them: either the producer
+    /// sees the signal armed, or the consumer's check after arming sees the span. A fence per
+    /// span (`mfence`) was most of the cost of handing a span over.
+    fn on_queued(&self, queued: impl FnOnce() -> usize) {
+        if self.armed.load(Ordering::SeqCst)
+            && queued() >= self.threshold.load(Ordering::Relaxed)
             && self.armed.swap(false, Ordering::AcqRel)
         {
             self.notify.notify_one();
@@ -297,33 +341,102 @@ impl Drop for SpanSink {
 /// The consumer side, owned by the exporter task.
 #[derive(Debug)]
 pub struct SpanQueue {
-    pub rx: mpsc::Receiver<SpanRecord>,
+    pub rx: Receiver<SpanRecord>,
     /// Shared with every [`SpanSink`] clone: spans dropped because the queue was full.
     pub dropped_queue_full: Arc<AtomicU64>,
     /// The queue's capacity, for the queue-depth metric.
     pub capacity: usize,
     /// Notifies the consumer at a queue length it chooses.
     pub signal: Arc<QueueSignal>,
+    closed: Arc<AtomicBool>,
+}
+
+/// What [`SpanQueue::take`] found after taking what was queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// More may come.
+    Open,
+    /// The queue is empty and every sink is gone: nothing more will come.
+    Finished,
+}
+
+impl SpanQueue {
+    /// Moves queued spans into `batch` until it holds `max`, without waiting; returns how many
+    /// were moved.
+    pub fn take(&self, batch: &mut Vec<SpanRecord>, max: usize) -> (usize, Taken) {
+        let mut taken = 0;
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(span) => {
+                    batch.push(span);
+                    taken += 1;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return (taken, Taken::Finished),
+            }
+        }
+        (taken, Taken::Open)
+    }
+
+    /// Waits for the next span; `None` once the queue is empty and every sink is gone.
+    pub async fn recv(&self) -> Option<SpanRecord> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(span) => return Some(span),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            let notified = self.signal.notified();
+            self.signal.arm(1);
+            if self.rx.is_empty() {
+                notified.await;
+            }
+            self.signal.disarm();
+        }
+    }
+
+    /// Spans currently queued.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Refuses new spans from now on ([`SendError::Closed`]); what is queued stays to be taken.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for SpanQueue {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 impl SpanSink {
     /// A bounded queue of `capacity` spans (at least 1).
     pub fn bounded(capacity: usize) -> (SpanSink, SpanQueue) {
         let capacity = capacity.max(1);
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let signal = Arc::new(QueueSignal::default());
+        let closed = Arc::new(AtomicBool::new(false));
         (
             SpanSink {
                 tx: Some(tx),
                 dropped_queue_full: dropped.clone(),
                 signal: signal.clone(),
+                closed: closed.clone(),
             },
             SpanQueue {
                 rx,
                 dropped_queue_full: dropped,
                 capacity,
                 signal,
+                closed,
             },
         )
     }
@@ -334,13 +447,14 @@ impl SpanSink {
             tx: None,
             dropped_queue_full: Arc::new(AtomicU64::new(0)),
             signal: Arc::new(QueueSignal::default()),
+            closed: Arc::new(AtomicBool::new(true)),
         }
     }
 
     /// Whether spans sent here can reach an exporter. When false, the trace layers skip
     /// recording altogether.
     pub fn is_enabled(&self) -> bool {
-        self.tx.as_ref().is_some_and(|tx| !tx.is_closed())
+        self.tx.is_some() && !self.closed.load(Ordering::Relaxed)
     }
 
     /// Hands a span to the exporter without waiting.
@@ -348,25 +462,25 @@ impl SpanSink {
         let Some(tx) = &self.tx else {
             return Err(SendError::Closed);
         };
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
         match tx.try_send(span) {
             Ok(()) => {
-                self.signal
-                    .on_queued(tx.max_capacity().saturating_sub(tx.capacity()));
+                self.signal.on_queued(|| tx.len());
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full(_)) => {
                 self.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
                 Err(SendError::QueueFull)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(TrySendError::Disconnected(_)) => Err(SendError::Closed),
         }
     }
 
     /// Spans currently waiting in the queue.
     pub fn queued(&self) -> usize {
-        self.tx
-            .as_ref()
-            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        self.tx.as_ref().map_or(0, Sender::len)
     }
 }
 
@@ -392,13 +506,13 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_drops_and_counts_without_waiting() {
-        let (sink, mut queue) = SpanSink::bounded(2);
+        let (sink, queue) = SpanSink::bounded(2);
         assert!(sink.try_send(record(1)).is_ok());
         assert!(sink.try_send(record(2)).is_ok());
         assert_eq!(sink.queued(), 2);
         assert_eq!(sink.try_send(record(3)), Err(SendError::QueueFull));
         assert_eq!(queue.dropped_queue_full.load(Ordering::Relaxed), 1);
-        assert_eq!(queue.rx.recv().await.map(|s| s.trace_id[0]), Some(1));
+        assert_eq!(queue.rx.try_recv().map(|s| s.trace_id[0]), Ok(1));
         assert!(sink.try_send(record(4)).is_ok());
     }
 
@@ -416,10 +530,15 @@ mod tests {
         assert_eq!(SharedStr::from("x").as_str(), "x");
         assert_eq!(format!("{name:?}"), "\"GET /a/{id}\"");
         assert_eq!(
-            AttrValue::Ip("::1".parse().unwrap()).to_text().as_deref(),
+            AttrValue::Ip("::1".parse().unwrap())
+                .to_text(&name)
+                .as_deref(),
             Some("::1")
         );
-        assert_eq!(AttrValue::Int(1).to_text(), None);
+        assert_eq!(AttrValue::Int(1).to_text(&name), None);
+        let text = AttrValue::Text { start: 11, end: 17 };
+        assert_eq!(text.to_text(&name).as_deref(), Some("héllo"));
+        assert_eq!(name.sibling(11, 99), "", "out of bounds");
     }
 
     #[tokio::test]
@@ -466,6 +585,43 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn recv_waits_for_a_span_and_ends_when_every_sink_is_gone() {
+        let (sink, queue) = SpanSink::bounded(4);
+        let producer = sink.clone();
+        let sent = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            producer.try_send(record(7)).unwrap();
+        });
+        assert_eq!(queue.recv().await.map(|s| s.trace_id[0]), Some(7));
+        sent.await.unwrap();
+        sink.try_send(record(8)).unwrap();
+        drop(sink);
+        let mut batch = Vec::new();
+        assert_eq!(queue.take(&mut batch, 10), (1, Taken::Finished));
+        assert_eq!(queue.take(&mut batch, 10), (0, Taken::Finished));
+        assert_eq!(queue.recv().await, None);
+    }
+
+    #[test]
+    fn a_closed_or_dropped_queue_refuses_spans() {
+        let (sink, queue) = SpanSink::bounded(4);
+        sink.try_send(record(1)).unwrap();
+        queue.close();
+        assert!(!sink.is_enabled());
+        assert_eq!(sink.try_send(record(2)), Err(SendError::Closed));
+        let mut batch = Vec::new();
+        assert_eq!(
+            queue.take(&mut batch, 10),
+            (1, Taken::Open),
+            "queued spans stay"
+        );
+        let (sink, queue) = SpanSink::bounded(4);
+        drop(queue);
+        assert!(!sink.is_enabled());
+        assert_eq!(sink.try_send(record(3)), Err(SendError::Closed));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::resource::ProxyResource;
 use super::retry::{Attempt, Backoff};
 use super::transport::{ExportError, Transport};
 use super::wire::BatchEncoder;
-use crate::span::{self, SpanQueue, SpanRecord};
+use crate::span::{self, SpanQueue, SpanRecord, Taken};
 
 /// Starts the exporter.
 pub struct Exporter;
@@ -166,19 +166,34 @@ impl ExportTask {
         loop {
             if batch.is_empty() {
                 // Idle: the first span starts a batch (and its schedule delay).
-                tokio::select! {
-                    biased;
-                    () = self.shutdown.requested() => break,
-                    received = self.queue.rx.recv_many(&mut batch, max) => {
-                        if received == 0 {
-                            // Every sink is gone: nothing more will come.
-                            self.metrics.set_queue_depth(0);
-                            return;
-                        }
-                        self.held.fetch_add(received as u64, Ordering::Relaxed);
-                        flush_at = Some(Instant::now() + self.batch.schedule_delay);
+                let (received, taken) = self.take_queued(&mut batch, max);
+                if received == 0 {
+                    if taken == Taken::Finished {
+                        // Every sink is gone: nothing more will come.
+                        self.metrics.set_queue_depth(0);
+                        return;
                     }
+                    let signal = self.queue.signal.clone();
+                    let notified = signal.notified();
+                    signal.arm(1);
+                    if self.queue.is_empty() {
+                        tokio::select! {
+                            biased;
+                            () = self.shutdown.requested() => {
+                                signal.disarm();
+                                break;
+                            }
+                            () = notified => {}
+                        }
+                    }
+                    signal.disarm();
+                    continue;
                 }
+                flush_at = match taken {
+                    Taken::Open => Some(Instant::now() + self.batch.schedule_delay),
+                    // Every sink is gone: send what is left now.
+                    Taken::Finished => None,
+                };
             } else {
                 // Accumulating: woken when the batch can be filled or its delay is over, not
                 // for every span.
@@ -186,7 +201,7 @@ impl ExportTask {
                 let signal = self.queue.signal.clone();
                 let notified = signal.notified();
                 signal.arm(missing);
-                if self.queue.rx.len() < missing {
+                if self.queue.len() < missing {
                     let at = flush_at.unwrap_or_else(Instant::now);
                     tokio::select! {
                         biased;
@@ -199,8 +214,7 @@ impl ExportTask {
                     }
                 }
                 signal.disarm();
-                self.take_queued(&mut batch, max);
-                if self.queue.rx.sender_strong_count() == 0 {
+                if self.take_queued(&mut batch, max).1 == Taken::Finished {
                     // Every sink is gone: send what is left now.
                     flush_at = None;
                 }
@@ -210,19 +224,13 @@ impl ExportTask {
                 self.export(std::mem::replace(&mut batch, Vec::with_capacity(max)))
                     .await;
             }
-            self.metrics.set_queue_depth(self.queue.rx.len());
+            self.metrics.set_queue_depth(self.queue.len());
         }
 
         // Shutdown: refuse new spans, then flush the partial batch and everything queued.
-        self.queue.rx.close();
+        self.queue.close();
         let mut rest = batch;
-        while self
-            .queue
-            .rx
-            .recv_many(&mut rest, self.batch.max_queue_size.max(1))
-            .await
-            > 0
-        {}
+        self.take_queued(&mut rest, usize::MAX);
         self.held.store(rest.len() as u64, Ordering::Relaxed);
         self.metrics.set_queue_depth(0);
         tracing::debug!(spans = rest.len(), "flushing spans at shutdown");
@@ -234,18 +242,10 @@ impl ExportTask {
     }
 
     /// Moves queued spans into `batch`, up to `max`, without waiting.
-    fn take_queued(&mut self, batch: &mut Vec<SpanRecord>, max: usize) {
-        let mut received = 0u64;
-        while batch.len() < max {
-            match self.queue.rx.try_recv() {
-                Ok(span) => {
-                    batch.push(span);
-                    received += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        self.held.fetch_add(received, Ordering::Relaxed);
+    fn take_queued(&mut self, batch: &mut Vec<SpanRecord>, max: usize) -> (usize, Taken) {
+        let (received, taken) = self.queue.take(batch, max);
+        self.held.fetch_add(received as u64, Ordering::Relaxed);
+        (received, taken)
     }
 
     /// Sends one batch, retrying what the spec calls retryable within the export timeout (and
@@ -277,7 +277,7 @@ impl ExportTask {
                 () = self.shutdown.expired() => break Err("shutdown deadline reached".to_owned()),
             };
             let elapsed = started.elapsed();
-            self.metrics.set_queue_depth(self.queue.rx.len());
+            self.metrics.set_queue_depth(self.queue.len());
             match attempt {
                 Attempt::Accepted { rejected, message } => {
                     let rejected = rejected.min(count);

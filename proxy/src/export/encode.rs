@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, SpanFlags, Status,
 };
 
-use crate::span::{AttrValue, SpanKind, SpanRecord, SpanStatus};
+use crate::span::{AttrValue, SharedStr, SpanKind, SpanRecord, SpanStatus};
 
 /// The instrumentation scope every proxy span carries.
 pub fn scope() -> InstrumentationScope {
@@ -63,12 +63,15 @@ pub fn status_code(status: &SpanStatus) -> status::StatusCode {
     }
 }
 
-/// The OTLP value of an attribute.
-pub fn attribute_value(value: AttrValue) -> any_value::Value {
+/// The OTLP value of an attribute of the span named `name`.
+pub fn attribute_value(value: AttrValue, name: &SharedStr) -> any_value::Value {
     match value {
         AttrValue::Static(s) => any_value::Value::StringValue(s.to_owned()),
         AttrValue::String(s) => any_value::Value::StringValue(s),
         AttrValue::Shared(s) => any_value::Value::StringValue(s.as_str().to_owned()),
+        AttrValue::Text { start, end } => {
+            any_value::Value::StringValue(name.sibling(start, end).to_owned())
+        }
         AttrValue::Ip(ip) => any_value::Value::StringValue(ip.to_string()),
         AttrValue::Int(i) => any_value::Value::IntValue(i),
         AttrValue::Bool(b) => any_value::Value::BoolValue(b),
@@ -97,7 +100,10 @@ pub fn span_to_proto(record: SpanRecord) -> Span {
     Span {
         trace_id: record.trace_id.to_vec(),
         span_id: record.span_id.to_vec(),
-        trace_state: record.trace_state.unwrap_or_default(),
+        trace_state: record
+            .trace_state
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
         parent_span_id: record
             .parent_span_id
             .map(|id| id.to_vec())
@@ -113,7 +119,7 @@ pub fn span_to_proto(record: SpanRecord) -> Span {
             .map(|(key, value)| KeyValue {
                 key: key.to_owned(),
                 value: Some(AnyValue {
-                    value: Some(attribute_value(value)),
+                    value: Some(attribute_value(value, &record.name)),
                 }),
                 key_strindex: 0,
             })

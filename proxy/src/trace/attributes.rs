@@ -5,16 +5,16 @@
 //! `Proxy-Authorization`, `Cookie` and `Set-Cookie` are never looked at, URLs are rebuilt from
 //! host, port and path so userinfo and query strings cannot leak into a span.
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
+#[cfg(test)]
 use http::header::{HeaderMap, CONTENT_TYPE, HOST, USER_AGENT};
 use http::request::Parts;
 use http::uri::Authority;
-use http::{Method, Version};
+use http::{HeaderValue, Method, Version};
 
 use crate::meta::ConnMeta;
 use crate::span::{attributes_with_capacity, AttrValue, SharedStr};
@@ -58,10 +58,43 @@ pub fn protocol_version(version: Version) -> &'static str {
 }
 
 /// Whether the request is gRPC (`content-type: application/grpc[+proto|...]`).
+#[cfg(test)]
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+    grpc_content_type(headers.get(CONTENT_TYPE))
+}
+
+fn grpc_content_type(content_type: Option<&HeaderValue>) -> bool {
+    content_type.is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The request headers the span attributes read (each header's first value). The SERVER
+/// layer takes them from the scan that finds the propagation headers, with no lookup of its
+/// own.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestHeaders<'a> {
+    pub host: Option<&'a HeaderValue>,
+    pub user_agent: Option<&'a HeaderValue>,
+    pub content_type: Option<&'a HeaderValue>,
+}
+
+impl<'a> RequestHeaders<'a> {
+    #[cfg(test)]
+    pub fn of(headers: &'a HeaderMap) -> RequestHeaders<'a> {
+        RequestHeaders {
+            host: headers.get(HOST),
+            user_agent: headers.get(USER_AGENT),
+            content_type: headers.get(CONTENT_TYPE),
+        }
+    }
+
+    /// Whether the request is gRPC (see [`is_grpc`]).
+    pub fn is_grpc(&self) -> bool {
+        grpc_content_type(self.content_type)
+    }
+
+    fn user_agent(&self) -> Option<&'a str> {
+        self.user_agent.and_then(|v| v.to_str().ok())
+    }
 }
 
 /// `(rpc.service, rpc.method)` from a gRPC path `/{package.Service}/{Method}`.
@@ -85,27 +118,96 @@ fn push_method(attrs: &mut Attributes, method: &Method) {
 }
 
 /// The host and port the request was addressed to: the URI authority (HTTP/2, absolute
-/// form), else the `Host` header. Userinfo is never part of the result. `known` is an
-/// authority already parsed for this request: reused when the `Host` header is the same, so
-/// the header is parsed (and copied) once per request, not once per span.
-pub fn target_authority<'a>(
+/// form), else the `Host` header (`host`, the request's). Userinfo is never part of the
+/// result. A plain `name[:port]` header is read in place; any other is parsed, and `known` is
+/// one already parsed for this request: reused when the header is the same, so the header is
+/// parsed (and copied) once per request, not once per span.
+pub fn addressed<'a>(
     req: &'a Parts,
+    host: Option<&'a HeaderValue>,
     known: Option<&'a Authority>,
-) -> Option<Cow<'a, Authority>> {
+) -> Option<Addressed<'a>> {
     if let Some(authority) = req.uri.authority() {
-        return Some(Cow::Borrowed(authority));
+        return Some(Addressed::Borrowed(authority));
     }
-    let host = req.headers.get(HOST)?;
+    let host = host?;
+    if let Some(plain) = plain_host(host.as_bytes()) {
+        return Some(Addressed::Plain(plain));
+    }
     if let Some(known) = known.filter(|k| k.as_str().as_bytes() == host.as_bytes()) {
-        return Some(Cow::Borrowed(known));
+        return Some(Addressed::Borrowed(known));
     }
-    Authority::try_from(host.as_bytes()).ok().map(Cow::Owned)
+    Authority::try_from(host.as_bytes())
+        .ok()
+        .map(Addressed::Parsed)
+}
+
+/// [`addressed`] with the request's own `Host` header.
+#[cfg(test)]
+pub fn target_authority<'a>(req: &'a Parts, known: Option<&'a Authority>) -> Option<Addressed<'a>> {
+    addressed(req, req.headers.get(HOST), known)
+}
+
+/// Where a request was addressed (see [`addressed`]).
+#[derive(Debug)]
+pub enum Addressed<'a> {
+    /// The URI's authority, or one already parsed for this request.
+    Borrowed(&'a Authority),
+    /// The `Host` header, parsed.
+    Parsed(Authority),
+    /// A plain `name[:port]` `Host` header, read in place.
+    Plain(&'a str),
+}
+
+impl Addressed<'_> {
+    pub fn target(&self) -> Target<'_> {
+        match self {
+            Addressed::Borrowed(authority) => Target::of(authority),
+            Addressed::Parsed(authority) => Target::of(authority),
+            Addressed::Plain(text) => Target::of_plain(text),
+        }
+    }
+
+    /// The parsed `Host` header, for the CLIENT span to reuse.
+    pub fn into_parsed(self) -> Option<Authority> {
+        match self {
+            Addressed::Parsed(authority) => Some(authority),
+            Addressed::Borrowed(_) | Addressed::Plain(_) => None,
+        }
+    }
+}
+
+/// `name[:port]`, the name letters, digits, dots and dashes, the port a number below 65536:
+/// what nearly every `Host` header is. The `http` crate accepts each of these as an authority
+/// and splits it at the colon, so it need not parse (and copy) them; anything else it parses.
+fn plain_host(value: &[u8]) -> Option<&str> {
+    let (name, port) = match value.iter().position(|&c| c == b':') {
+        Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+        None => (value, None),
+    };
+    let name_ok = !name.is_empty()
+        && name
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
+    let port_ok = port.is_none_or(|port| {
+        (1..=5).contains(&port.len())
+            && port.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(port)
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_some()
+    });
+    if name_ok && port_ok {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
 }
 
 /// An authority's host (brackets kept) and port, parsed once: `Authority::host` and `port`
 /// parse the authority again on every call.
-#[derive(Clone, Copy)]
-struct Target<'a> {
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
     host: &'a str,
     /// As written, and as a number.
     port: Option<(&'a str, u16)>,
@@ -122,6 +224,20 @@ impl<'a> Target<'a> {
         Target {
             host: authority.host(),
             port,
+        }
+    }
+
+    /// A [`plain_host`].
+    fn of_plain(text: &'a str) -> Target<'a> {
+        match text.split_once(':') {
+            Some((host, port)) => Target {
+                host,
+                port: port.parse::<u16>().ok().map(|n| (port, n)),
+            },
+            None => Target {
+                host: text,
+                port: None,
+            },
         }
     }
 }
@@ -141,18 +257,39 @@ fn strip_brackets(host: &str) -> &str {
 
 /// The strings of one sampled request that its spans record, copied once into one shared
 /// allocation: the span name, path, target host, user agent and gRPC method. Both spans of the
-/// request take slices of it instead of a `String` per attribute.
+/// request take slices of it instead of a `String` per attribute. The text is held once and
+/// its strings as ranges, so making it costs one reference count, not one per string.
 #[derive(Debug)]
 pub struct RequestText {
-    pub name: SharedStr,
-    pub path: SharedStr,
+    text: Arc<str>,
+    name: TextRange,
+    path: TextRange,
     /// `server.address` from the request's authority (brackets stripped).
-    pub host: Option<SharedStr>,
-    pub user_agent: Option<SharedStr>,
-    pub rpc_service: Option<SharedStr>,
-    pub rpc_method: Option<SharedStr>,
+    host: Option<TextRange>,
+    user_agent: Option<TextRange>,
+    rpc_service: Option<TextRange>,
+    rpc_method: Option<TextRange>,
     /// `url.full` of the CLIENT span if the request is forwarded as received.
-    pub url_full: Option<SharedStr>,
+    url_full: Option<TextRange>,
+    /// The W3C `tracestate` the request's spans record.
+    trace_state: Option<TextRange>,
+}
+
+/// A range of a [`RequestText`]'s text.
+#[derive(Clone, Copy, Debug)]
+struct TextRange {
+    start: u32,
+    end: u32,
+}
+
+impl TextRange {
+    /// Request text is bounded by the HTTP server's header limits, far below 4 GiB.
+    fn of(range: Range<usize>) -> TextRange {
+        match (u32::try_from(range.start), u32::try_from(range.end)) {
+            (Ok(start), Ok(end)) => TextRange { start, end },
+            _ => TextRange { start: 0, end: 0 },
+        }
+    }
 }
 
 thread_local! {
@@ -163,18 +300,16 @@ thread_local! {
 /// A scratch buffer that grew past this is not kept.
 const MAX_KEPT_SCRATCH: usize = 16 * 1024;
 
-fn user_agent(req: &Parts) -> Option<&str> {
-    req.headers.get(USER_AGENT).and_then(|v| v.to_str().ok())
-}
-
 impl RequestText {
     /// Assembles the text of a request as the SERVER layer sees it.
     pub fn new(
         naming: SpanNaming,
         req: &Parts,
-        authority: Option<&Authority>,
+        headers: &RequestHeaders<'_>,
+        target: Option<Target<'_>>,
         orig_dst: Option<SocketAddr>,
         grpc: bool,
+        trace_state: Option<&str>,
     ) -> RequestText {
         let build = |s: &mut String| {
             s.clear();
@@ -190,27 +325,26 @@ impl RequestText {
                 start..s.len()
             };
             let path_range = push(path);
-            let target = authority.map(Target::of);
             let host = target.map(|t| push(strip_brackets(t.host)));
-            let agent = user_agent(req).map(&mut push);
+            let agent = headers.user_agent().map(&mut push);
             let rpc = if grpc { grpc_method(path) } else { None }
                 .map(|(service, method)| (push(service), push(method)));
+            let trace_state = trace_state.map(&mut push);
             let url_start = s.len();
             let url =
                 push_url_full(s, scheme(req), target, orig_dst, path).then_some(url_start..s.len());
-            let text: Arc<str> = Arc::from(s.as_str());
-            let slice = |range: Range<usize>| {
-                SharedStr::slice(&text, range.clone())
-                    .unwrap_or_else(|| SharedStr::from(s.get(range).unwrap_or_default()))
-            };
             RequestText {
-                name: slice(name),
-                path: slice(path_range),
-                host: host.map(slice),
-                user_agent: agent.map(slice),
-                rpc_service: rpc.as_ref().map(|(service, _)| slice(service.clone())),
-                rpc_method: rpc.map(|(_, method)| slice(method)),
-                url_full: url.map(slice),
+                text: Arc::from(s.as_str()),
+                name: TextRange::of(name),
+                path: TextRange::of(path_range),
+                host: host.map(TextRange::of),
+                user_agent: agent.map(TextRange::of),
+                rpc_service: rpc
+                    .as_ref()
+                    .map(|(service, _)| TextRange::of(service.clone())),
+                rpc_method: rpc.map(|(_, method)| TextRange::of(method)),
+                url_full: url.map(TextRange::of),
+                trace_state: trace_state.map(TextRange::of),
             }
         };
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
@@ -225,23 +359,70 @@ impl RequestText {
         })
     }
 
+    fn str(&self, range: TextRange) -> &str {
+        self.text
+            .get(range.start as usize..range.end as usize)
+            .unwrap_or_default()
+    }
+
+    /// A range of the text as an attribute value of a span named by this text.
+    fn attr(&self, range: TextRange) -> AttrValue {
+        AttrValue::Text {
+            start: range.start,
+            end: range.end,
+        }
+    }
+
+    fn shared(&self, range: TextRange) -> SharedStr {
+        SharedStr::from_parts(self.text.clone(), range.start, range.end)
+    }
+
+    /// The span name.
+    pub fn name(&self) -> SharedStr {
+        self.shared(self.name)
+    }
+
+    /// The W3C `tracestate` the request's spans record.
+    pub fn trace_state(&self) -> Option<SharedStr> {
+        self.trace_state.map(|r| self.shared(r))
+    }
+
+    #[cfg(test)]
+    pub fn path(&self) -> &str {
+        self.str(self.path)
+    }
+
+    #[cfg(test)]
+    pub fn host(&self) -> Option<&str> {
+        self.host.map(|r| self.str(r))
+    }
+
+    #[cfg(test)]
+    pub fn user_agent(&self) -> Option<&str> {
+        self.user_agent.map(|r| self.str(r))
+    }
+
+    #[cfg(test)]
+    pub fn url_full(&self) -> Option<&str> {
+        self.url_full.map(|r| self.str(r))
+    }
+
     /// `value` as an attribute value: a slice of this text when it is one of its strings (the
     /// CLIENT span usually records what the SERVER span did), else a copy.
     pub fn value(&self, value: &str) -> AttrValue {
         [
-            Some(&self.host),
-            Some(&self.user_agent),
-            Some(&self.rpc_service),
-            Some(&self.rpc_method),
+            self.host,
+            self.user_agent,
+            self.rpc_service,
+            self.rpc_method,
+            Some(self.path),
         ]
         .into_iter()
         .flatten()
-        .flatten()
-        .chain(std::iter::once(&self.path))
-        .find(|known| known.as_str() == value)
+        .find(|known| self.str(*known) == value)
         .map_or_else(
             || AttrValue::String(value.to_owned()),
-            |known| AttrValue::Shared(known.clone()),
+            |known| self.attr(known),
         )
     }
 }
@@ -279,6 +460,7 @@ fn push_peer(attrs: &mut Attributes, peer: SocketAddr) {
 fn push_common(
     attrs: &mut Attributes,
     req: &Parts,
+    headers: &RequestHeaders<'_>,
     conn: Option<&ConnMeta>,
     grpc: bool,
     text: &RequestText,
@@ -291,7 +473,7 @@ fn push_common(
         NETWORK_PROTOCOL_VERSION,
         AttrValue::Static(protocol_version(req.version)),
     ));
-    if let Some(agent) = user_agent(req) {
+    if let Some(agent) = headers.user_agent() {
         attrs.push((USER_AGENT_ORIGINAL, text.value(agent)));
     }
     if grpc {
@@ -309,28 +491,23 @@ fn capacity(base: usize, grpc: bool) -> usize {
     base + if grpc { 4 } else { 0 }
 }
 
-/// Attributes of the SERVER span known when the request arrives. `authority` is
-/// [`target_authority`] of `req`.
+/// Attributes of the SERVER span known when the request arrives. `target` is where the
+/// request was [`addressed`].
 pub fn server(
     req: &Parts,
+    headers: &RequestHeaders<'_>,
     conn: Option<&ConnMeta>,
     grpc: bool,
-    authority: Option<&Authority>,
+    target: Option<Target<'_>>,
     text: &RequestText,
 ) -> Attributes {
     let mut attrs = attributes_with_capacity(capacity(16, grpc));
-    push_common(&mut attrs, req, conn, grpc, text);
+    push_common(&mut attrs, req, headers, conn, grpc, text);
     let scheme = scheme(req);
-    attrs.push((URL_PATH, AttrValue::Shared(text.path.clone())));
+    attrs.push((URL_PATH, text.attr(text.path)));
     attrs.push((URL_SCHEME, AttrValue::Static(scheme)));
     let fallback = conn.map(|c| c.orig_dst.unwrap_or(c.local_addr));
-    push_server_target(
-        &mut attrs,
-        authority.map(Target::of),
-        text,
-        fallback,
-        scheme,
-    );
+    push_server_target(&mut attrs, target, text, fallback, scheme);
     if let Some(conn) = conn {
         attrs.push((CLIENT_ADDRESS, AttrValue::Ip(conn.client_addr.ip())));
         push_peer(&mut attrs, conn.client_addr);
@@ -339,19 +516,20 @@ pub fn server(
 }
 
 /// Attributes of the CLIENT span known when the request is forwarded. `known` is the
-/// authority the SERVER span parsed, if any (see [`target_authority`]).
+/// authority the SERVER span parsed, if any (see [`addressed`]).
 pub fn client(
     req: &Parts,
+    headers: &RequestHeaders<'_>,
     conn: Option<&ConnMeta>,
     grpc: bool,
     known: Option<&Authority>,
     text: &RequestText,
 ) -> Attributes {
     let mut attrs = attributes_with_capacity(capacity(14, grpc));
-    push_common(&mut attrs, req, conn, grpc, text);
+    push_common(&mut attrs, req, headers, conn, grpc, text);
     let scheme = scheme(req);
-    let authority = target_authority(req, known);
-    let target = authority.as_deref().map(Target::of);
+    let authority = addressed(req, headers.host, known);
+    let target = authority.as_ref().map(Addressed::target);
     let orig_dst = conn.and_then(|c| c.orig_dst);
     let url = SCRATCH.with(|scratch| {
         let mut scratch = scratch.try_borrow_mut().ok()?;
@@ -359,8 +537,8 @@ pub fn client(
         if !push_url_full(&mut scratch, scheme, target, orig_dst, req.uri.path()) {
             return Some(None);
         }
-        Some(Some(match &text.url_full {
-            Some(known) if known.as_str() == scratch.as_str() => AttrValue::Shared(known.clone()),
+        Some(Some(match text.url_full {
+            Some(known) if text.str(known) == scratch.as_str() => text.attr(known),
             _ => AttrValue::String(scratch.clone()),
         }))
     });
@@ -434,41 +612,62 @@ mod tests {
         let value = attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)?;
         Some(match value {
             AttrValue::Static(_) | AttrValue::Int(_) | AttrValue::Bool(_) => value.clone(),
-            text => AttrValue::String(text.to_text()?.into_owned()),
+            AttrValue::Text { .. } => panic!("{key}: unresolved text; use `resolved`"),
+            text => AttrValue::String(text.to_text(&SharedStr::from(""))?.into_owned()),
         })
+    }
+
+    /// `attrs` with their request-text ranges turned into the strings they are in `text`.
+    fn resolved(mut attrs: Attributes, text: &RequestText) -> Attributes {
+        let name = text.name();
+        for (_, value) in &mut attrs {
+            if let AttrValue::Text { .. } = value {
+                let resolved = value.to_text(&name).map(|t| t.into_owned());
+                *value = AttrValue::String(resolved.unwrap_or_default());
+            }
+        }
+        attrs
     }
 
     /// SERVER attributes as the layer computes them.
     fn server_of(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
+        let headers = RequestHeaders::of(&req.headers);
         let authority = target_authority(req, None);
+        let target = authority.as_ref().map(Addressed::target);
         let orig_dst = conn.and_then(|c| c.orig_dst);
         let text = RequestText::new(
             SpanNaming::Template,
             req,
-            authority.as_deref(),
+            &headers,
+            target,
             orig_dst,
             grpc,
+            None,
         );
-        server(req, conn, grpc, authority.as_deref(), &text)
+        resolved(server(req, &headers, conn, grpc, target, &text), &text)
     }
 
     /// CLIENT attributes as the layer computes them, for a request the SERVER layer saw the
     /// same way.
     fn client_of(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
+        let headers = RequestHeaders::of(&req.headers);
         let authority = target_authority(req, None);
+        let target = authority.as_ref().map(Addressed::target);
         let orig_dst = conn.and_then(|c| c.orig_dst);
         let text = RequestText::new(
             SpanNaming::Template,
             req,
-            authority.as_deref(),
+            &headers,
+            target,
             orig_dst,
             grpc,
+            None,
         );
-        let known = match authority {
-            Some(Cow::Owned(parsed)) => Some(parsed),
-            _ => None,
-        };
-        client(req, conn, grpc, known.as_ref(), &text)
+        let known = authority.and_then(Addressed::into_parsed);
+        resolved(
+            client(req, &headers, conn, grpc, known.as_ref(), &text),
+            &text,
+        )
     }
 
     fn s(v: &str) -> AttrValue {
@@ -618,37 +817,54 @@ mod tests {
             .unwrap()
             .into_parts()
             .0;
+        let headers = RequestHeaders::of(&req.headers);
         let authority = target_authority(&req, None);
-        assert!(matches!(authority, Some(Cow::Owned(_))));
+        assert!(matches!(authority, Some(Addressed::Plain("svc.ns:8080"))));
+        let target = authority.as_ref().map(Addressed::target);
         let text = RequestText::new(
             SpanNaming::Template,
             &req,
-            authority.as_deref(),
+            &headers,
+            target,
             conn.orig_dst,
             false,
+            Some("k=v"),
         );
-        assert_eq!(text.name, "GET /orders/{id}");
-        assert_eq!(text.path, "/orders/7");
-        assert_eq!(text.host.as_ref().unwrap(), "svc.ns");
-        assert_eq!(text.user_agent.as_ref().unwrap(), "curl/8");
-        let known = authority.map(Cow::into_owned);
-        // The CLIENT layer reuses the parsed Host header and the request's strings.
+        assert_eq!(text.trace_state().as_deref(), Some("k=v"));
+        assert_eq!(text.name(), "GET /orders/{id}");
+        assert_eq!(text.path(), "/orders/7");
+        assert_eq!(text.host().unwrap(), "svc.ns");
+        assert_eq!(text.user_agent().unwrap(), "curl/8");
+        // The CLIENT layer reuses the request's strings.
+        let known = authority.and_then(Addressed::into_parsed);
+        assert!(known.is_none(), "a plain Host header is not parsed");
+        // Any other Host header is parsed once, by the SERVER layer, and reused.
+        let mut bracketed = req.clone();
+        bracketed
+            .headers
+            .insert(HOST, "[::1]:8080".parse().unwrap());
+        let parsed = target_authority(&bracketed, None).and_then(Addressed::into_parsed);
+        assert_eq!(parsed.as_ref().map(Authority::as_str), Some("[::1]:8080"));
         assert!(matches!(
-            target_authority(&req, known.as_ref()),
-            Some(Cow::Borrowed(_))
+            target_authority(&bracketed, parsed.as_ref()),
+            Some(Addressed::Borrowed(known)) if std::ptr::eq(known, parsed.as_ref().unwrap())
         ));
-        let attrs = client(&req, Some(&conn), false, known.as_ref(), &text);
-        assert_eq!(
-            text.url_full.as_ref().unwrap(),
-            "http://svc.ns:8080/orders/7"
-        );
+        let attrs = client(&req, &headers, Some(&conn), false, known.as_ref(), &text);
+        assert_eq!(text.url_full().unwrap(), "http://svc.ns:8080/orders/7");
         for key in [SERVER_ADDRESS, USER_AGENT_ORIGINAL, URL_FULL] {
             let value = attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
             assert!(
-                matches!(value, Some(AttrValue::Shared(_))),
+                matches!(value, Some(AttrValue::Text { .. })),
                 "{key}: {value:?}"
             );
         }
+        let attrs = resolved(attrs, &text);
+        assert_eq!(get(&attrs, SERVER_ADDRESS), Some(s("svc.ns")));
+        assert_eq!(get(&attrs, USER_AGENT_ORIGINAL), Some(s("curl/8")));
+        assert_eq!(
+            get(&attrs, URL_FULL),
+            Some(s("http://svc.ns:8080/orders/7"))
+        );
 
         // A request changed between the layers is recorded as forwarded.
         let mut forwarded = req.clone();
@@ -658,7 +874,18 @@ mod tests {
         forwarded
             .headers
             .insert(USER_AGENT, "proxy/2".parse().unwrap());
-        let attrs = client(&forwarded, Some(&conn), false, known.as_ref(), &text);
+        let headers = RequestHeaders::of(&forwarded.headers);
+        let attrs = resolved(
+            client(
+                &forwarded,
+                &headers,
+                Some(&conn),
+                false,
+                known.as_ref(),
+                &text,
+            ),
+            &text,
+        );
         assert_eq!(get(&attrs, SERVER_ADDRESS), Some(s("other.ns")));
         assert_eq!(get(&attrs, SERVER_PORT), Some(AttrValue::Int(9090)));
         assert_eq!(get(&attrs, USER_AGENT_ORIGINAL), Some(s("proxy/2")));
@@ -679,11 +906,35 @@ mod tests {
             "svc:0",
             "svc:65535",
             "svc:99999",
+            "svc:",
+            "svc:08080",
             "10.0.0.1:443",
+            "-.a-b.",
+            "a..b:1",
+            "Svc.NS:80",
+            "svc.ns:80:81",
+            "svc ns",
+            "svc%41",
+            "",
         ] {
+            // A plain Host header is read in place exactly as the http crate would split it.
+            let plain = plain_host(text.as_bytes());
             let Ok(authority) = Authority::try_from(text) else {
+                assert_eq!(plain, None, "{text} is not an authority");
                 continue;
             };
+            if let Some(plain) = plain {
+                assert_eq!(plain, text);
+                let target = Target::of_plain(plain);
+                assert_eq!(target.host, authority.host(), "{text}");
+                assert_eq!(
+                    target.port.map(|(s, n)| (s.to_owned(), n)),
+                    authority
+                        .port()
+                        .map(|p| (p.as_str().to_owned(), p.as_u16())),
+                    "{text}"
+                );
+            }
             let target = Target::of(&authority);
             assert_eq!(target.host, authority.host(), "{text}");
             assert_eq!(

@@ -102,6 +102,9 @@ where
         if let Tap::Pass = this.tap {
             return this.inner.poll_frame(cx);
         }
+        if let Tap::FinishSpan(_) = this.tap {
+            super::clock::start_body_poll();
+        }
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match this.tap {
             Tap::Pass => {}
@@ -123,11 +126,11 @@ where
                             }
                         }
                         if this.inner.is_end_stream() {
-                            guard.finish(End::Complete);
+                            guard.finish_body();
                         }
                     }
                     Some(Err(_)) => guard.finish(End::BodyError),
-                    None => guard.finish(End::Complete),
+                    None => guard.finish_body(),
                 }
                 if guard.is_finished() {
                     *this.tap = Tap::Pass;

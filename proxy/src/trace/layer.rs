@@ -1,7 +1,6 @@
 //! The two tower layers: SERVER span around everything the proxy does for a request, CLIENT
 //! span around the forwarded request.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use tower::{Layer, Service};
 use crate::meta::{ConnMeta, ErrorType};
 use crate::span::SpanKind;
 
-use super::attributes::{self, RequestText};
+use super::attributes::{self, Addressed, RequestHeaders, RequestText};
 use super::body::TracedBody;
 use super::context::{HopContext, Recording};
 use super::propagation::{self, Outgoing, FLAG_RANDOM, FLAG_SAMPLED, TRACERESPONSE};
@@ -61,9 +60,8 @@ struct ServerStart {
 }
 
 impl Shared {
-    /// Removes the sample header; its rate if it is a number.
-    fn take_sample_rate(&self, parts: &mut Parts) -> Option<f64> {
-        let value = parts.headers.remove(&self.sample_header)?;
+    /// The sample header's rate if it is a number (counted when it is not).
+    fn sample_rate_of(&self, value: &HeaderValue) -> Option<f64> {
         let rate = sampling::parse_rate(value.as_bytes());
         if rate.is_none() {
             self.metrics.sample_header_invalid.inc();
@@ -73,8 +71,11 @@ impl Shared {
     }
 
     fn begin_server(self: &Arc<Self>, parts: &mut Parts) -> ServerStart {
-        let forced_rate = self.take_sample_rate(parts);
-        let incoming = propagation::extract(&parts.headers);
+        // One pass over the headers finds the sample header and every propagation header.
+        let found = propagation::Found::scan(&parts.headers, Some(&self.sample_header));
+        let sample = found.sample().map(|value| self.sample_rate_of(value));
+        let incoming = found.extract();
+        let forced_rate = sample.flatten();
         let (trace_id, parent_span_id, random, trace_state, trace_id_64) = match incoming.parent {
             Some(parent) => (
                 parent.trace_id,
@@ -105,37 +106,39 @@ impl Shared {
 
         let (guard, recording) = if decision.sampled && self.sink.is_enabled() {
             let conn = parts.extensions.get::<Arc<ConnMeta>>().map(Arc::as_ref);
-            let grpc = attributes::is_grpc(&parts.headers);
-            let authority = attributes::target_authority(parts, None);
+            let headers = RequestHeaders {
+                host: found.host(),
+                user_agent: found.user_agent(),
+                content_type: found.content_type(),
+            };
+            let grpc = headers.is_grpc();
+            let addressed = attributes::addressed(parts, headers.host, None);
+            let target = addressed.as_ref().map(Addressed::target);
             let text = RequestText::new(
                 self.naming,
                 parts,
-                authority.as_deref(),
+                &headers,
+                target,
                 conn.and_then(|c| c.orig_dst),
                 grpc,
+                trace_state.as_ref().and_then(|s| s.to_str().ok()),
             );
-            let attrs = attributes::server(parts, conn, grpc, authority.as_deref(), &text);
-            let host_header = match authority {
-                Some(Cow::Owned(parsed)) => Some(parsed),
-                _ => None,
-            };
-            let recording = Recording::new(text, host_header);
+            let span_trace_state = text.trace_state();
+            let attrs = attributes::server(parts, &headers, conn, grpc, target, &text);
+            let host_header = addressed.and_then(Addressed::into_parsed);
+            let recording = Recording::new(text, host_header, self.clone());
             let span = PendingSpan::new(
                 SpanStart {
                     kind: SpanKind::Server,
                     trace_id,
                     span_id: server_span_id,
                     parent_span_id,
-                    trace_state: trace_state
-                        .as_ref()
-                        .and_then(|s| s.to_str().ok())
-                        .map(str::to_owned),
+                    trace_state: span_trace_state,
                     flags,
                     grpc,
                     fallback_peer: None,
                 },
                 attrs,
-                self.clone(),
                 recording.clone(),
             );
             (Some(SpanGuard::new(span)), Some(recording))
@@ -143,6 +146,10 @@ impl Shared {
             (None, None)
         };
 
+        if sample.is_some() {
+            // The proxy that applies the sample header removes it.
+            parts.headers.remove(&self.sample_header);
+        }
         parts.extensions.insert(HopContext {
             trace_id,
             server_span_id,
@@ -266,7 +273,43 @@ impl Shared {
     fn begin_client(self: &Arc<Self>, parts: &mut Parts) -> Option<SpanGuard> {
         let hop = parts.extensions.get::<HopContext>()?;
         let client_span_id = ids::new_span_id();
-        propagation::inject(
+        // One pass over the headers finds the propagation headers to replace and the ones the
+        // attributes read.
+        let found = propagation::Found::scan(&parts.headers, None);
+        let present = found.present();
+        let guard = hop.recording.as_ref().map(|recording| {
+            let headers = RequestHeaders {
+                host: found.host(),
+                user_agent: found.user_agent(),
+                content_type: found.content_type(),
+            };
+            let conn = parts.extensions.get::<Arc<ConnMeta>>().map(Arc::as_ref);
+            let grpc = headers.is_grpc();
+            let span = PendingSpan::new(
+                SpanStart {
+                    kind: SpanKind::Client,
+                    trace_id: hop.trace_id,
+                    span_id: client_span_id,
+                    parent_span_id: Some(hop.server_span_id),
+                    // The SERVER span's, which the hop context carries.
+                    trace_state: recording.text.trace_state(),
+                    flags: hop.flags,
+                    grpc,
+                    fallback_peer: conn.and_then(|c| c.orig_dst),
+                },
+                attributes::client(
+                    parts,
+                    &headers,
+                    conn,
+                    grpc,
+                    recording.authority.as_ref(),
+                    &recording.text,
+                ),
+                recording.clone(),
+            );
+            SpanGuard::new(span)
+        });
+        propagation::inject_into(
             &mut parts.headers,
             &Outgoing {
                 trace_id: &hop.trace_id,
@@ -279,36 +322,9 @@ impl Shared {
                 tracecontext: true,
                 b3: hop.b3,
             },
+            present,
         );
-        let recording = hop.recording.as_ref()?;
-        let conn = parts.extensions.get::<Arc<ConnMeta>>().map(Arc::as_ref);
-        let grpc = attributes::is_grpc(&parts.headers);
-        let span = PendingSpan::new(
-            SpanStart {
-                kind: SpanKind::Client,
-                trace_id: hop.trace_id,
-                span_id: client_span_id,
-                parent_span_id: Some(hop.server_span_id),
-                trace_state: hop
-                    .trace_state
-                    .as_ref()
-                    .and_then(|s| s.to_str().ok())
-                    .map(str::to_owned),
-                flags: hop.flags,
-                grpc,
-                fallback_peer: conn.and_then(|c| c.orig_dst),
-            },
-            attributes::client(
-                parts,
-                conn,
-                grpc,
-                recording.authority.as_ref(),
-                &recording.text,
-            ),
-            self.clone(),
-            recording.clone(),
-        );
-        Some(SpanGuard::new(span))
+        guard
     }
 }
 

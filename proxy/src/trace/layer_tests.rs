@@ -291,7 +291,7 @@ async fn next_seen(upstream: &mut Upstream) -> Seen {
 async fn spans(queue: &mut SpanQueue, n: usize) -> Vec<SpanRecord> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let span = tokio::time::timeout(WAIT, queue.rx.recv())
+        let span = tokio::time::timeout(WAIT, queue.recv())
             .await
             .expect("span in time")
             .expect("sink open");
@@ -322,7 +322,7 @@ fn int(span: &SpanRecord, key: &str) -> Option<i64> {
 
 /// A string attribute as exported, whatever its representation in the record.
 fn text(span: &SpanRecord, key: &str) -> Option<String> {
-    attr(span, key)?.to_text().map(|t| t.into_owned())
+    span.text_of(attr(span, key)?).map(|t| t.into_owned())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -978,7 +978,7 @@ mod unit {
 
     #[tokio::test]
     async fn client_layer_without_context_forwards_as_is() {
-        let (sink, mut queue) = SpanSink::bounded(8);
+        let (sink, queue) = SpanSink::bounded(8);
         let tracer = Tracer::new(&args(1.0), sink);
         let svc = tracer.client_layer().layer(tower::service_fn(
             |req: Request<Empty<Bytes>>| async move {
@@ -1034,7 +1034,7 @@ mod unit {
 
     #[tokio::test]
     async fn bodies_pass_trailers_and_hints_through_and_record_grpc_ok() {
-        let (sink, mut queue) = SpanSink::bounded(8);
+        let (sink, queue) = SpanSink::bounded(8);
         let tracer = Tracer::new(&args(1.0), sink);
         let inner = tracer.client_layer().layer(tower::service_fn(
             |_req: Request<TracedBody<Empty<Bytes>>>| async move {
@@ -1056,7 +1056,7 @@ mod unit {
         let collected = body.collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
         for _ in 0..2 {
-            let span = queue.rx.recv().await.unwrap();
+            let span = queue.recv().await.unwrap();
             assert_eq!(int(&span, "rpc.grpc.status_code"), Some(0));
             assert_eq!(int(&span, "http.response.body.size"), Some(3));
             assert_eq!(span.status, SpanStatus::Unset);
@@ -1072,7 +1072,7 @@ mod unit {
 
     #[tokio::test]
     async fn dropped_response_future_ends_spans_as_cancelled() {
-        let (sink, mut queue) = SpanSink::bounded(8);
+        let (sink, queue) = SpanSink::bounded(8);
         let tracer = Tracer::new(&args(1.0), sink);
         let inner = tracer.client_layer().layer(tower::service_fn(
             |_req: Request<TracedBody<Empty<Bytes>>>| async move {
@@ -1085,7 +1085,7 @@ mod unit {
         let fut = svc.ready().await.unwrap().call(req);
         drop(fut);
         for _ in 0..2 {
-            let span = queue.rx.recv().await.unwrap();
+            let span = queue.recv().await.unwrap();
             assert_eq!(text(&span, "error.type").as_deref(), Some("cancelled"));
             assert_eq!(int(&span, "http.response.status_code"), None);
         }

@@ -16,7 +16,6 @@ use crate::span::{AttrValue, SpanKind, SpanRecord, SpanStatus};
 use super::attributes::{self as attr, Attributes};
 use super::clock;
 use super::context::Recording;
-use super::Shared;
 
 /// Response header set by the data path's error mapping on proxy-generated responses.
 pub const PROXY_ERROR: http::HeaderName = http::HeaderName::from_static("meshtrace-proxy-error");
@@ -45,7 +44,6 @@ pub enum End {
 #[derive(Debug)]
 pub struct PendingSpan {
     record: SpanRecord,
-    shared: Arc<Shared>,
     request: Arc<Recording>,
     response_body_bytes: u64,
     status_code: Option<StatusCode>,
@@ -63,7 +61,7 @@ pub struct SpanStart {
     pub trace_id: crate::span::TraceId,
     pub span_id: crate::span::SpanId,
     pub parent_span_id: Option<crate::span::SpanId>,
-    pub trace_state: Option<String>,
+    pub trace_state: Option<crate::span::SharedStr>,
     pub flags: u8,
     pub grpc: bool,
     pub fallback_peer: Option<SocketAddr>,
@@ -73,7 +71,6 @@ impl PendingSpan {
     pub fn new(
         start: SpanStart,
         attributes: Attributes,
-        shared: Arc<Shared>,
         request: Arc<Recording>,
     ) -> Box<PendingSpan> {
         Box::new(PendingSpan {
@@ -84,13 +81,12 @@ impl PendingSpan {
                 trace_state: start.trace_state,
                 flags: start.flags,
                 kind: start.kind,
-                name: request.text.name.clone(),
+                name: request.text.name(),
                 start_unix_nanos: clock::now_unix_nanos(),
                 end_unix_nanos: 0,
                 status: SpanStatus::Unset,
                 attributes,
             },
-            shared,
             request,
             response_body_bytes: 0,
             status_code: None,
@@ -148,9 +144,20 @@ impl PendingSpan {
 
     /// Completes the record and hands it to the sink.
     pub fn finish(self: Box<Self>, end: End) {
+        let at = clock::now_unix_nanos();
+        self.finish_at(end, at);
+    }
+
+    /// [`PendingSpan::finish`] as the response body ends, in a body poll (see
+    /// [`clock::body_end`]).
+    pub fn finish_body(self: Box<Self>) {
+        let at = clock::body_end(Arc::as_ptr(&self.request) as usize);
+        self.finish_at(End::Complete, at);
+    }
+
+    fn finish_at(self: Box<Self>, end: End, end_unix_nanos: u64) {
         let PendingSpan {
             mut record,
-            shared,
             request,
             response_body_bytes,
             status_code,
@@ -160,7 +167,7 @@ impl PendingSpan {
             peer_recorded,
             ..
         } = *self;
-        record.end_unix_nanos = clock::now_unix_nanos().max(record.start_unix_nanos);
+        record.end_unix_nanos = end_unix_nanos.max(record.start_unix_nanos);
         let attrs = &mut record.attributes;
         if !peer_recorded {
             if let Some(peer) = fallback_peer {
@@ -225,7 +232,7 @@ impl PendingSpan {
             }
             record.status = SpanStatus::Error(description);
         }
-        shared.send(record);
+        request.shared.send(record);
     }
 }
 
@@ -245,6 +252,13 @@ impl SpanGuard {
     pub fn finish(&mut self, end: End) {
         if let Some(span) = self.0.take() {
             span.finish(end);
+        }
+    }
+
+    /// Finishes the span as complete because its response body ended, in a body poll.
+    pub fn finish_body(&mut self) {
+        if let Some(span) = self.0.take() {
+            span.finish_body();
         }
     }
 

@@ -91,14 +91,35 @@ pub fn parse_single(src: &[u8]) -> Option<B3Context> {
 
 /// Reads the `x-b3-*` headers; `None` when none is present, one repeats or one is invalid.
 pub fn extract_multi(headers: &HeaderMap) -> Option<B3Context> {
-    fn get<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a [u8]>, ()> {
-        single_value(headers, name).map(|v| v.map(HeaderValue::as_bytes))
+    let get = |name: &HeaderName| single_value(headers, name);
+    multi_of(&MultiValues {
+        trace: get(&X_B3_TRACEID),
+        span: get(&X_B3_SPANID),
+        parent: get(&X_B3_PARENTSPANID),
+        sampled: get(&X_B3_SAMPLED),
+        flags: get(&X_B3_FLAGS),
+    })
+}
+
+/// The `x-b3-*` header values of a request: `Err` for a header that repeats.
+pub(crate) struct MultiValues<'a> {
+    pub trace: Result<Option<&'a HeaderValue>, ()>,
+    pub span: Result<Option<&'a HeaderValue>, ()>,
+    pub parent: Result<Option<&'a HeaderValue>, ()>,
+    pub sampled: Result<Option<&'a HeaderValue>, ()>,
+    pub flags: Result<Option<&'a HeaderValue>, ()>,
+}
+
+/// [`extract_multi`] from the values already found.
+pub(crate) fn multi_of(values: &MultiValues<'_>) -> Option<B3Context> {
+    fn bytes(value: Result<Option<&HeaderValue>, ()>) -> Option<Option<&[u8]>> {
+        value.ok().map(|v| v.map(HeaderValue::as_bytes))
     }
-    let trace = get(headers, &X_B3_TRACEID).ok()?;
-    let span = get(headers, &X_B3_SPANID).ok()?;
-    let parent = get(headers, &X_B3_PARENTSPANID).ok()?;
-    let sampled = get(headers, &X_B3_SAMPLED).ok()?;
-    let flags = get(headers, &X_B3_FLAGS).ok()?;
+    let trace = bytes(values.trace)?;
+    let span = bytes(values.span)?;
+    let parent = bytes(values.parent)?;
+    let sampled = bytes(values.sampled)?;
+    let flags = bytes(values.flags)?;
     let ids = match (trace, span) {
         (Some(trace), Some(span)) => {
             let (trace_id, trace_id_64) = parse_trace_id(trace)?;

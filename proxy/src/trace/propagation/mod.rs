@@ -86,70 +86,255 @@ pub struct Extracted {
     pub b3_arrived: B3Forms,
 }
 
-/// Reads the incoming context: the first valid of W3C, B3 single, B3 multi.
-pub fn extract(headers: &HeaderMap) -> Extracted {
-    let b3_arrived = b3::arrived(headers);
-    if let Some(parent) = w3c::extract(headers) {
-        return Extracted {
-            format: Some(Format::TraceContext),
-            sampled: Some(parent.flags & FLAG_SAMPLED != 0),
-            parent: Some(RemoteParent {
-                trace_id: parent.trace_id,
-                span_id: parent.parent_id,
-                random: parent.flags & FLAG_RANDOM != 0,
-                trace_state: w3c::extract_tracestate(headers),
-                trace_id_64: b3_has_64_bit_id(headers, b3_arrived, &parent.trace_id),
-            }),
-            debug: false,
-            b3_arrived,
-        };
-    }
-    let from_b3 = if b3_arrived.single {
-        b3::extract_single(headers).map(|ctx| (Format::B3Single, ctx))
-    } else {
-        None
-    };
-    let from_b3 = from_b3.or_else(|| {
-        if b3_arrived.multi {
-            b3::extract_multi(headers).map(|ctx| (Format::B3Multi, ctx))
+/// One header's values as a scan of the request's headers saw them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen<'a> {
+    first: Option<&'a HeaderValue>,
+    repeated: bool,
+}
+
+impl<'a> Seen<'a> {
+    fn add(&mut self, value: &'a HeaderValue) {
+        if self.first.is_none() {
+            self.first = Some(value);
         } else {
-            None
+            self.repeated = true;
         }
-    });
-    match from_b3 {
-        Some((format, ctx)) => Extracted {
-            format: Some(format),
-            parent: ctx.ids.map(|ids| RemoteParent {
-                trace_id: ids.trace_id,
-                span_id: ids.span_id,
-                random: false,
-                trace_state: None,
-                trace_id_64: ids.trace_id_64,
-            }),
-            sampled: ctx.sampled,
-            debug: ctx.debug,
-            b3_arrived,
-        },
-        None => Extracted {
-            b3_arrived,
-            ..Extracted::default()
-        },
+    }
+
+    fn present(&self) -> bool {
+        self.first.is_some()
+    }
+
+    /// The only value of a header that must not repeat: `Err` when it repeats.
+    fn single(&self) -> Result<Option<&'a HeaderValue>, ()> {
+        if self.repeated {
+            Err(())
+        } else {
+            Ok(self.first)
+        }
     }
 }
 
-/// Whether B3 headers next to a valid `traceparent` carry the same trace id as a 64-bit id, as
-/// a previous meshtrace hop writes them for a 64-bit B3 trace: B3 output then stays 64-bit
-/// across every hop instead of only the first. Only looked at when the W3C id is zero-padded.
-fn b3_has_64_bit_id(headers: &HeaderMap, b3_arrived: B3Forms, trace_id: &TraceId) -> bool {
-    if trace_id[..8] != [0; 8] || !b3_arrived.any() {
-        return false;
+/// The propagation headers of a request, found in one pass over its headers. A request carries
+/// a handful of headers; visiting each once costs less than a hash lookup per propagation
+/// header name (nine of them, most absent).
+#[derive(Debug)]
+pub struct Found<'a> {
+    headers: &'a HeaderMap,
+    traceparent: Seen<'a>,
+    tracestate: Seen<'a>,
+    b3: Seen<'a>,
+    x_b3_traceid: Seen<'a>,
+    x_b3_spanid: Seen<'a>,
+    x_b3_parentspanid: Seen<'a>,
+    x_b3_sampled: Seen<'a>,
+    x_b3_flags: Seen<'a>,
+    /// The first value of the sample header the scan was asked to look for.
+    sample: Option<&'a HeaderValue>,
+    /// Headers the span attributes read, found on the way (first values).
+    host: Option<&'a HeaderValue>,
+    user_agent: Option<&'a HeaderValue>,
+    content_type: Option<&'a HeaderValue>,
+}
+
+impl<'a> Found<'a> {
+    /// Scans `headers` for every propagation header and `sample_header`. A header named like
+    /// the sample header is only that (the proxy removes it before reading propagation).
+    pub fn scan(headers: &'a HeaderMap, sample_header: Option<&HeaderName>) -> Found<'a> {
+        let mut found = Found {
+            headers,
+            traceparent: Seen::default(),
+            tracestate: Seen::default(),
+            b3: Seen::default(),
+            x_b3_traceid: Seen::default(),
+            x_b3_spanid: Seen::default(),
+            x_b3_parentspanid: Seen::default(),
+            x_b3_sampled: Seen::default(),
+            x_b3_flags: Seen::default(),
+            sample: None,
+            host: None,
+            user_agent: None,
+            content_type: None,
+        };
+        for (name, value) in headers {
+            if sample_header == Some(name) {
+                found.sample.get_or_insert(value);
+                continue;
+            }
+            let seen = match name.as_str() {
+                "traceparent" => &mut found.traceparent,
+                "tracestate" => &mut found.tracestate,
+                "b3" => &mut found.b3,
+                "x-b3-traceid" => &mut found.x_b3_traceid,
+                "x-b3-spanid" => &mut found.x_b3_spanid,
+                "x-b3-parentspanid" => &mut found.x_b3_parentspanid,
+                "x-b3-sampled" => &mut found.x_b3_sampled,
+                "x-b3-flags" => &mut found.x_b3_flags,
+                "host" => {
+                    found.host.get_or_insert(value);
+                    continue;
+                }
+                "user-agent" => {
+                    found.user_agent.get_or_insert(value);
+                    continue;
+                }
+                "content-type" => {
+                    found.content_type.get_or_insert(value);
+                    continue;
+                }
+                _ => continue,
+            };
+            seen.add(value);
+        }
+        found
     }
-    let same_64_bit = |ctx: Option<b3::B3Context>| {
-        ctx.and_then(|ctx| ctx.ids)
-            .is_some_and(|ids| ids.trace_id_64 && ids.trace_id == *trace_id)
-    };
-    (b3_arrived.single && same_64_bit(b3::extract_single(headers)))
-        || (b3_arrived.multi && same_64_bit(b3::extract_multi(headers)))
+
+    /// The first value of the sample header, if the scan looked for it and it is there.
+    pub fn sample(&self) -> Option<&'a HeaderValue> {
+        self.sample
+    }
+
+    /// The first `Host`, `User-Agent` and `Content-Type` values.
+    pub fn host(&self) -> Option<&'a HeaderValue> {
+        self.host
+    }
+
+    pub fn user_agent(&self) -> Option<&'a HeaderValue> {
+        self.user_agent
+    }
+
+    pub fn content_type(&self) -> Option<&'a HeaderValue> {
+        self.content_type
+    }
+
+    /// Which propagation headers are present, one bit per name of [`ALL`].
+    pub fn present(&self) -> Present {
+        Present(
+            [
+                self.traceparent,
+                self.tracestate,
+                self.b3,
+                self.x_b3_traceid,
+                self.x_b3_spanid,
+                self.x_b3_parentspanid,
+                self.x_b3_sampled,
+                self.x_b3_flags,
+            ]
+            .iter()
+            .enumerate()
+            .fold(0, |bits, (i, seen)| bits | u8::from(seen.present()) << i),
+        )
+    }
+
+    /// Which B3 forms are present, valid or not.
+    pub fn b3_arrived(&self) -> B3Forms {
+        B3Forms {
+            single: self.b3.present(),
+            multi: self.x_b3_traceid.present()
+                || self.x_b3_spanid.present()
+                || self.x_b3_parentspanid.present()
+                || self.x_b3_sampled.present()
+                || self.x_b3_flags.present(),
+        }
+    }
+
+    fn b3_single(&self) -> Option<b3::B3Context> {
+        b3::parse_single(self.b3.single().ok()??.as_bytes())
+    }
+
+    fn b3_multi(&self) -> Option<b3::B3Context> {
+        b3::multi_of(&b3::MultiValues {
+            trace: self.x_b3_traceid.single(),
+            span: self.x_b3_spanid.single(),
+            parent: self.x_b3_parentspanid.single(),
+            sampled: self.x_b3_sampled.single(),
+            flags: self.x_b3_flags.single(),
+        })
+    }
+
+    fn tracestate(&self) -> Option<HeaderValue> {
+        let first = self.tracestate.first?;
+        w3c::tracestate_of(
+            first,
+            self.tracestate
+                .repeated
+                .then(|| self.headers.get_all(TRACESTATE)),
+        )
+    }
+
+    /// Reads the incoming context: the first valid of W3C, B3 single, B3 multi.
+    pub fn extract(&self) -> Extracted {
+        let b3_arrived = self.b3_arrived();
+        let traceparent = self.traceparent.single().ok().flatten();
+        if let Some(parent) = traceparent.and_then(|v| w3c::parse_traceparent(v.as_bytes())) {
+            return Extracted {
+                format: Some(Format::TraceContext),
+                sampled: Some(parent.flags & FLAG_SAMPLED != 0),
+                parent: Some(RemoteParent {
+                    trace_id: parent.trace_id,
+                    span_id: parent.parent_id,
+                    random: parent.flags & FLAG_RANDOM != 0,
+                    trace_state: self.tracestate(),
+                    trace_id_64: self.b3_has_64_bit_id(b3_arrived, &parent.trace_id),
+                }),
+                debug: false,
+                b3_arrived,
+            };
+        }
+        let from_b3 = if b3_arrived.single {
+            self.b3_single().map(|ctx| (Format::B3Single, ctx))
+        } else {
+            None
+        };
+        let from_b3 = from_b3.or_else(|| {
+            if b3_arrived.multi {
+                self.b3_multi().map(|ctx| (Format::B3Multi, ctx))
+            } else {
+                None
+            }
+        });
+        match from_b3 {
+            Some((format, ctx)) => Extracted {
+                format: Some(format),
+                parent: ctx.ids.map(|ids| RemoteParent {
+                    trace_id: ids.trace_id,
+                    span_id: ids.span_id,
+                    random: false,
+                    trace_state: None,
+                    trace_id_64: ids.trace_id_64,
+                }),
+                sampled: ctx.sampled,
+                debug: ctx.debug,
+                b3_arrived,
+            },
+            None => Extracted {
+                b3_arrived,
+                ..Extracted::default()
+            },
+        }
+    }
+
+    /// Whether B3 headers next to a valid `traceparent` carry the same trace id as a 64-bit
+    /// id, as a previous meshtrace hop writes them for a 64-bit B3 trace: B3 output then stays
+    /// 64-bit across every hop instead of only the first. Only looked at when the W3C id is
+    /// zero-padded.
+    fn b3_has_64_bit_id(&self, b3_arrived: B3Forms, trace_id: &TraceId) -> bool {
+        if trace_id[..8] != [0; 8] || !b3_arrived.any() {
+            return false;
+        }
+        let same_64_bit = |ctx: Option<b3::B3Context>| {
+            ctx.and_then(|ctx| ctx.ids)
+                .is_some_and(|ids| ids.trace_id_64 && ids.trace_id == *trace_id)
+        };
+        (b3_arrived.single && same_64_bit(self.b3_single()))
+            || (b3_arrived.multi && same_64_bit(self.b3_multi()))
+    }
+}
+
+/// Reads the incoming context: the first valid of W3C, B3 single, B3 multi.
+pub fn extract(headers: &HeaderMap) -> Extracted {
+    Found::scan(headers, None).extract()
 }
 
 /// The context written on a forwarded request.
@@ -176,20 +361,53 @@ impl Outgoing<'_> {
     }
 }
 
+/// Every propagation header, in the order of the bits of [`Present`].
+const ALL: [HeaderName; 8] = [
+    TRACEPARENT,
+    TRACESTATE,
+    B3,
+    X_B3_TRACEID,
+    X_B3_SPANID,
+    X_B3_PARENTSPANID,
+    X_B3_SAMPLED,
+    X_B3_FLAGS,
+];
+
+/// Which propagation headers a request has, one bit per name of [`ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Present(u8);
+
+/// Which propagation headers `headers` has (one pass, no hashing).
+fn present(headers: &HeaderMap) -> Present {
+    let mut bits = 0u8;
+    for name in headers.keys() {
+        bits |= match name.as_str() {
+            "traceparent" => 1 << 0,
+            "tracestate" => 1 << 1,
+            "b3" => 1 << 2,
+            "x-b3-traceid" => 1 << 3,
+            "x-b3-spanid" => 1 << 4,
+            "x-b3-parentspanid" => 1 << 5,
+            "x-b3-sampled" => 1 << 6,
+            "x-b3-flags" => 1 << 7,
+            _ => 0,
+        };
+    }
+    Present(bits)
+}
+
+/// Removes the propagation headers of [`ALL`] whose bit is set in `bits`.
+fn remove(headers: &mut HeaderMap, bits: u8) {
+    for (i, name) in ALL.into_iter().enumerate() {
+        if bits & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
 /// Removes every propagation header of every format.
 pub fn clear(headers: &mut HeaderMap) {
-    for name in [
-        TRACEPARENT,
-        TRACESTATE,
-        B3,
-        X_B3_TRACEID,
-        X_B3_SPANID,
-        X_B3_PARENTSPANID,
-        X_B3_SAMPLED,
-        X_B3_FLAGS,
-    ] {
-        headers.remove(name);
-    }
+    remove(headers, present(headers).0);
 }
 
 // traceparent + b3 single + x-b3-traceid/spanid/parentspanid, rounded up.
@@ -197,7 +415,27 @@ const WRITE_BUFFER: usize = 192;
 
 /// Replaces every propagation header with `out`. All generated values share one buffer.
 pub fn inject(headers: &mut HeaderMap, out: &Outgoing<'_>) {
-    clear(headers);
+    let present = present(headers);
+    inject_into(headers, out, present);
+}
+
+/// [`inject`] into headers whose propagation headers are known to be `present` (as a
+/// [`Found::scan`] of them just said).
+pub fn inject_into(headers: &mut HeaderMap, out: &Outgoing<'_>, present: Present) {
+    let present = present.0;
+    // Headers about to be written replace their old values (`insert`); only the others are
+    // removed, and only when present.
+    let tracestate = out.tracecontext && out.trace_state.is_some();
+    let written = u8::from(out.tracecontext)
+        | u8::from(tracestate) << 1
+        | u8::from(out.b3.single) << 2
+        | if out.b3.multi {
+            0b111 << 3 | if out.debug { 1 << 7 } else { 1 << 6 }
+        } else {
+            0
+        };
+    remove(headers, present & !written);
+    headers.reserve((written & !present).count_ones() as usize);
     let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
     if out.tracecontext {
         w3c::write_traceparent(&mut buf, out.trace_id, out.span_id, out.flags);
@@ -230,18 +468,29 @@ pub fn inject(headers: &mut HeaderMap, out: &Outgoing<'_>) {
 
 /// Moves what was written to `buf` into a header value (hex and dashes are always valid).
 fn push(headers: &mut HeaderMap, name: HeaderName, buf: &mut BytesMut) {
-    if let Ok(value) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
-        headers.insert(name, value);
+    match HeaderValue::from_maybe_shared(buf.split().freeze()) {
+        Ok(value) => {
+            headers.insert(name, value);
+        }
+        // Hex and dashes: cannot happen; never leave a stale value behind.
+        Err(_) => {
+            headers.remove(name);
+        }
     }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends `bytes` as lowercase hex.
+/// Appends `bytes` as lowercase hex: formatted on the stack and appended at once (a
+/// `put_u8` per digit checked the buffer's capacity a hundred and more times per request).
 pub(crate) fn put_hex(buf: &mut BytesMut, bytes: &[u8]) {
-    for byte in bytes {
-        buf.put_u8(HEX[usize::from(byte >> 4)]);
-        buf.put_u8(HEX[usize::from(byte & 0x0f)]);
+    let mut digits = [0u8; 32];
+    for chunk in bytes.chunks(digits.len() / 2) {
+        for (pair, byte) in digits.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
+        }
+        buf.put_slice(&digits[..chunk.len() * 2]);
     }
 }
 
@@ -407,6 +656,45 @@ mod tests {
         assert_eq!(got.parent, None);
         assert_eq!(got.sampled, None);
         assert!(got.b3_arrived.single && !got.b3_arrived.multi);
+    }
+
+    #[test]
+    fn one_scan_finds_the_sample_header_propagation_and_request_headers() {
+        let map = headers(&[
+            ("host", "svc:80"),
+            ("x-b3-sampled", "1"),
+            ("l5d-sample", "0.5"),
+            ("l5d-sample", "0.1"),
+            ("user-agent", "curl/8"),
+            ("tracestate", "a=1"),
+            ("tracestate", "b=2"),
+            ("traceparent", TP),
+            ("content-type", "application/grpc"),
+        ]);
+        let sample = HeaderName::from_static("l5d-sample");
+        let found = Found::scan(&map, Some(&sample));
+        assert_eq!(found.sample().map(|v| v.as_bytes()), Some(&b"0.5"[..]));
+        assert_eq!(found.host().unwrap(), "svc:80");
+        assert_eq!(found.user_agent().unwrap(), "curl/8");
+        assert_eq!(found.content_type().unwrap(), "application/grpc");
+        assert_eq!(found.present(), Present(0b100_0011));
+        let got = found.extract();
+        assert_eq!(got.format, Some(Format::TraceContext));
+        assert_eq!(
+            got.parent.unwrap().trace_state,
+            Some(HeaderValue::from_static("a=1,b=2")),
+            "repeated tracestate fields are joined"
+        );
+        // A sample header named like a propagation header is only the sample header.
+        let sample = HeaderName::from_static("x-b3-sampled");
+        let found = Found::scan(&map, Some(&sample));
+        assert_eq!(found.sample().map(|v| v.as_bytes()), Some(&b"1"[..]));
+        assert!(!found.b3_arrived().multi);
+        // As if the sample header had been removed before reading propagation.
+        let mut without = map.clone();
+        without.remove(&sample);
+        assert_eq!(found.extract(), extract(&without));
+        assert_eq!(Found::scan(&map, None).present(), present(&map));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! or exceeds 32 members is dropped whole.
 
 use bytes::{BufMut, BytesMut};
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{GetAll, HeaderMap, HeaderValue};
 
 use super::{parse_lower_hex, put_hex, single_value, KNOWN_FLAGS, TRACEPARENT, TRACESTATE};
 use crate::span::{SpanId, TraceId};
@@ -90,12 +90,27 @@ pub fn traceparent_value(trace_id: &TraceId, span_id: &SpanId, flags: u8) -> Opt
 pub fn extract_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut fields = headers.get_all(TRACESTATE).iter();
     let first = fields.next()?;
-    let mut rest = fields.peekable();
+    let repeated = fields.next().is_some();
+    tracestate_of(first, repeated.then(|| headers.get_all(TRACESTATE)))
+}
+
+/// [`extract_tracestate`] given the first `tracestate` field and, when there are several, all
+/// of them (the scan that found the first one already knows whether it repeats).
+pub(crate) fn tracestate_of(
+    first: &HeaderValue,
+    all: Option<GetAll<'_, HeaderValue>>,
+) -> Option<HeaderValue> {
+    let fields = || {
+        all.as_ref()
+            .map(GetAll::iter)
+            .into_iter()
+            .flatten()
+            .chain(all.is_none().then_some(first))
+    };
     let mut members = 0usize;
     let mut dropped_empty = false;
     let mut keys: [&[u8]; TRACESTATE_MAX_MEMBERS] = [&[]; TRACESTATE_MAX_MEMBERS];
-    let multiple = rest.peek().is_some();
-    for field in std::iter::once(first).chain(rest) {
+    for field in fields() {
         for member in field.as_bytes().split(|&c| c == b',') {
             let member = trim_ows(member);
             if member.is_empty() {
@@ -113,11 +128,11 @@ pub fn extract_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
     if members == 0 {
         return None;
     }
-    if !multiple && !dropped_empty {
+    if all.is_none() && !dropped_empty {
         return Some(first.clone());
     }
     let mut joined = BytesMut::new();
-    for field in headers.get_all(TRACESTATE) {
+    for field in fields() {
         for member in field.as_bytes().split(|&c| c == b',') {
             let member = trim_ows(member);
             if member.is_empty() {
