@@ -469,7 +469,8 @@ pub fn inject_into(headers: &mut HeaderMap, out: &Outgoing<'_>, present: Present
 /// Moves what was written to `buf` into a header value (hex and dashes are always valid).
 fn push(headers: &mut HeaderMap, name: HeaderName, buf: &mut BytesMut) {
     match HeaderValue::from_maybe_shared(buf.split().freeze()) {
-        Ok(value) => {
+        Ok(mut value) => {
+            never_indexed(&mut value);
             headers.insert(name, value);
         }
         // Hex and dashes: cannot happen; never leave a stale value behind.
@@ -477,6 +478,14 @@ fn push(headers: &mut HeaderMap, name: HeaderName, buf: &mut BytesMut) {
             headers.remove(name);
         }
     }
+}
+
+/// Marks a value that is new on every request so that HTTP/2's HPACK sends it as a
+/// never-indexed literal. Indexed, each request's ids would take a slot in the connection's
+/// dynamic table that no later request can use, evicting the application's repeating headers
+/// and costing a table search and update per header. On HTTP/1 it changes nothing.
+pub(crate) fn never_indexed(value: &mut HeaderValue) {
+    value.set_sensitive(true);
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -770,6 +779,19 @@ mod tests {
         for name in ["traceparent", "b3", "x-b3-traceid"] {
             assert_eq!(map.get_all(name).iter().count(), 1);
         }
+        // Per-request ids are never HPACK-indexed; repeating values (tracestate, the sampled
+        // flag) may be.
+        for name in [
+            "traceparent",
+            "b3",
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-parentspanid",
+        ] {
+            assert!(map[name].is_sensitive(), "{name}");
+        }
+        assert!(!map["tracestate"].is_sensitive());
+        assert!(!map["x-b3-sampled"].is_sensitive());
     }
 
     #[test]

@@ -80,7 +80,9 @@ pub fn write_traceparent(buf: &mut BytesMut, trace_id: &TraceId, span_id: &SpanI
 pub fn traceparent_value(trace_id: &TraceId, span_id: &SpanId, flags: u8) -> Option<HeaderValue> {
     let mut buf = BytesMut::with_capacity(TRACEPARENT_LEN);
     write_traceparent(&mut buf, trace_id, span_id, flags);
-    HeaderValue::from_maybe_shared(buf.freeze()).ok()
+    let mut value = HeaderValue::from_maybe_shared(buf.freeze()).ok()?;
+    super::never_indexed(&mut value);
+    Some(value)
 }
 
 /// Reads the request's `tracestate` (call only when its `traceparent` was valid).
@@ -401,6 +403,10 @@ mod tests {
         assert_eq!(
             v,
             format!("00-{}-{}-01", "ab".repeat(16), "cd".repeat(8)).as_str()
+        );
+        assert!(
+            v.is_sensitive(),
+            "a per-request value is never HPACK-indexed"
         );
     }
 }
