@@ -545,15 +545,11 @@ pub async fn serve_connection<I, S, RB>(
                 let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .serve_connection(io, service);
-                let mut connection = std::pin::pin!(connection);
-                tokio::select! {
-                    biased;
-                    result = connection.as_mut() => result,
-                    _ = signaled => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    }
-                }
+                let connection = std::pin::pin!(connection);
+                until_done(connection, signaled, |connection| {
+                    connection.graceful_shutdown()
+                })
+                .await
             })
             .await
         }
@@ -564,19 +560,31 @@ pub async fn serve_connection<I, S, RB>(
                 .timer(TokioTimer::new())
                 .serve_connection(io, service)
                 .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                biased;
-                result = connection.as_mut() => result,
-                _ = signaled => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            }
+            let connection = std::pin::pin!(connection);
+            until_done(connection, signaled, |connection| {
+                connection.graceful_shutdown()
+            })
+            .await
         }
     };
     if let Err(error) = result {
         tracing::debug!(%error, "client connection ended with an error");
+    }
+}
+
+/// Runs `connection` to its end; once `signaled`, asks it to wind down (`graceful`) first.
+async fn until_done<C: Future>(
+    mut connection: Pin<&mut C>,
+    signaled: impl Future<Output = ()>,
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    tokio::select! {
+        biased;
+        result = connection.as_mut() => result,
+        _ = signaled => {
+            graceful(connection.as_mut());
+            connection.await
+        }
     }
 }
 
