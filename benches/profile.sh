@@ -8,6 +8,8 @@
 # profile stays in target/profile/perf.data (`perf report -i ...`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/tools/serve.sh
+source benches/tools/serve.sh
 mode=${1:-sampled}
 protocol=${2:-h1}
 secs=${3:-5}
@@ -20,34 +22,14 @@ done
 out=target/profile
 mkdir -p "$out"
 cargo build --release -p meshtrace-proxy --bin meshtrace-proxy
-bench=$(cargo bench -p meshtrace-benches --bench mesh --no-run --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
-[ -x "$bench" ] || { echo "could not build the mesh bench" >&2; exit 1; }
 
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-taskset -c 0 "$bench" --bench --serve >"$out/serve.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do grep -q "OTLP sink" "$out/serve.out" 2>/dev/null && break; sleep 0.1; done
-upstream=$(awk '/^upstream/ {print $2}' "$out/serve.out")
-sink=$(awk '/^OTLP sink/ {print $3}' "$out/serve.out")
-[ -n "$upstream" ] && [ -n "$sink" ] || { echo "upstream/sink did not start" >&2; exit 1; }
+start_upstream_and_sink taskset -c 0
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-inbound=127.0.0.1:$(port)
-admin=127.0.0.1:$(port)
-env_vars=(
-    MESHTRACE_INBOUND_ADDR="$inbound" MESHTRACE_OUTBOUND_ADDR=127.0.0.1:$(port)
-    MESHTRACE_ADMIN_ADDR="$admin" MESHTRACE_INBOUND_TARGET="$upstream" MESHTRACE_LOG=warn
-)
-if [ "$mode" = sampled ]; then
-    env_vars+=(MESHTRACE_SAMPLE_RATE=1 OTEL_EXPORTER_OTLP_ENDPOINT="http://$sink"
-        OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)
-else
-    env_vars+=(MESHTRACE_TRACING=off)
-fi
+proxy_env "$mode"
 env -i "${env_vars[@]}" taskset -c 1 target/release/meshtrace-proxy >"$out/proxy.log" 2>&1 &
 proxy=$!
 pids+=("$proxy")
