@@ -629,8 +629,13 @@ mod tests {
         attrs
     }
 
-    /// SERVER attributes as the layer computes them.
-    fn server_of(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
+    /// Calls `attributes` with what the layers compute from a request before its attributes.
+    fn with_request_text<R>(
+        req: &Parts,
+        conn: Option<&ConnMeta>,
+        grpc: bool,
+        attributes: impl FnOnce(&RequestHeaders, Option<Addressed>, &RequestText) -> R,
+    ) -> R {
         let headers = RequestHeaders::of(&req.headers);
         let authority = target_authority(req, None);
         let target = authority.as_ref().map(Addressed::target);
@@ -644,30 +649,24 @@ mod tests {
             grpc,
             None,
         );
-        resolved(server(req, &headers, conn, grpc, target, &text), &text)
+        attributes(&headers, authority, &text)
+    }
+
+    /// SERVER attributes as the layer computes them.
+    fn server_of(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
+        with_request_text(req, conn, grpc, |headers, authority, text| {
+            let target = authority.as_ref().map(Addressed::target);
+            resolved(server(req, headers, conn, grpc, target, text), text)
+        })
     }
 
     /// CLIENT attributes as the layer computes them, for a request the SERVER layer saw the
     /// same way.
     fn client_of(req: &Parts, conn: Option<&ConnMeta>, grpc: bool) -> Attributes {
-        let headers = RequestHeaders::of(&req.headers);
-        let authority = target_authority(req, None);
-        let target = authority.as_ref().map(Addressed::target);
-        let orig_dst = conn.and_then(|c| c.orig_dst);
-        let text = RequestText::new(
-            SpanNaming::Template,
-            req,
-            &headers,
-            target,
-            orig_dst,
-            grpc,
-            None,
-        );
-        let known = authority.and_then(Addressed::into_parsed);
-        resolved(
-            client(req, &headers, conn, grpc, known.as_ref(), &text),
-            &text,
-        )
+        with_request_text(req, conn, grpc, |headers, authority, text| {
+            let known = authority.and_then(Addressed::into_parsed);
+            resolved(client(req, headers, conn, grpc, known.as_ref(), text), text)
+        })
     }
 
     fn s(v: &str) -> AttrValue {
