@@ -71,13 +71,18 @@ impl ConnectionStreams {
         }
     }
 
-    /// Runs the streams still going to completion (once their connection has ended they end
-    /// promptly: their sends fail).
+    /// Runs the streams still going, and any they queue meanwhile, to completion (once their
+    /// connection has ended they end promptly: their sends fail).
     pub async fn finish(mut self) {
-        self.take_queued();
-        while self.running.next().await.is_some() {
-            self.take_queued();
-        }
+        std::future::poll_fn(|cx| {
+            self.poll_streams(cx);
+            if self.running.is_empty() && !self.has_queued() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     fn take_queued(&mut self) {
@@ -206,6 +211,37 @@ mod tests {
         let (output, ()) = tokio::join!(driven, control);
         assert_eq!(output, "ended");
         assert_eq!(done.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_stream_queued_after_the_connection_ended_runs_while_its_spawner_waits_for_it() {
+        let (streams, executor) = ConnectionStreams::new();
+        let done = Arc::new(AtomicUsize::new(0));
+        let (spawned_tx, spawned_rx) = oneshot::channel::<()>();
+        let (connection_done_tx, connection_done_rx) = oneshot::channel::<()>();
+        // Like an h2 stream starting an upgrade task: it queues a stream, then waits on it.
+        let spawner = {
+            let executor = executor.clone();
+            let done = done.clone();
+            async move {
+                let _ = connection_done_rx.await;
+                executor.execute(async move {
+                    let _ = spawned_tx.send(());
+                });
+                let _ = spawned_rx.await;
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        executor.execute(spawner);
+        let mut connection = std::pin::pin!(async move {
+            tokio::task::yield_now().await;
+            let _ = connection_done_tx.send(());
+        });
+        let driven = drive(connection.as_mut(), streams, std::future::pending(), |_| {});
+        tokio::time::timeout(std::time::Duration::from_secs(10), driven)
+            .await
+            .expect("the streams finished");
+        assert_eq!(done.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
