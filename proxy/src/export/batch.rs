@@ -227,17 +227,25 @@ impl ExportTask {
             self.metrics.set_queue_depth(self.queue.len());
         }
 
-        // Shutdown: refuse new spans, then flush the partial batch and everything queued.
+        // Shutdown: refuse new spans, then flush the partial batch and everything queued. A
+        // sink that passed the closed check just before `close` queues its span a moment later
+        // (nothing awaits between its check and its send), so each round takes those too and
+        // the flush ends once a round finds nothing: no span is left in the queue uncounted.
         self.queue.close();
-        let mut rest = batch;
-        self.take_queued(&mut rest, usize::MAX);
-        self.held.store(rest.len() as u64, Ordering::Relaxed);
         self.metrics.set_queue_depth(0);
-        tracing::debug!(spans = rest.len(), "flushing spans at shutdown");
-        let mut rest = rest.into_iter().peekable();
-        while rest.peek().is_some() {
-            let chunk: Vec<SpanRecord> = rest.by_ref().take(max).collect();
-            self.export(chunk).await;
+        let mut rest = batch;
+        loop {
+            self.take_queued(&mut rest, usize::MAX);
+            self.held.store(rest.len() as u64, Ordering::Relaxed);
+            if rest.is_empty() {
+                break;
+            }
+            tracing::debug!(spans = rest.len(), "flushing spans at shutdown");
+            let mut spans = std::mem::take(&mut rest).into_iter().peekable();
+            while spans.peek().is_some() {
+                let chunk: Vec<SpanRecord> = spans.by_ref().take(max).collect();
+                self.export(chunk).await;
+            }
         }
     }
 
