@@ -161,13 +161,13 @@ where
             }
         };
         // A connection's original destination was checked once, when it was accepted.
-        let own = transparent_dst.is_none().then(|| {
-            targets
+        if transparent_dst.is_none() {
+            if let Some(own) = targets
                 .iter()
                 .find(|target| is_own_listener(**target, &self.settings.own_listeners, conn_local))
-        });
-        if let Some(Some(own)) = own {
-            return Err(ForwardError::Loop(*own));
+            {
+                return Err(ForwardError::Loop(*own));
+            }
         }
 
         let is_connect = request.method() == Method::CONNECT;
