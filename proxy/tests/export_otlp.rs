@@ -281,6 +281,46 @@ async fn batches_respect_the_batch_size() {
     }
 }
 
+/// The exporter encodes spans a few dozen at a time as they arrive; the requests it sends
+/// still hold whole batches, each span exactly once, in the order queued.
+#[tokio::test]
+async fn spans_encoded_in_chunks_leave_in_whole_batches() {
+    for protocol in PROTOCOLS {
+        let receiver = receiver(protocol).await;
+        let config = config_for(
+            &receiver,
+            &[
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100"),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "1000"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+            ],
+        );
+        let exporter = start_exporter(config, &test_resource());
+        let sent = send_hops(&exporter.sink, 0..125);
+        receiver
+            .wait_for_spans(200, WAIT)
+            .await
+            .expect("two full batches");
+        exporter
+            .handle
+            .shutdown(WAIT)
+            .await
+            .expect("clean shutdown");
+        let sizes: Vec<usize> = receiver.requests().iter().map(|r| r.span_count()).collect();
+        assert_eq!(sizes, vec![100, 100, 50], "{protocol:?}");
+        let expected: Vec<Vec<u8>> = (0..125)
+            .flat_map(|n| hop(n).map(|span| span.span_id.to_vec()))
+            .collect();
+        let received: Vec<Vec<u8>> = receiver
+            .spans()
+            .into_iter()
+            .map(|s| s.span.span_id)
+            .collect();
+        assert_eq!(received.len(), sent);
+        assert_eq!(received, expected, "{protocol:?}");
+    }
+}
+
 #[tokio::test]
 async fn gzip_is_really_used_when_configured() {
     for protocol in PROTOCOLS {

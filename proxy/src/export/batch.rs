@@ -18,7 +18,7 @@ use super::metrics::{DropReason, ExportMetrics, RequestResult};
 use super::resource::ProxyResource;
 use super::retry::{Attempt, Backoff};
 use super::transport::{ExportError, Transport};
-use super::wire::BatchEncoder;
+use super::wire::{BatchEncoder, EncodedBatch};
 use crate::span::{self, SpanQueue, SpanRecord, Taken};
 
 /// Starts the exporter.
@@ -158,15 +158,24 @@ struct ExportTask {
     held: Arc<AtomicU64>,
 }
 
+/// Spans encoded per turn of the exporter task. The exporter shares the proxy's threads with
+/// the request path: encoding a whole 512-span batch in one turn held a thread for ~0.3 ms and
+/// showed in the data path's p99 latency. Encoding spans a chunk at a time, as they arrive,
+/// keeps each turn short, and encodes spans while their memory is still recently used; the
+/// request sent to the collector still holds a whole batch.
+const ENCODE_CHUNK: usize = 32;
+
 impl ExportTask {
     async fn run(mut self) {
         let max = self.batch.max_export_batch_size.max(1);
-        let mut batch: Vec<SpanRecord> = Vec::with_capacity(max);
+        let mut chunk: Vec<SpanRecord> = Vec::with_capacity(ENCODE_CHUNK.min(max));
+        let mut batch = self.encoder.start(max);
         let mut flush_at: Option<Instant> = None;
         loop {
+            let wanted = ENCODE_CHUNK.min(max - batch.len());
             if batch.is_empty() {
                 // Idle: the first span starts a batch (and its schedule delay).
-                let (received, taken) = self.take_queued(&mut batch, max);
+                let (received, taken) = self.take_queued(&mut chunk, wanted);
                 if received == 0 {
                     if taken == Taken::Finished {
                         // Every sink is gone: nothing more will come.
@@ -195,13 +204,12 @@ impl ExportTask {
                     Taken::Finished => None,
                 };
             } else {
-                // Accumulating: woken when the batch can be filled or its delay is over, not
-                // for every span.
-                let missing = max - batch.len();
+                // Accumulating: woken when a chunk can be encoded or the batch's delay is
+                // over, not for every span.
                 let signal = self.queue.signal.clone();
                 let notified = signal.notified();
-                signal.arm(missing);
-                if self.queue.len() < missing {
+                signal.arm(wanted);
+                if self.queue.len() < wanted {
                     let at = flush_at.unwrap_or_else(Instant::now);
                     tokio::select! {
                         biased;
@@ -214,15 +222,19 @@ impl ExportTask {
                     }
                 }
                 signal.disarm();
-                if self.take_queued(&mut batch, max).1 == Taken::Finished {
+                if self.take_queued(&mut chunk, wanted).1 == Taken::Finished {
                     // Every sink is gone: send what is left now.
                     flush_at = None;
                 }
             }
+            self.encode(&mut batch, &mut chunk);
             if batch.len() >= max || (flush_at.is_none() && !batch.is_empty()) {
                 flush_at = None;
-                self.export(std::mem::replace(&mut batch, Vec::with_capacity(max)))
-                    .await;
+                let full = std::mem::replace(&mut batch, self.encoder.start(max));
+                self.export(full).await;
+            } else if self.queue.len() >= ENCODE_CHUNK.min(max - batch.len()) {
+                // More is already queued: let the request path run before the next chunk.
+                tokio::task::yield_now().await;
             }
             self.metrics.set_queue_depth(self.queue.len());
         }
@@ -233,40 +245,49 @@ impl ExportTask {
         // the flush ends once a round finds nothing: no span is left in the queue uncounted.
         self.queue.close();
         self.metrics.set_queue_depth(0);
-        let mut rest = batch;
         loop {
-            self.take_queued(&mut rest, usize::MAX);
-            self.held.store(rest.len() as u64, Ordering::Relaxed);
-            if rest.is_empty() {
+            let wanted = max - batch.len();
+            let (received, _) = self.take_queued(&mut chunk, wanted);
+            self.encode(&mut batch, &mut chunk);
+            if received == wanted {
+                // Full: send it and look for more.
+                let full = std::mem::replace(&mut batch, self.encoder.start(max));
+                self.export(full).await;
+                continue;
+            }
+            if batch.is_empty() {
                 break;
             }
-            tracing::debug!(spans = rest.len(), "flushing spans at shutdown");
-            let mut spans = std::mem::take(&mut rest).into_iter().peekable();
-            while spans.peek().is_some() {
-                let chunk: Vec<SpanRecord> = spans.by_ref().take(max).collect();
-                self.export(chunk).await;
-            }
+            tracing::debug!(spans = batch.len(), "flushing spans at shutdown");
+            let last = std::mem::replace(&mut batch, self.encoder.start(max));
+            self.export(last).await;
         }
     }
 
-    /// Moves queued spans into `batch`, up to `max`, without waiting.
-    fn take_queued(&mut self, batch: &mut Vec<SpanRecord>, max: usize) -> (usize, Taken) {
-        let (received, taken) = self.queue.take(batch, max);
+    /// Moves queued spans into `chunk`, up to `max`, without waiting.
+    fn take_queued(&mut self, chunk: &mut Vec<SpanRecord>, max: usize) -> (usize, Taken) {
+        let (received, taken) = self.queue.take(chunk, max);
         self.held.fetch_add(received as u64, Ordering::Relaxed);
         (received, taken)
     }
 
-    /// Sends one batch, retrying what the spec calls retryable within the export timeout (and
-    /// the shutdown deadline, once there is one). Every span ends up exported or counted dropped.
-    async fn export(&mut self, spans: Vec<SpanRecord>) {
-        if spans.is_empty() {
-            return;
-        }
-        let count = spans.len() as u64;
-        let body = self.encoder.encode(&spans);
-        for span in spans {
+    /// Appends `chunk` to `batch` and empties it, giving the spans' attribute lists back for
+    /// reuse.
+    fn encode(&mut self, batch: &mut EncodedBatch, chunk: &mut Vec<SpanRecord>) {
+        self.encoder.append(batch, chunk);
+        for span in chunk.drain(..) {
             span::recycle_attributes(span.attributes);
         }
+    }
+
+    /// Sends one batch, retrying what the spec calls retryable within the export timeout (and
+    /// the shutdown deadline, once there is one). Every span ends up exported or counted dropped.
+    async fn export(&mut self, batch: EncodedBatch) {
+        if batch.is_empty() {
+            return;
+        }
+        let count = batch.len() as u64;
+        let body = self.encoder.finish(batch);
         let payload = self.transport.prepare(body);
         let batch_deadline = Instant::now() + self.batch.export_timeout;
         let mut backoff = Backoff::new(self.retry.clone());

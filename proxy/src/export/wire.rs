@@ -85,17 +85,37 @@ impl BatchEncoder {
 
     /// One `ExportTraceServiceRequest` with all `spans` under the resource and scope.
     pub fn encode(&mut self, spans: &[SpanRecord]) -> Bytes {
+        let mut batch = self.start(spans.len());
+        self.append(&mut batch, spans);
+        self.finish(batch)
+    }
+
+    /// An empty batch with room for about `spans` spans. Spans are appended as they arrive
+    /// ([`BatchEncoder::append`]) and the request is completed by [`BatchEncoder::finish`].
+    pub fn start(&self, spans: usize) -> EncodedBatch {
         // The prefix (request → ResourceSpans → resource, ScopeSpans → scope) is written last,
         // right before the spans, once their total length is known: reserve room for it.
-        let headroom = 2 * (1 + MAX_VARINT) + self.resource_field.len() + self.scope_field.len();
-        let mut buf = Vec::with_capacity(headroom + self.last_len.max(spans.len() * 512));
+        let headroom = self.headroom();
+        let mut buf = Vec::with_capacity(headroom + self.last_len.max(spans * 512));
         buf.resize(headroom, 0);
+        EncodedBatch { buf, spans: 0 }
+    }
+
+    /// Appends `spans` to `batch`.
+    pub fn append(&self, batch: &mut EncodedBatch, spans: &[SpanRecord]) {
         for (i, span) in spans.iter().enumerate() {
             if let Some(ahead) = spans.get(i + PREFETCH_AHEAD) {
                 touch(ahead);
             }
-            put_span(&mut buf, span);
+            put_span(&mut batch.buf, span);
         }
+        batch.spans += spans.len();
+    }
+
+    /// The `ExportTraceServiceRequest` of everything appended to `batch`.
+    pub fn finish(&mut self, batch: EncodedBatch) -> Bytes {
+        let EncodedBatch { mut buf, .. } = batch;
+        let headroom = self.headroom();
         let spans_len = buf.len() - headroom;
         self.last_len = spans_len;
 
@@ -122,6 +142,29 @@ impl BatchEncoder {
         let start = headroom - prefix.len();
         buf[start..headroom].copy_from_slice(&prefix);
         Bytes::from(buf).slice(start..)
+    }
+
+    /// Room kept in front of a batch's spans for the request's prefix.
+    fn headroom(&self) -> usize {
+        2 * (1 + MAX_VARINT) + self.resource_field.len() + self.scope_field.len()
+    }
+}
+
+/// A request being encoded: the spans appended so far, behind room for the prefix.
+#[derive(Debug)]
+pub struct EncodedBatch {
+    buf: Vec<u8>,
+    spans: usize,
+}
+
+impl EncodedBatch {
+    /// Spans appended so far.
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
     }
 }
 
@@ -683,5 +726,24 @@ mod tests {
         assert_eq!(big, again);
         let small = ExportTraceServiceRequest::decode(small).unwrap();
         assert_eq!(small.resource_spans[0].scope_spans[0].spans.len(), 2);
+    }
+
+    #[test]
+    fn a_batch_appended_in_pieces_is_the_batch_encoded_at_once() {
+        let resource = resource();
+        let mut encoder = BatchEncoder::new(&resource, &scope());
+        let records = records();
+        assert!(records.len() >= 3, "needs pieces of different sizes");
+        let whole = encoder.encode(&records);
+        let mut batch = encoder.start(1);
+        assert!(batch.is_empty());
+        encoder.append(&mut batch, &records[..1]);
+        encoder.append(&mut batch, &[]);
+        encoder.append(&mut batch, &records[1..]);
+        assert_eq!(batch.len(), records.len());
+        assert_eq!(encoder.finish(batch), whole);
+        let empty = encoder.finish(encoder.start(0));
+        let decoded = ExportTraceServiceRequest::decode(empty).unwrap();
+        assert!(decoded.resource_spans[0].scope_spans[0].spans.is_empty());
     }
 }
