@@ -208,6 +208,8 @@ fn plain_host(value: &[u8]) -> Option<&str> {
 /// parse the authority again on every call.
 #[derive(Clone, Copy, Debug)]
 pub struct Target<'a> {
+    /// The authority as written.
+    raw: &'a str,
     host: &'a str,
     /// As written, and as a number.
     port: Option<(&'a str, u16)>,
@@ -222,6 +224,7 @@ impl<'a> Target<'a> {
             Some((port, port.parse::<u16>().ok()?))
         });
         Target {
+            raw: text,
             host: authority.host(),
             port,
         }
@@ -231,10 +234,12 @@ impl<'a> Target<'a> {
     fn of_plain(text: &'a str) -> Target<'a> {
         match text.split_once(':') {
             Some((host, port)) => Target {
+                raw: text,
                 host,
                 port: port.parse::<u16>().ok().map(|n| (port, n)),
             },
             None => Target {
+                raw: text,
                 host: text,
                 port: None,
             },
@@ -271,6 +276,10 @@ pub struct RequestText {
     rpc_method: Option<TextRange>,
     /// `url.full` of the CLIENT span if the request is forwarded as received.
     url_full: Option<TextRange>,
+    /// The scheme and authority the request was addressed to, as written, and its port.
+    scheme: &'static str,
+    authority: Option<TextRange>,
+    port: Option<u16>,
     /// The W3C `tracestate` the request's spans record.
     trace_state: Option<TextRange>,
 }
@@ -326,6 +335,7 @@ impl RequestText {
             };
             let path_range = push(path);
             let host = target.map(|t| push(strip_brackets(t.host)));
+            let authority = target.map(|t| push(t.raw));
             let agent = headers.user_agent().map(&mut push);
             let rpc = if grpc { grpc_method(path) } else { None }
                 .map(|(service, method)| (push(service), push(method)));
@@ -344,6 +354,9 @@ impl RequestText {
                     .map(|(service, _)| TextRange::of(service.clone())),
                 rpc_method: rpc.map(|(_, method)| TextRange::of(method)),
                 url_full: url.map(TextRange::of),
+                scheme: scheme(req),
+                authority: authority.map(TextRange::of),
+                port: target.and_then(|t| t.port).map(|(_, port)| port),
                 trace_state: trace_state.map(TextRange::of),
             }
         };
@@ -407,6 +420,17 @@ impl RequestText {
         self.url_full.map(|r| self.str(r))
     }
 
+    /// Whether `req` is still addressed as it was when this text was made (same scheme,
+    /// authority and path), so that what was read from it then holds.
+    fn addressed_as_made(&self, req: &Parts, host: Option<&HeaderValue>) -> bool {
+        let now = match req.uri.authority() {
+            Some(authority) => Some(authority.as_str().as_bytes()),
+            None => host.map(HeaderValue::as_bytes),
+        };
+        let then = self.authority.map(|range| self.str(range).as_bytes());
+        now == then && self.str(self.path) == req.uri.path() && self.scheme == scheme(req)
+    }
+
     /// `value` as an attribute value: a slice of this text when it is one of its strings (the
     /// CLIENT span usually records what the SERVER span did), else a copy.
     pub fn value(&self, value: &str) -> AttrValue {
@@ -439,9 +463,7 @@ fn push_server_target(
     match (target, fallback) {
         (Some(target), _) => {
             attrs.push((SERVER_ADDRESS, text.value(strip_brackets(target.host))));
-            let port = target
-                .port
-                .map_or(if scheme == "https" { 443 } else { 80 }, |(_, port)| port);
+            let port = target.port.map_or(default_port(scheme), |(_, port)| port);
             attrs.push((SERVER_PORT, AttrValue::Int(i64::from(port))));
         }
         (None, Some(addr)) => {
@@ -449,6 +471,14 @@ fn push_server_target(
             attrs.push((SERVER_PORT, AttrValue::Int(i64::from(addr.port()))));
         }
         (None, None) => {}
+    }
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme == "https" {
+        443
+    } else {
+        80
     }
 }
 
@@ -528,9 +558,29 @@ pub fn client(
     let mut attrs = attributes_with_capacity(capacity(14, grpc));
     push_common(&mut attrs, req, headers, conn, grpc, text);
     let scheme = scheme(req);
+    let orig_dst = conn.and_then(|c| c.orig_dst);
+    if text.addressed_as_made(req, headers.host) {
+        // Forwarded as it arrived (nothing between the layers readdresses a request): what
+        // the SERVER layer read from the authority holds, and is not parsed again.
+        if let Some(url) = text.url_full {
+            attrs.push((URL_FULL, text.attr(url)));
+        }
+        match (text.host, orig_dst) {
+            (Some(host), _) => {
+                attrs.push((SERVER_ADDRESS, text.attr(host)));
+                let port = text.port.unwrap_or(default_port(scheme));
+                attrs.push((SERVER_PORT, AttrValue::Int(i64::from(port))));
+            }
+            (None, Some(addr)) => {
+                attrs.push((SERVER_ADDRESS, AttrValue::Ip(addr.ip())));
+                attrs.push((SERVER_PORT, AttrValue::Int(i64::from(addr.port()))));
+            }
+            (None, None) => {}
+        }
+        return attrs;
+    }
     let authority = addressed(req, headers.host, known);
     let target = authority.as_ref().map(Addressed::target);
-    let orig_dst = conn.and_then(|c| c.orig_dst);
     let url = SCRATCH.with(|scratch| {
         let mut scratch = scratch.try_borrow_mut().ok()?;
         scratch.clear();
@@ -768,6 +818,70 @@ mod tests {
         let attrs = client_of(&req, None, false);
         assert_eq!(get(&attrs, URL_FULL), None);
         assert_eq!(get(&attrs, DIRECTION), None);
+    }
+
+    /// CLIENT attributes of `req` from a request text made for `seen`, the request as the
+    /// SERVER layer saw it.
+    fn client_after(seen: &Parts, req: &Parts, conn: Option<&ConnMeta>) -> Attributes {
+        with_request_text(seen, conn, false, |_, authority, text| {
+            let known = authority.and_then(Addressed::into_parsed);
+            let headers = RequestHeaders::of(&req.headers);
+            resolved(
+                client(req, &headers, conn, false, known.as_ref(), text),
+                text,
+            )
+        })
+    }
+
+    fn parts(uri: &str, host: Option<&str>) -> Parts {
+        let mut builder = Request::builder().uri(uri).header("user-agent", "curl/8");
+        if let Some(host) = host {
+            builder = builder.header("host", host);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    /// The CLIENT layer reuses what the SERVER layer read from the authority when the request
+    /// is forwarded as it arrived, and reads it again when it is not: both give the same
+    /// attributes as reading the forwarded request afresh.
+    #[test]
+    fn client_target_is_reused_only_for_an_unchanged_request() {
+        let conn = conn();
+        let requests = [
+            parts("/a/b?q=1", Some("svc.ns:9000")),
+            parts("/a", Some("svc.ns")),
+            parts("/a", Some("[::1]:9000")),
+            parts("/a", Some("Svc_Name:80")),
+            parts("/a", None),
+            parts("http://abs.example:81/p", Some("ignored:1")),
+            parts("https://abs.example/p", None),
+        ];
+        let elsewhere = parts("/other", Some("elsewhere:1234"));
+        for req in &requests {
+            for conn in [Some(conn.as_ref()), None] {
+                let reused = client_after(req, req, conn);
+                let fresh = client_after(&elsewhere, req, conn);
+                assert_eq!(reused, fresh, "{:?} {:?}", req.uri, req.headers);
+                // And the other way round: a request readdressed after the SERVER layer
+                // saw it is described as forwarded.
+                let readdressed = client_after(req, &elsewhere, conn);
+                assert_eq!(
+                    get(&readdressed, SERVER_ADDRESS),
+                    Some(s("elsewhere")),
+                    "{:?}",
+                    req.uri
+                );
+                assert_eq!(get(&readdressed, SERVER_PORT), Some(AttrValue::Int(1234)));
+                if conn.is_some() || req.headers.contains_key("host") {
+                    assert!(get(&reused, URL_FULL).is_some(), "{:?}", req.uri);
+                }
+            }
+        }
+        let path_changed = client_after(&requests[0], &parts("/c", Some("svc.ns:9000")), None);
+        assert_eq!(
+            get(&path_changed, URL_FULL),
+            Some(s("http://svc.ns:9000/c"))
+        );
     }
 
     #[test]
