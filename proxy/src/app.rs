@@ -142,6 +142,8 @@ impl Proxy {
                 own_listeners: own_listeners.clone(),
                 fixed_target,
                 detect_timeout: config.detect_timeout,
+                header_read_timeout: (!config.http1_header_read_timeout.is_zero())
+                    .then_some(config.http1_header_read_timeout),
                 opaque_ports: config.opaque_ports.clone(),
                 connect_timeout: settings.connect_timeout,
                 metrics,
@@ -260,6 +262,8 @@ struct DirectionContext {
     /// Inbound `MESHTRACE_INBOUND_TARGET`: overrides the original destination.
     fixed_target: Option<SocketAddr>,
     detect_timeout: Duration,
+    /// `None`: HTTP/1 clients may take as long as they like between requests.
+    header_read_timeout: Option<Duration>,
     opaque_ports: PortSet,
     connect_timeout: Duration,
     metrics: DirectionMetrics,
@@ -366,7 +370,14 @@ async fn handle_connection(
                 orig_dst,
             });
             let service = ConnectionService::new(context.stack.for_connection(), meta);
-            forward::http::serve_connection(protocol, io, service, watch).await;
+            forward::http::serve_connection(
+                protocol,
+                io,
+                service,
+                watch,
+                context.header_read_timeout,
+            )
+            .await;
         }
     }
 }

@@ -48,6 +48,14 @@ pub struct Config {
     #[arg(long, env = "MESHTRACE_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
 
+    /// How long an HTTP/1 client may take to send a request's headers, counted from when the
+    /// proxy starts waiting for them (so it also bounds how long a keep-alive connection may sit
+    /// idle between requests); `0` waits as long as the client keeps the connection, as the
+    /// application would without the proxy. A client's first bytes are bounded by
+    /// `MESHTRACE_DETECT_TIMEOUT` either way.
+    #[arg(long, env = "MESHTRACE_HTTP1_HEADER_READ_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    pub http1_header_read_timeout: Duration,
+
     /// Destination ports forwarded as opaque TCP without protocol detection, for
     /// server-speaks-first protocols: a comma-separated list of ports and ranges
     /// (`25,3306,8000-8100`); empty for none.
@@ -139,6 +147,7 @@ impl Default for Config {
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 4191)),
             inbound_target: None,
             detect_timeout: Duration::from_secs(10),
+            http1_header_read_timeout: Duration::ZERO,
             opaque_ports: DEFAULT_OPAQUE_PORTS
                 .parse()
                 .unwrap_or_else(|_| PortSet::default()),

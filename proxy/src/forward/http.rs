@@ -507,11 +507,16 @@ where
 
 /// Serves one client connection with hyper until it closes. When shutdown starts, HTTP/1
 /// closes after the response in flight and HTTP/2 sends GOAWAY and finishes its streams.
+/// `header_read_timeout` bounds how long an HTTP/1 client may take to send a request's head,
+/// idle time between requests included; `None` sets no bound (hyper's default is 30 s, which
+/// arms a timer for every request and closes keep-alive connections that idle longer, earlier
+/// than many clients' pools expect).
 pub async fn serve_connection<I, S, RB>(
     protocol: Protocol,
     io: I,
     service: ConnectionService<S>,
     watch: &Watch,
+    header_read_timeout: Option<Duration>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<RB>, Error = Infallible>
@@ -558,6 +563,7 @@ pub async fn serve_connection<I, S, RB>(
                 .preserve_header_case(true)
                 .title_case_headers(false)
                 .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(io, service)
                 .with_upgrades();
             let connection = std::pin::pin!(connection);
