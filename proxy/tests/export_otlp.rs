@@ -251,32 +251,49 @@ async fn spans_arrive_with_resource_kinds_ids_parentage_attributes_and_timestamp
     }
 }
 
+/// Exports `hops` hops with a schedule delay too long to matter: waits until `full` spans
+/// (the full batches) have arrived, then shuts down, which flushes the rest. Returns the
+/// receiver and the number of spans sent.
+async fn export_in_batches(
+    protocol: ReceiverProtocol,
+    batch_size: &str,
+    hops: u32,
+    full: usize,
+) -> (OtlpReceiver, usize) {
+    let receiver = receiver(protocol).await;
+    let config = config_for(
+        &receiver,
+        &[
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", batch_size),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "1000"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ],
+    );
+    let exporter = start_exporter(config, &test_resource());
+    let sent = send_hops(&exporter.sink, 0..hops);
+    // Full batches go out without waiting for the (long) delay...
+    receiver
+        .wait_for_spans(full, WAIT)
+        .await
+        .expect("the full batches");
+    // ...and the rest is flushed at shutdown.
+    exporter
+        .handle
+        .shutdown(WAIT)
+        .await
+        .expect("clean shutdown");
+    (receiver, sent)
+}
+
+fn batch_sizes(receiver: &OtlpReceiver) -> Vec<usize> {
+    receiver.requests().iter().map(|r| r.span_count()).collect()
+}
+
 #[tokio::test]
 async fn batches_respect_the_batch_size() {
     for protocol in PROTOCOLS {
-        let receiver = receiver(protocol).await;
-        let config = config_for(
-            &receiver,
-            &[
-                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4"),
-                ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
-            ],
-        );
-        let exporter = start_exporter(config, &test_resource());
-        // 10 spans: two full batches go out without waiting for the (long) delay...
-        let sent = send_hops(&exporter.sink, 0..5);
-        receiver
-            .wait_for_spans(8, WAIT)
-            .await
-            .expect("two full batches");
-        // ...and the last two are flushed at shutdown.
-        exporter
-            .handle
-            .shutdown(WAIT)
-            .await
-            .expect("clean shutdown");
-        let sizes: Vec<usize> = receiver.requests().iter().map(|r| r.span_count()).collect();
-        assert_eq!(sizes, vec![4, 4, 2], "{protocol:?}");
+        let (receiver, sent) = export_in_batches(protocol, "4", 5, 8).await;
+        assert_eq!(batch_sizes(&receiver), vec![4, 4, 2], "{protocol:?}");
         assert_eq!(receiver.spans().len(), sent);
     }
 }
@@ -286,28 +303,8 @@ async fn batches_respect_the_batch_size() {
 #[tokio::test]
 async fn spans_encoded_in_chunks_leave_in_whole_batches() {
     for protocol in PROTOCOLS {
-        let receiver = receiver(protocol).await;
-        let config = config_for(
-            &receiver,
-            &[
-                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100"),
-                ("OTEL_BSP_MAX_QUEUE_SIZE", "1000"),
-                ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
-            ],
-        );
-        let exporter = start_exporter(config, &test_resource());
-        let sent = send_hops(&exporter.sink, 0..125);
-        receiver
-            .wait_for_spans(200, WAIT)
-            .await
-            .expect("two full batches");
-        exporter
-            .handle
-            .shutdown(WAIT)
-            .await
-            .expect("clean shutdown");
-        let sizes: Vec<usize> = receiver.requests().iter().map(|r| r.span_count()).collect();
-        assert_eq!(sizes, vec![100, 100, 50], "{protocol:?}");
+        let (receiver, sent) = export_in_batches(protocol, "100", 125, 200).await;
+        assert_eq!(batch_sizes(&receiver), vec![100, 100, 50], "{protocol:?}");
         let expected: Vec<Vec<u8>> = (0..125)
             .flat_map(|n| hop(n).map(|span| span.span_id.to_vec()))
             .collect();
