@@ -161,8 +161,7 @@ struct ExportTask {
 /// Spans encoded per turn of the exporter task. The exporter shares the proxy's threads with
 /// the request path: encoding a whole 512-span batch in one turn held a thread for ~0.3 ms and
 /// showed in the data path's p99 latency. Encoding spans a chunk at a time, as they arrive,
-/// keeps each turn short, and encodes spans while their memory is still recently used; the
-/// request sent to the collector still holds a whole batch.
+/// keeps each turn short; the request sent to the collector still holds a whole batch.
 const ENCODE_CHUNK: usize = 32;
 
 impl ExportTask {
