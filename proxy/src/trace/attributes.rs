@@ -451,19 +451,23 @@ impl RequestText {
     }
 }
 
-/// `server.address` and `server.port`: from the authority (its host as `text` has it), else
-/// from `fallback`.
+/// `server.address` and `server.port` of an authority: its host as `text` has it, and its port
+/// or the scheme's.
+fn server_target(target: Target<'_>, text: &RequestText, scheme: &str) -> (AttrValue, u16) {
+    let port = target.port.map_or(default_port(scheme), |(_, port)| port);
+    (text.value(strip_brackets(target.host)), port)
+}
+
+/// `server.address` and `server.port`: from the authority (see [`server_target`]), else from
+/// `fallback`.
 fn push_server_target(
     attrs: &mut Attributes,
-    target: Option<Target<'_>>,
-    text: &RequestText,
+    target: Option<(AttrValue, u16)>,
     fallback: Option<SocketAddr>,
-    scheme: &str,
 ) {
     match (target, fallback) {
-        (Some(target), _) => {
-            attrs.push((SERVER_ADDRESS, text.value(strip_brackets(target.host))));
-            let port = target.port.map_or(default_port(scheme), |(_, port)| port);
+        (Some((address, port)), _) => {
+            attrs.push((SERVER_ADDRESS, address));
             attrs.push((SERVER_PORT, AttrValue::Int(i64::from(port))));
         }
         (None, Some(addr)) => {
@@ -537,7 +541,8 @@ pub fn server(
     attrs.push((URL_PATH, text.attr(text.path)));
     attrs.push((URL_SCHEME, AttrValue::Static(scheme)));
     let fallback = conn.map(|c| c.orig_dst.unwrap_or(c.local_addr));
-    push_server_target(&mut attrs, target, text, fallback, scheme);
+    let target = target.map(|target| server_target(target, text, scheme));
+    push_server_target(&mut attrs, target, fallback);
     if let Some(conn) = conn {
         attrs.push((CLIENT_ADDRESS, AttrValue::Ip(conn.client_addr.ip())));
         push_peer(&mut attrs, conn.client_addr);
@@ -565,18 +570,10 @@ pub fn client(
         if let Some(url) = text.url_full {
             attrs.push((URL_FULL, text.attr(url)));
         }
-        match (text.host, orig_dst) {
-            (Some(host), _) => {
-                attrs.push((SERVER_ADDRESS, text.attr(host)));
-                let port = text.port.unwrap_or(default_port(scheme));
-                attrs.push((SERVER_PORT, AttrValue::Int(i64::from(port))));
-            }
-            (None, Some(addr)) => {
-                attrs.push((SERVER_ADDRESS, AttrValue::Ip(addr.ip())));
-                attrs.push((SERVER_PORT, AttrValue::Int(i64::from(addr.port()))));
-            }
-            (None, None) => {}
-        }
+        let target = text
+            .host
+            .map(|host| (text.attr(host), text.port.unwrap_or(default_port(scheme))));
+        push_server_target(&mut attrs, target, orig_dst);
         return attrs;
     }
     let authority = addressed(req, headers.host, known);
@@ -600,7 +597,8 @@ pub fn client(
     if let Some(url) = url {
         attrs.push((URL_FULL, url));
     }
-    push_server_target(&mut attrs, target, text, orig_dst, scheme);
+    let target = target.map(|target| server_target(target, text, scheme));
+    push_server_target(&mut attrs, target, orig_dst);
     attrs
 }
 
