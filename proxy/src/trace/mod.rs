@@ -15,6 +15,7 @@ mod attributes;
 mod body;
 mod clock;
 mod context;
+mod hop;
 pub mod ids;
 mod layer;
 mod metrics;
@@ -35,7 +36,8 @@ use crate::span::{SpanRecord, SpanSink};
 pub use body::TracedBody;
 pub use context::HopContext;
 pub use layer::{
-    ClientFuture, ClientSpan, ClientSpanLayer, ServerFuture, ServerSpan, ServerSpanLayer,
+    ClientFuture, ClientSpanLayer, ClientSpanService, ServerFuture, ServerSpanLayer,
+    ServerSpanService,
 };
 pub use metrics::TraceMetrics;
 pub use naming::SpanNaming;
@@ -148,9 +150,10 @@ fn parse_header_name(s: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(s.trim().as_bytes()).map_err(|e| format!("not a header name: {e}"))
 }
 
-/// Configuration and outputs shared by every layer instance.
+/// The tracer's settings and outputs (span sink, metrics), shared by every layer instance and
+/// every request recording.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct TracerState {
     sample_rate: f64,
     sample_header: HeaderName,
     default_b3: B3Forms,
@@ -160,7 +163,7 @@ pub(crate) struct Shared {
     metrics: TraceMetrics,
 }
 
-impl Shared {
+impl TracerState {
     pub(crate) fn send(&self, record: SpanRecord) {
         match self.sink.try_send(record) {
             Ok(()) => self.metrics.spans_recorded.inc(),
@@ -172,7 +175,7 @@ impl Shared {
 /// The runtime tracer: cheap to clone; makes the two layers.
 #[derive(Clone, Debug)]
 pub struct Tracer {
-    shared: Arc<Shared>,
+    state: Arc<TracerState>,
 }
 
 impl Tracer {
@@ -188,7 +191,7 @@ impl Tracer {
             multi: args.propagation.contains(&PropagationFormat::B3Multi),
         };
         Tracer {
-            shared: Arc::new(Shared {
+            state: Arc::new(TracerState {
                 sample_rate: args.sample_rate.clamp(0.0, 1.0),
                 sample_header: args.sample_header.clone(),
                 default_b3,
@@ -202,16 +205,16 @@ impl Tracer {
 
     /// The layer recording SERVER spans; put it right after the HTTP server.
     pub fn server_layer(&self) -> ServerSpanLayer {
-        ServerSpanLayer::new(self.shared.clone())
+        ServerSpanLayer::new(self.state.clone())
     }
 
     /// The layer recording CLIENT spans; put it right before the upstream client.
     pub fn client_layer(&self) -> ClientSpanLayer {
-        ClientSpanLayer::new(self.shared.clone())
+        ClientSpanLayer::new()
     }
 
     pub fn metrics(&self) -> &TraceMetrics {
-        &self.shared.metrics
+        &self.state.metrics
     }
 }
 
