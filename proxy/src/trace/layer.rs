@@ -100,16 +100,10 @@ where
                 if let Some(value) = this.trace_response.take() {
                     rsp.headers_mut().insert(TRACERESPONSE, value);
                 }
-                let mut guard = this.guard.take();
-                if let Some(span) = guard.as_mut().and_then(SpanGuard::span_mut) {
-                    span.on_response(rsp.status(), rsp.headers(), rsp.extensions());
-                }
-                Poll::Ready(Ok(rsp.map(|body| TracedBody::finishing_span(body, guard))))
+                Poll::Ready(Ok(traced_response(rsp, this.guard.take())))
             }
             Err(error) => {
-                if let Some(mut guard) = this.guard.take() {
-                    guard.finish(End::Failed(ERROR_OTHER));
-                }
+                fail(this.guard, ERROR_OTHER);
                 Poll::Ready(Err(error))
             }
         }
@@ -190,19 +184,30 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match ready!(this.inner.poll(cx)) {
-            Ok(rsp) => {
-                let mut guard = this.guard.take();
-                if let Some(span) = guard.as_mut().and_then(SpanGuard::span_mut) {
-                    span.on_response(rsp.status(), rsp.headers(), rsp.extensions());
-                }
-                Poll::Ready(Ok(rsp.map(|body| TracedBody::finishing_span(body, guard))))
-            }
+            Ok(rsp) => Poll::Ready(Ok(traced_response(rsp, this.guard.take()))),
             Err(error) => {
-                if let Some(mut guard) = this.guard.take() {
-                    guard.finish(End::Failed(error.error_type()));
-                }
+                fail(this.guard, error.error_type());
                 Poll::Ready(Err(error))
             }
         }
+    }
+}
+
+/// Records the response head on the span, then hands the span to the response body, which
+/// ends it.
+fn traced_response<B: Body>(
+    rsp: Response<B>,
+    mut guard: Option<SpanGuard>,
+) -> Response<TracedBody<B>> {
+    if let Some(span) = guard.as_mut().and_then(SpanGuard::span_mut) {
+        span.on_response(rsp.status(), rsp.headers(), rsp.extensions());
+    }
+    rsp.map(|body| TracedBody::finishing_span(body, guard))
+}
+
+/// Ends the span of a request whose inner service failed with `error_type`.
+fn fail(guard: &mut Option<SpanGuard>, error_type: &'static str) {
+    if let Some(mut guard) = guard.take() {
+        guard.finish(End::Failed(error_type));
     }
 }

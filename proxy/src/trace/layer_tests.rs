@@ -26,7 +26,7 @@ use tower::ServiceBuilder;
 use crate::meta::{ConnMeta, Direction, ErrorType, UpstreamPeer};
 use crate::span::{AttrValue, SpanKind, SpanQueue, SpanRecord, SpanSink, SpanStatus};
 
-use super::propagation::to_hex;
+use super::propagation::test_support::to_hex;
 use super::{PropagationFormat, TraceArgs, TracedBody, Tracer, PROXY_ERROR};
 
 const WAIT: Duration = Duration::from_secs(30);

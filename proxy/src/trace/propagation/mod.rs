@@ -6,6 +6,8 @@
 //! survives a hop.
 
 pub mod b3;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod w3c;
 
 use bytes::{BufMut, BytesMut};
@@ -405,11 +407,6 @@ fn remove(headers: &mut HeaderMap, bits: u8) {
     }
 }
 
-/// Removes every propagation header of every format.
-pub fn clear(headers: &mut HeaderMap) {
-    remove(headers, present(headers).0);
-}
-
 // traceparent + b3 single + x-b3-traceid/spanid/parentspanid, rounded up.
 const WRITE_BUFFER: usize = 192;
 
@@ -503,13 +500,6 @@ pub(crate) fn put_hex(buf: &mut BytesMut, bytes: &[u8]) {
     }
 }
 
-/// Formats `bytes` as lowercase hex (tests, logs).
-pub fn to_hex(bytes: &[u8]) -> String {
-    let mut buf = BytesMut::with_capacity(bytes.len() * 2);
-    put_hex(&mut buf, bytes);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 fn lower_hex_digit(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -530,21 +520,9 @@ pub(crate) fn parse_lower_hex<const N: usize>(src: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// The only value of a header that must not repeat: `Err` when it appears more than once.
-pub(crate) fn single_value<'a>(
-    headers: &'a HeaderMap,
-    name: &HeaderName,
-) -> Result<Option<&'a HeaderValue>, ()> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(());
-    }
-    Ok(first)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::test_support::to_hex;
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
