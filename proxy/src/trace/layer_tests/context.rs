@@ -5,8 +5,7 @@ use super::*;
 
 #[tokio::test]
 async fn sampled_request_yields_server_and_client_spans_chained_to_the_upstream() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(0.0), upstream.addr).await;
+    let (mut upstream, mut proxy) = start_mesh(args(0.0)).await;
     let mut req = request(
         &proxy,
         Method::POST,
@@ -129,13 +128,11 @@ fn assert_request_attributes(
 
 #[tokio::test]
 async fn every_forwarded_request_gets_a_new_client_span_id() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(0.0), upstream.addr).await;
+    let (mut upstream, mut proxy) = start_mesh(args(0.0)).await;
     let tp = format!("00-{TRACE}-{PARENT}-01");
     let mut parents = Vec::new();
     for _ in 0..3 {
-        send(request(&proxy, Method::GET, "/", &[("traceparent", &tp)])).await;
-        let seen = next_seen(&mut upstream).await;
+        let (_, seen) = get(&proxy, &mut upstream, "/", &[("traceparent", &tp)]).await;
         let spans = spans(&mut proxy.queue, 2).await;
         let (_, parent, _) = traceparent(&seen.headers, "traceparent");
         assert_eq!(parent, to_hex(&spans[1].span_id));
@@ -148,16 +145,8 @@ async fn every_forwarded_request_gets_a_new_client_span_id() {
 
 #[tokio::test]
 async fn a_proxy_that_starts_the_trace_roots_it_and_answers_traceresponse() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(1.0), upstream.addr).await;
-    let (rsp, _) = send(request(
-        &proxy,
-        Method::GET,
-        "/",
-        &[("tracestate", "orphan=1")],
-    ))
-    .await;
-    let seen = next_seen(&mut upstream).await;
+    let (mut upstream, mut proxy) = start_mesh(args(1.0)).await;
+    let (rsp, seen) = get(&proxy, &mut upstream, "/", &[("tracestate", "orphan=1")]).await;
     let [server, client]: [SpanRecord; 2] = spans(&mut proxy.queue, 2).await.try_into().unwrap();
     assert_eq!(server.parent_span_id, None, "root span");
     assert_eq!(server.flags, 0x03, "sampled + random (we generated the id)");
@@ -189,17 +178,15 @@ async fn traceresponse_can_be_turned_off() {
 
 #[tokio::test]
 async fn sample_header_forces_sampling_and_is_consumed() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(0.0), upstream.addr).await;
+    let (mut upstream, mut proxy) = start_mesh(args(0.0)).await;
     let tp = format!("00-{TRACE}-{PARENT}-00");
-    let (rsp, _) = send(request(
+    let (rsp, seen) = get(
         &proxy,
-        Method::GET,
+        &mut upstream,
         "/",
         &[("traceparent", &tp), ("L5d-Sample", "1")],
-    ))
+    )
     .await;
-    let seen = next_seen(&mut upstream).await;
     assert!(seen.headers.get("l5d-sample").is_none(), "consumed");
     let spans = spans(&mut proxy.queue, 2).await;
     assert_eq!(to_hex(&spans[0].trace_id), TRACE);
@@ -213,17 +200,15 @@ async fn sample_header_forces_sampling_and_is_consumed() {
 
 #[tokio::test]
 async fn sample_header_zero_beats_a_sampled_parent() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(1.0), upstream.addr).await;
+    let (mut upstream, mut proxy) = start_mesh(args(1.0)).await;
     let tp = format!("00-{TRACE}-{PARENT}-01");
-    let (rsp, _) = send(request(
+    let (rsp, seen) = get(
         &proxy,
-        Method::GET,
+        &mut upstream,
         "/",
         &[("traceparent", &tp), ("l5d-sample", "0")],
-    ))
+    )
     .await;
-    let seen = next_seen(&mut upstream).await;
     assert_no_spans(&mut proxy.queue);
     let (trace, _, flags) = traceparent(&seen.headers, "traceparent");
     assert_eq!((trace.as_str(), flags.as_str()), (TRACE, "00"));
@@ -235,17 +220,15 @@ async fn sample_header_zero_beats_a_sampled_parent() {
 
 #[tokio::test]
 async fn unparseable_sample_header_is_ignored_counted_and_removed() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(0.0), upstream.addr).await;
+    let (mut upstream, mut proxy) = start_mesh(args(0.0)).await;
     let tp = format!("00-{TRACE}-{PARENT}-01");
-    let (rsp, _) = send(request(
+    let (rsp, seen) = get(
         &proxy,
-        Method::GET,
+        &mut upstream,
         "/",
         &[("traceparent", &tp), ("l5d-sample", "lots")],
-    ))
+    )
     .await;
-    let seen = next_seen(&mut upstream).await;
     assert!(seen.headers.get("l5d-sample").is_none());
     // The inherited decision (sampled) stands.
     spans(&mut proxy.queue, 2).await;
@@ -258,10 +241,8 @@ async fn unparseable_sample_header_is_ignored_counted_and_removed() {
 
 #[tokio::test]
 async fn unsampled_requests_record_nothing_but_propagate_a_fresh_context() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(0.0), upstream.addr).await;
-    let (rsp, _) = send(request(&proxy, Method::GET, "/x", &[])).await;
-    let seen = next_seen(&mut upstream).await;
+    let (mut upstream, mut proxy) = start_mesh(args(0.0)).await;
+    let (rsp, seen) = get(&proxy, &mut upstream, "/x", &[]).await;
     assert_no_spans(&mut proxy.queue);
     let (trace, parent, flags) = traceparent(&seen.headers, "traceparent");
     assert_ne!(trace, "0".repeat(32));
@@ -277,11 +258,9 @@ async fn unsampled_requests_record_nothing_but_propagate_a_fresh_context() {
 
 #[tokio::test]
 async fn b3_single_in_b3_single_out_plus_traceparent() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(0.0), upstream.addr).await;
+    let (mut upstream, mut proxy) = start_mesh(args(0.0)).await;
     let b3 = format!("{TRACE}-{PARENT}-1");
-    send(request(&proxy, Method::GET, "/", &[("b3", &b3)])).await;
-    let seen = next_seen(&mut upstream).await;
+    let (_, seen) = get(&proxy, &mut upstream, "/", &[("b3", &b3)]).await;
     let [server, client]: [SpanRecord; 2] = spans(&mut proxy.queue, 2).await.try_into().unwrap();
     assert_eq!(to_hex(&server.trace_id), TRACE);
     assert_eq!(
@@ -306,20 +285,18 @@ async fn b3_single_in_b3_single_out_plus_traceparent() {
 
 #[tokio::test]
 async fn b3_multi_64_bit_ids_stay_64_bit_in_b3_and_pad_in_w3c() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(1.0), upstream.addr).await;
-    let (rsp, _) = send(request(
+    let (mut upstream, mut proxy) = start_mesh(args(1.0)).await;
+    let (rsp, seen) = get(
         &proxy,
-        Method::GET,
+        &mut upstream,
         "/",
         &[
             ("X-B3-TraceId", "463ac35c9f6413ad"),
             ("X-B3-SpanId", "a2fb4a1d1a96d312"),
             ("X-B3-Sampled", "0"),
         ],
-    ))
+    )
     .await;
-    let seen = next_seen(&mut upstream).await;
     assert_no_spans(&mut proxy.queue);
     assert!(rsp.headers.get("traceresponse").is_none());
     assert_eq!(
@@ -343,10 +320,8 @@ async fn b3_multi_64_bit_ids_stay_64_bit_in_b3_and_pad_in_w3c() {
 
 #[tokio::test]
 async fn b3_sampling_state_only_starts_a_trace_with_that_decision() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(1.0), upstream.addr).await;
-    let (rsp, _) = send(request(&proxy, Method::GET, "/", &[("b3", "0")])).await;
-    let seen = next_seen(&mut upstream).await;
+    let (mut upstream, mut proxy) = start_mesh(args(1.0)).await;
+    let (rsp, seen) = get(&proxy, &mut upstream, "/", &[("b3", "0")]).await;
     assert_no_spans(&mut proxy.queue);
     let (trace, span, flags) = traceparent(&seen.headers, "traceparent");
     assert_eq!(flags, "02", "inherited 'no', fresh random trace id");
@@ -360,20 +335,18 @@ async fn b3_sampling_state_only_starts_a_trace_with_that_decision() {
 
 #[tokio::test]
 async fn b3_debug_forces_sampling() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(0.0), upstream.addr).await;
-    send(request(
+    let (mut upstream, mut proxy) = start_mesh(args(0.0)).await;
+    let (_, seen) = get(
         &proxy,
-        Method::GET,
+        &mut upstream,
         "/",
         &[
             ("x-b3-traceid", TRACE),
             ("x-b3-spanid", PARENT),
             ("x-b3-flags", "1"),
         ],
-    ))
+    )
     .await;
-    let seen = next_seen(&mut upstream).await;
     spans(&mut proxy.queue, 2).await;
     assert_eq!(header(&seen.headers, "x-b3-flags"), Some("1"));
     assert!(seen.headers.get("x-b3-sampled").is_none());
@@ -381,11 +354,10 @@ async fn b3_debug_forces_sampling() {
 
 #[tokio::test]
 async fn invalid_traceparent_restarts_the_trace_and_drops_tracestate() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(1.0), upstream.addr).await;
-    let (rsp, _) = send(request(
+    let (mut upstream, mut proxy) = start_mesh(args(1.0)).await;
+    let (rsp, seen) = get(
         &proxy,
-        Method::GET,
+        &mut upstream,
         "/",
         &[
             (
@@ -394,9 +366,8 @@ async fn invalid_traceparent_restarts_the_trace_and_drops_tracestate() {
             ),
             ("tracestate", "congo=t61rcWkgMzE"),
         ],
-    ))
+    )
     .await;
-    let seen = next_seen(&mut upstream).await;
     let spans = spans(&mut proxy.queue, 2).await;
     assert_eq!(spans[0].parent_span_id, None);
     assert_ne!(to_hex(&spans[0].trace_id), TRACE);
@@ -412,8 +383,7 @@ async fn configured_b3_single_when_no_b3_arrived() {
     let mut args = args(0.0);
     args.propagation = vec![PropagationFormat::TraceContext, PropagationFormat::B3];
     let proxy = start_proxy(args, upstream.addr).await;
-    send(request(&proxy, Method::GET, "/", &[])).await;
-    let seen = next_seen(&mut upstream).await;
+    let (_, seen) = get(&proxy, &mut upstream, "/", &[]).await;
     let (trace, span, _) = traceparent(&seen.headers, "traceparent");
     let b3 = header(&seen.headers, "b3").unwrap();
     assert!(b3.starts_with(&format!("{trace}-{span}-0-")), "{b3}");

@@ -292,6 +292,25 @@ async fn next_seen(upstream: &mut Upstream) -> Received {
         .expect("upstream running")
 }
 
+/// An upstream, and a proxy with `args` in front of it.
+async fn start_mesh(args: TraceArgs) -> (Upstream, Proxy) {
+    let upstream = start_upstream().await;
+    let proxy = start_proxy(args, upstream.addr).await;
+    (upstream, proxy)
+}
+
+/// Sends `GET {path}` with `headers` through `proxy`: the response head, and the request as
+/// the upstream received it.
+async fn get(
+    proxy: &Proxy,
+    upstream: &mut Upstream,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (http::response::Parts, Received) {
+    let (rsp, _) = send(request(proxy, Method::GET, path, headers)).await;
+    (rsp, next_seen(upstream).await)
+}
+
 /// The next `n` spans, SERVER ones first.
 async fn spans(queue: &mut SpanQueue, n: usize) -> Vec<SpanRecord> {
     let mut out = Vec::with_capacity(n);
