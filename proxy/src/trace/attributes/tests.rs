@@ -131,14 +131,7 @@ fn assert_no_secrets(attrs: &Attributes) {
 #[test]
 fn server_attributes() {
     let conn = conn();
-    let req = Request::builder()
-        .uri("/orders/7?x=1")
-        .header("host", "svc.ns:8080")
-        .header("user-agent", "curl/8")
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
+    let req = parts("/orders/7?x=1", Some("svc.ns:8080"));
     let attrs = server_of(&req, Some(&conn), false);
     assert_eq!(get(&attrs, DIRECTION), Some(AttrValue::Static("inbound")));
     assert_eq!(
@@ -304,14 +297,7 @@ fn grpc_attributes() {
 #[test]
 fn spans_share_one_text_per_request() {
     let conn = conn();
-    let req = Request::builder()
-        .uri("/orders/7")
-        .header("host", "svc.ns:8080")
-        .header("user-agent", "curl/8")
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
+    let req = parts("/orders/7", Some("svc.ns:8080"));
     let headers = headers_of(&req.headers);
     let authority = target_authority(&req, None);
     assert!(matches!(authority, Some(Addressed::Plain("svc.ns:8080"))));

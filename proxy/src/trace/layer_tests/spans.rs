@@ -3,10 +3,10 @@
 
 use super::*;
 
-#[tokio::test]
-async fn streamed_response_server_span_ends_after_the_last_body_byte() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(1.0), upstream.addr).await;
+/// Sends `GET /stream` through a proxy that samples everything: the response body, the
+/// upstream (holding the open end of the stream) and the proxy.
+async fn start_stream() -> (Upstream, Proxy, Incoming) {
+    let (upstream, proxy) = start_mesh(args(1.0)).await;
     let rsp = tokio::time::timeout(
         WAIT,
         client(false).request(request(&proxy, Method::GET, "/stream", &[])),
@@ -14,7 +14,12 @@ async fn streamed_response_server_span_ends_after_the_last_body_byte() {
     .await
     .unwrap()
     .unwrap();
-    let mut body = rsp.into_body();
+    (upstream, proxy, rsp.into_body())
+}
+
+#[tokio::test]
+async fn streamed_response_server_span_ends_after_the_last_body_byte() {
+    let (mut upstream, mut proxy, mut body) = start_stream().await;
     let first = tokio::time::timeout(WAIT, body.frame())
         .await
         .unwrap()
@@ -50,16 +55,7 @@ async fn streamed_response_server_span_ends_after_the_last_body_byte() {
 
 #[tokio::test]
 async fn client_gone_mid_stream_ends_both_spans_as_cancelled() {
-    let mut upstream = start_upstream().await;
-    let mut proxy = start_proxy(args(1.0), upstream.addr).await;
-    let rsp = tokio::time::timeout(
-        WAIT,
-        client(false).request(request(&proxy, Method::GET, "/stream", &[])),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let mut body = rsp.into_body();
+    let (mut upstream, mut proxy, mut body) = start_stream().await;
     tokio::time::timeout(WAIT, body.frame()).await.unwrap();
     let stream = tokio::time::timeout(WAIT, upstream.streams.recv())
         .await
