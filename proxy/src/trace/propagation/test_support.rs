@@ -24,3 +24,15 @@ pub fn single_value<'a>(
     }
     Ok(first)
 }
+
+/// A header map of `pairs`, in order (a name may repeat).
+pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    map
+}

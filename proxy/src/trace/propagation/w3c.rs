@@ -186,7 +186,7 @@ fn valid_value(value: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{single_value, to_hex};
+    use super::super::test_support::{header_map as map, single_value, to_hex};
     use super::*;
     use http::header::HeaderMap;
 
@@ -208,7 +208,6 @@ mod tests {
         let repeated = fields.next().is_some();
         tracestate_of(first, repeated.then(|| headers.get_all(TRACESTATE)))
     }
-    use http::HeaderName;
 
     const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
     const SPAN: &str = "b7ad6b7169203331";
@@ -300,17 +299,6 @@ mod tests {
         ] {
             assert!(parse(&bad).is_none(), "{bad:?}");
         }
-    }
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
     }
 
     #[test]
