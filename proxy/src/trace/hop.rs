@@ -45,6 +45,7 @@ pub(super) struct ServerStart {
 pub(super) fn start_server(tracer: &Arc<TracerState>, parts: &mut Parts) -> ServerStart {
     let scanned = ScannedHeaders::scan(&parts.headers, Some(&tracer.sample_header));
     let (parent, incoming) = extract(tracer, &scanned);
+    // (correlate: a parent inferred for a request that arrived without one goes here.)
     let trace = HopTrace::join_or_start(parent);
     let decision = decide(tracer, &incoming, &trace);
     let span_id = ids::new_span_id();
@@ -60,6 +61,7 @@ pub(super) fn start_server(tracer: &Arc<TracerState>, parts: &mut Parts) -> Serv
         // The proxy that applies the sample header removes it.
         parts.headers.remove(&tracer.sample_header);
     }
+    // Hand off to the CLIENT span.
     parts.extensions.insert(HopContext {
         trace_id: trace.trace_id,
         server_span_id: span_id,

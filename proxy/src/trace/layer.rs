@@ -24,12 +24,12 @@ use super::TracerState;
 /// Records SERVER spans; see [`super::Tracer::server_layer`].
 #[derive(Clone, Debug)]
 pub struct ServerSpanLayer {
-    state: Arc<TracerState>,
+    tracer: Arc<TracerState>,
 }
 
 impl ServerSpanLayer {
-    pub(crate) fn new(state: Arc<TracerState>) -> Self {
-        ServerSpanLayer { state }
+    pub(crate) fn new(tracer: Arc<TracerState>) -> Self {
+        ServerSpanLayer { tracer }
     }
 }
 
@@ -39,7 +39,7 @@ impl<S> Layer<S> for ServerSpanLayer {
     fn layer(&self, inner: S) -> ServerSpanService<S> {
         ServerSpanService {
             inner,
-            state: self.state.clone(),
+            tracer: self.tracer.clone(),
         }
     }
 }
@@ -48,7 +48,7 @@ impl<S> Layer<S> for ServerSpanLayer {
 #[derive(Clone, Debug)]
 pub struct ServerSpanService<S> {
     inner: S,
-    state: Arc<TracerState>,
+    tracer: Arc<TracerState>,
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for ServerSpanService<S>
@@ -66,7 +66,7 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let start = hop::start_server(&self.state, &mut parts);
+        let start = hop::start_server(&self.tracer, &mut parts);
         let body = TracedBody::counting_request(body, start.recording);
         ServerFuture {
             inner: self.inner.call(Request::from_parts(parts, body)),

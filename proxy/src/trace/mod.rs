@@ -10,6 +10,22 @@
 //! makes a CLIENT span per forwarded request and rewrites every propagation header with it.
 //! Unsampled requests still propagate a context (flags `00`) but record nothing. Tracing never
 //! fails a request: whatever cannot be parsed or written is skipped.
+//!
+//! Modules, in the order a request meets them:
+//! - `layer`: the tower shells (`ServerSpanLayer`/`ServerSpanService`/`ServerFuture`, and
+//!   the CLIENT ones); each calls `hop` and wraps the response body;
+//! - `hop`: starting the SERVER and CLIENT spans of a hop, step by step (scan, extract, join,
+//!   decide, record, hand off; CLIENT: record, inject);
+//! - `propagation` (`w3c`, `b3`): reading the incoming context, writing the outgoing one;
+//! - `sampling`: the sampling decision (sample header, B3 debug, inherited, ratio);
+//! - `ids`: new trace and span ids;
+//! - `attributes` (`target`, `text`, `response`): every span attribute, request and response,
+//!   and the span name's inputs; `naming`: span names;
+//! - `context`: the hop's context handed from the SERVER to the CLIENT span, and a sampled
+//!   request's recording;
+//! - `record`: a span between start and end, finished once and sent to the sink;
+//! - `body`: the body wrapper that counts bytes and ends spans; `clock`: span timestamps;
+//! - `metrics`: the trace layers' counters.
 
 mod attributes;
 mod body;
