@@ -18,11 +18,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, PortSet};
-use crate::detect::{self, PrefixedIo, Protocol};
+use crate::detect;
 use crate::export::{self, ExporterHandle};
-use crate::forward::{self, http::ConnectionService, resolve::Resolver, HttpStacks, StackParams};
+use crate::forward::{self, resolve::Resolver, ConnectionService, HttpStacks, StackParams};
 use crate::listen;
-use crate::meta::{ConnMeta, Direction};
+use crate::meta::{ConnMeta, Direction, Protocol};
 use crate::metrics::{DirectionMetrics, ProxyMetrics};
 use crate::shutdown::{self, DrainOutcome, Drained, Trigger, Watch};
 use crate::span::SpanSink;
@@ -117,7 +117,7 @@ impl Proxy {
 
         let (inbound_listener, inbound_addr) = bind("inbound", config.inbound_addr).await?;
         let (outbound_listener, outbound_addr) = bind("outbound", config.outbound_addr).await?;
-        let own_listeners = vec![inbound_addr, outbound_addr, admin_addr];
+        let own_listeners = forward::OwnListeners::new([inbound_addr, outbound_addr, admin_addr]);
 
         let inbound_target = match &config.inbound_target {
             Some(target) => Some(resolve_once(target).await?),
@@ -258,7 +258,7 @@ impl BoundProxy {
 /// One direction's per-connection settings and its HTTP stack.
 struct DirectionContext {
     direction: Direction,
-    own_listeners: Vec<SocketAddr>,
+    own_listeners: forward::OwnListeners,
     /// Inbound `MESHTRACE_INBOUND_TARGET`: overrides the original destination.
     fixed_target: Option<SocketAddr>,
     detect_timeout: Duration,
@@ -321,7 +321,7 @@ async fn handle_connection(
         return;
     }
     if let Some(dst) = orig_dst {
-        if listen::is_own_listener(dst, &context.own_listeners, local_addr) {
+        if context.own_listeners.reached_by(dst, local_addr) {
             tracing::warn!(%client_addr, %dst, direction, "destination is this proxy; closing to avoid a loop");
             return;
         }
@@ -345,7 +345,7 @@ async fn handle_connection(
         };
     context.metrics.connection_detected(protocol);
     tracing::debug!(%client_addr, ?orig_dst, direction, protocol = protocol.as_str(), "accepted");
-    let io = PrefixedIo::new(prefix, io);
+    let io = io.replay(prefix);
 
     match protocol {
         Protocol::Opaque => {
@@ -370,14 +370,8 @@ async fn handle_connection(
                 orig_dst,
             });
             let service = ConnectionService::new(context.stack.for_connection(), meta);
-            forward::http::serve_connection(
-                protocol,
-                io,
-                service,
-                watch,
-                context.header_read_timeout,
-            )
-            .await;
+            forward::serve_connection(protocol, io, service, watch, context.header_read_timeout)
+                .await;
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod client_io;
 pub mod config;
 pub mod detect;
 pub mod export;

@@ -18,7 +18,7 @@ use super::clock;
 use super::context::Recording;
 
 /// Response header set by the data path's error mapping on proxy-generated responses.
-pub const PROXY_ERROR: http::HeaderName = http::HeaderName::from_static("meshtrace-proxy-error");
+pub use crate::meta::PROXY_ERROR_HEADER as PROXY_ERROR;
 const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// `error.type` when the peer went away before the exchange completed.
