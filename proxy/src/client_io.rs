@@ -78,11 +78,7 @@ impl<I: AsyncWrite> AsyncWrite for ClientIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let result = this.io.poll_write(cx, buf);
-        if let Poll::Ready(Ok(written)) = result {
-            this.sent.inc_by(written as u64);
-        }
-        result
+        count_written(this.io.poll_write(cx, buf), this.sent)
     }
 
     fn poll_write_vectored(
@@ -91,11 +87,7 @@ impl<I: AsyncWrite> AsyncWrite for ClientIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let result = this.io.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(written)) = result {
-            this.sent.inc_by(written as u64);
-        }
-        result
+        count_written(this.io.poll_write_vectored(cx, bufs), this.sent)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -109,6 +101,15 @@ impl<I: AsyncWrite> AsyncWrite for ClientIo<I> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_shutdown(cx)
     }
+}
+
+/// Counts the bytes a write accepted.
+#[inline]
+fn count_written(result: Poll<io::Result<usize>>, sent: &Counter) -> Poll<io::Result<usize>> {
+    if let Poll::Ready(Ok(written)) = result {
+        sent.inc_by(written as u64);
+    }
+    result
 }
 
 #[cfg(test)]
