@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, PortSet};
+use crate::config::{Config, PortList};
 use crate::detect::{self, PrefixedIo, Protocol};
 use crate::export::{self, ExporterHandle};
 use crate::forward::{self, http::ConnectionService, resolve::Resolver, HttpStacks, StackParams};
@@ -264,7 +264,7 @@ struct DirectionContext {
     detect_timeout: Duration,
     /// `None`: HTTP/1 clients may take as long as they like between requests.
     header_read_timeout: Option<Duration>,
-    opaque_ports: PortSet,
+    opaque_ports: PortList,
     connect_timeout: Duration,
     metrics: DirectionMetrics,
     stack: HttpStacks,

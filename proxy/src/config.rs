@@ -3,11 +3,10 @@
 //! Parsing is pure (no I/O) so that every knob and its default is unit-tested here; `app` only
 //! ever sees the typed [`Config`].
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
-use std::str::FromStr;
 use std::time::Duration;
+
+pub use meshtrace_ports::PortList;
 
 use crate::export::ExportArgs;
 use crate::meta::Direction;
@@ -58,9 +57,9 @@ pub struct Config {
 
     /// Destination ports forwarded as opaque TCP without protocol detection, for
     /// server-speaks-first protocols: a comma-separated list of ports and ranges
-    /// (`25,3306,8000-8100`); empty for none.
+    /// (`25,3306,8000-8100`, ports 1-65535); empty for none.
     #[arg(long, env = "MESHTRACE_OPAQUE_PORTS", default_value = DEFAULT_OPAQUE_PORTS)]
-    pub opaque_ports: PortSet,
+    pub opaque_ports: PortList,
 
     /// Inbound: how long to wait for a TCP connection to the local application.
     #[arg(long, env = "MESHTRACE_INBOUND_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
@@ -150,7 +149,7 @@ impl Default for Config {
             http1_header_read_timeout: Duration::ZERO,
             opaque_ports: DEFAULT_OPAQUE_PORTS
                 .parse()
-                .unwrap_or_else(|_| PortSet::default()),
+                .unwrap_or_else(|_| PortList::default()),
             inbound_connect_timeout: Duration::from_secs(1),
             outbound_connect_timeout: Duration::from_secs(3),
             inbound_response_timeout: Duration::ZERO,
@@ -208,8 +207,6 @@ pub enum ParseError {
         "invalid duration {0:?}: expected a number with an optional unit (ms, s, m, h), e.g. 10s"
     )]
     Duration(String),
-    #[error("invalid port or port range {0:?}: expected e.g. 25 or 8000-8100")]
-    Port(String),
 }
 
 /// Parses `10s`, `250ms`, `1.5m`, `2h`; a bare number is seconds.
@@ -229,63 +226,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, ParseError> {
         _ => return Err(invalid()),
     };
     Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| invalid())
-}
-
-/// A set of TCP ports, written as a comma-separated list of ports and inclusive ranges.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PortSet {
-    ranges: Vec<RangeInclusive<u16>>,
-}
-
-impl PortSet {
-    pub fn contains(&self, port: u16) -> bool {
-        self.ranges.iter().any(|range| range.contains(&port))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-}
-
-impl FromStr for PortSet {
-    type Err = ParseError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut ranges = Vec::new();
-        for item in text
-            .split(',')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-        {
-            let invalid = || ParseError::Port(item.to_string());
-            let port = |s: &str| s.trim().parse::<u16>().map_err(|_| invalid());
-            let range = match item.split_once('-') {
-                Some((low, high)) => port(low)?..=port(high)?,
-                None => port(item)?..=port(item)?,
-            };
-            if range.is_empty() {
-                return Err(invalid());
-            }
-            ranges.push(range);
-        }
-        Ok(PortSet { ranges })
-    }
-}
-
-impl fmt::Display for PortSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, range) in self.ranges.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            if range.start() == range.end() {
-                write!(f, "{}", range.start())?;
-            } else {
-                write!(f, "{}-{}", range.start(), range.end())?;
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -311,20 +251,6 @@ mod tests {
         assert!(parse_duration("ten seconds").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("-1s").is_err());
-    }
-
-    #[test]
-    fn port_sets() {
-        let ports: PortSet = "25, 3306,8000-8100".parse().unwrap();
-        assert!(ports.contains(25));
-        assert!(ports.contains(3306));
-        assert!(ports.contains(8000) && ports.contains(8050) && ports.contains(8100));
-        assert!(!ports.contains(8101) && !ports.contains(80));
-        assert_eq!(ports.to_string(), "25,3306,8000-8100");
-        assert!("".parse::<PortSet>().unwrap().is_empty());
-        assert!("70000".parse::<PortSet>().is_err());
-        assert!("90-80".parse::<PortSet>().is_err());
-        assert!("http".parse::<PortSet>().is_err());
     }
 
     #[test]

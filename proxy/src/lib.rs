@@ -1,6 +1,8 @@
 //! meshtrace data plane: a transparent L7 proxy that forwards traffic unchanged and traces every
 //! HTTP hop.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod app;
 pub mod config;

@@ -1,5 +1,7 @@
 //! `meshtrace-proxy`: a thin shell over [`meshtrace_proxy::app`].
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

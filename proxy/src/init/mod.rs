@@ -13,7 +13,8 @@ use std::fmt;
 use std::process::ExitStatus;
 
 pub use backend::{choose_backend, Backend, IptablesMode, Probe};
-pub use lists::{PortList, PortRange, PortRangeError, SubnetError, SubnetList};
+pub use lists::{SubnetError, SubnetList};
+pub use meshtrace_ports::{PortList, PortRange, PortRangeError};
 pub use rules::{restore_input, Family, RuleConfig, INBOUND_CHAIN, OUTBOUND_CHAIN};
 
 /// Flags of `meshtrace-proxy init`. Every flag can also be set through the `MESHTRACE_INIT_*`
