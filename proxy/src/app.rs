@@ -69,7 +69,9 @@ impl Proxy {
     pub fn start_export(&mut self) -> Result<Option<ExporterHandle>, export::StartError> {
         // Under `meshtrace_` like every other family (`meshtrace_export_spans_exported_total`).
         let registry = self.registry.sub_registry_with_prefix("meshtrace");
-        let (sink, handle) = export::start(&self.config.export, registry)?;
+        let settings = self.config.export.config()?;
+        let resource = self.config.export.resource();
+        let (sink, handle) = export::start(settings, &resource, registry)?;
         self.spans = sink;
         Ok(handle)
     }

@@ -6,9 +6,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod export;
+
+pub use export::ExportArgs;
 pub use meshtrace_ports::PortList;
 
-use crate::export::ExportArgs;
 use crate::meta::Direction;
 use crate::trace::TraceArgs;
 
