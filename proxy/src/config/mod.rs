@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub mod export;
+pub mod trace;
 
 pub use export::ExportArgs;
 pub use meshtrace_ports::PortList;
 
 use crate::meta::Direction;
-use crate::trace::TraceArgs;
+pub use trace::{PropagationFormat, Toggle, TraceArgs};
 
 /// Ports that skip protocol detection by default: server-speaks-first protocols (SMTP, MySQL,
 /// Galera, PostgreSQL, Redis, Elasticsearch transport, memcached), as in Linkerd.
@@ -287,5 +288,60 @@ mod tests {
         assert_eq!(outbound.response_timeout, Some(Duration::from_millis(500)));
         assert_eq!(outbound.connect_timeout, Duration::from_secs(3));
         assert_eq!(parsed.direction(Direction::Inbound).response_timeout, None);
+    }
+
+    /// Set in the environment of the child process that
+    /// [`a_flag_wins_over_its_environment_variable`] starts.
+    const CHILD: &str = "MESHTRACE_CONFIG_TEST_CHILD";
+
+    /// The process environment is shared by every test thread, so the variables are set only
+    /// in a child process: this test binary again, running this one test.
+    #[test]
+    fn a_flag_wins_over_its_environment_variable() {
+        if std::env::var_os(CHILD).is_some() {
+            return flag_wins_in_child();
+        }
+        let name = "config::tests::a_flag_wins_over_its_environment_variable";
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env("MESHTRACE_DETECT_TIMEOUT", "7s")
+            .env("MESHTRACE_OUTBOUND_CONNECT_TIMEOUT", "9s")
+            .env("MESHTRACE_SAMPLE_RATE", "0.25")
+            .env("MESHTRACE_OPAQUE_PORTS", "1-2")
+            .env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://from-env:4318")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn flag_wins_in_child() {
+        let config = Cli::try_parse_from([
+            "meshtrace-proxy",
+            "--detect-timeout=2s",
+            "--sample-rate=0.5",
+            "--opaque-ports=3",
+            "--otlp-protocol=grpc",
+        ])
+        .unwrap()
+        .config;
+        // Flags win over their variables...
+        assert_eq!(config.detect_timeout, Duration::from_secs(2));
+        assert_eq!(config.trace.sample_rate, 0.5);
+        assert_eq!(config.opaque_ports.to_string(), "3");
+        // ...variables without a flag still count...
+        let outbound = config.direction(Direction::Outbound);
+        assert_eq!(outbound.connect_timeout, Duration::from_secs(9));
+        // ...and a flag for the generic OTLP setting does not beat the per-signal variable.
+        let export = config.export.config().unwrap().on().unwrap();
+        assert_eq!(export.protocol, crate::export::Protocol::HttpProtobuf);
+        assert_eq!(export.endpoint, "http://from-env:4318/v1/traces");
     }
 }
