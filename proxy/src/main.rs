@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use meshtrace_proxy::app::Proxy;
-use meshtrace_proxy::config::{Config, LogFormat};
-use meshtrace_proxy::init::{self, InitArgs};
+use meshtrace_proxy::config::{Config, InitArgs, LogFormat};
+use meshtrace_proxy::init;
 
 /// meshtrace sidecar proxy: forwards a pod's inbound and outbound traffic unchanged and traces
 /// every HTTP hop.
@@ -38,7 +38,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Init(args)) => match init::run(&args) {
+        Some(Command::Init(args)) => match args.config().and_then(|config| init::run(&config)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("meshtrace-proxy init: {error}");

@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub mod export;
+pub mod init;
 pub mod trace;
 
 pub use export::ExportArgs;
+pub use init::{InitArgs, IptablesMode};
 pub use meshtrace_ports::PortList;
 
 use crate::meta::Direction;
