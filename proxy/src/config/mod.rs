@@ -21,6 +21,53 @@ pub use trace::{PropagationFormat, Toggle, TraceArgs};
 /// Galera, PostgreSQL, Redis, Elasticsearch transport, memcached), as in Linkerd.
 pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 
+/// meshtrace sidecar proxy: forwards a pod's inbound and outbound traffic unchanged and traces
+/// every HTTP hop.
+///
+/// Every flag can also be set through the environment variable shown with it.
+#[derive(clap::Parser)]
+#[command(
+    name = "meshtrace-proxy",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    run: Config,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Run the proxy (the default when no subcommand is given).
+    Run(Box<Config>),
+    /// Program the pod's iptables rules that redirect traffic to the proxy (init container).
+    Init(InitArgs),
+}
+
+/// What the command line asks for.
+pub enum Invocation {
+    /// `meshtrace-proxy [run] [FLAGS]`.
+    Run(Box<Config>),
+    /// `meshtrace-proxy init [FLAGS]`.
+    Init(InitArgs),
+}
+
+impl Invocation {
+    /// Parses the process's arguments and environment; prints help, version or a usage error
+    /// and exits where clap does.
+    pub fn from_command_line() -> Invocation {
+        let cli = <Cli as clap::Parser>::parse();
+        match cli.command {
+            Some(Command::Init(args)) => Invocation::Init(args),
+            Some(Command::Run(config)) => Invocation::Run(config),
+            None => Invocation::Run(Box::new(cli.run)),
+        }
+    }
+}
+
 /// Everything `meshtrace-proxy run` can be told.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
