@@ -176,6 +176,13 @@ enum Next {
     Finished,
 }
 
+/// Why [`ExportTask::wait_for_spans`] returned.
+enum Woken {
+    Spans,
+    Deadline,
+    Shutdown,
+}
+
 impl ExportTask {
     async fn run(mut self) {
         let max = self.batch.max_export_batch_size.max(1);
@@ -232,21 +239,10 @@ impl ExportTask {
             // Every sink is gone: nothing more will come.
             return Next::Finished;
         }
-        let signal = self.queue.signal.clone();
-        let notified = signal.notified();
-        signal.arm(1);
-        if self.queue.is_empty() {
-            tokio::select! {
-                biased;
-                () = self.shutdown.requested() => {
-                    signal.disarm();
-                    return Next::Shutdown;
-                }
-                () = notified => {}
-            }
+        match self.wait_for_spans(1, None).await {
+            Woken::Shutdown => Next::Shutdown,
+            Woken::Deadline | Woken::Spans => Next::Wait,
         }
-        signal.disarm();
-        Next::Wait
     }
 
     /// Accumulating: woken when a chunk can be encoded or the batch's delay is over, not for
@@ -257,27 +253,37 @@ impl ExportTask {
         wanted: usize,
         flush_at: &mut Option<Instant>,
     ) -> Next {
-        let signal = self.queue.signal.clone();
-        let notified = signal.notified();
-        signal.arm(wanted);
-        if self.queue.len() < wanted {
-            let at = flush_at.unwrap_or_else(Instant::now);
-            tokio::select! {
-                biased;
-                () = self.shutdown.requested() => {
-                    signal.disarm();
-                    return Next::Shutdown;
-                }
-                () = sleep_until(at) => *flush_at = None,
-                () = notified => {}
-            }
+        let deadline = flush_at.unwrap_or_else(Instant::now);
+        match self.wait_for_spans(wanted, Some(deadline)).await {
+            Woken::Shutdown => return Next::Shutdown,
+            Woken::Deadline => *flush_at = None,
+            Woken::Spans => {}
         }
-        signal.disarm();
         if self.take_queued(chunk, wanted).1 == Taken::Finished {
             // Every sink is gone: send what is left now.
             *flush_at = None;
         }
         Next::Encode
+    }
+
+    /// Waits until `wanted` spans are queued (or were when it started), `deadline` passes or
+    /// shutdown is requested, whichever comes first.
+    async fn wait_for_spans(&mut self, wanted: usize, deadline: Option<Instant>) -> Woken {
+        let signal = self.queue.signal.clone();
+        let notified = signal.notified();
+        signal.arm(wanted);
+        let mut woken = Woken::Spans;
+        if self.queue.len() < wanted {
+            let at = deadline.unwrap_or_else(Instant::now);
+            tokio::select! {
+                biased;
+                () = self.shutdown.requested() => woken = Woken::Shutdown,
+                () = sleep_until(at), if deadline.is_some() => woken = Woken::Deadline,
+                () = notified => {}
+            }
+        }
+        signal.disarm();
+        woken
     }
 
     /// Shutdown: refuse new spans, then flush the partial batch and everything queued. A sink

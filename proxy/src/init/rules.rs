@@ -90,13 +90,7 @@ fn inbound_chain(out: &mut String, config: &RuleConfig) {
         } else {
             format!("skip port {range}")
         };
-        rule(
-            out,
-            INBOUND_CHAIN,
-            &format!("-p tcp --dport {}", dport(range)),
-            &format!("inbound: {why}"),
-            "RETURN",
-        );
+        return_port(out, INBOUND_CHAIN, range, &format!("inbound: {why}"));
     }
     rule(
         out,
@@ -137,12 +131,11 @@ fn outbound_chain(out: &mut String, config: &RuleConfig, family: Family) {
         "RETURN",
     );
     for range in config.skip_outbound_ports.ranges() {
-        rule(
+        return_port(
             out,
             OUTBOUND_CHAIN,
-            &format!("-p tcp --dport {}", dport(range)),
+            range,
             &format!("outbound: skip port {range}"),
-            "RETURN",
         );
     }
     let subnets = config.skip_outbound_subnets.subnets().iter();
@@ -176,6 +169,12 @@ fn jumps_into_our_chains(out: &mut String, current_nat: &str) {
             rule(out, from, "-p tcp", comment, to);
         }
     }
+}
+
+/// A rule in `chain` that lets TCP to the ports of `range` pass.
+fn return_port(out: &mut String, chain: &str, range: &PortRange, comment: &str) {
+    let matches = format!("-p tcp --dport {}", dport(range));
+    rule(out, chain, &matches, comment, "RETURN");
 }
 
 /// The iptables spelling of a port range for `--dport`: `8080` or `9000:9100`.
@@ -231,17 +230,9 @@ pub fn count_rules(save_output: &str) -> usize {
 mod tests {
     use super::*;
 
+    /// The rules of `init`'s defaults.
     fn config() -> RuleConfig {
-        RuleConfig {
-            inbound_port: 4143,
-            outbound_port: 4140,
-            admin_port: 4191,
-            proxy_uid: 2102,
-            proxy_gid: None,
-            skip_inbound_ports: PortList::default(),
-            skip_outbound_ports: PortList::default(),
-            skip_outbound_subnets: SubnetList::default(),
-        }
+        crate::config::InitArgs::default().config().unwrap().rules
     }
 
     #[test]
