@@ -1,5 +1,7 @@
 //! meshtrace data plane: a transparent L7 proxy that forwards traffic unchanged and traces every
 //! HTTP hop.
+//!
+//! `src/README.md` lists the modules in the order a request meets them.
 
 #![forbid(unsafe_code)]
 
