@@ -1,7 +1,10 @@
-//! Run configuration: `MESHTRACE_*` environment variables mirrored by command-line flags.
+//! Every setting of `meshtrace-proxy`: the command line and the environment, read here once.
 //!
-//! Parsing is pure (no I/O) so that every knob and its default is unit-tested here; `app` only
-//! ever sees the typed [`Config`].
+//! `MESHTRACE_*` variables (for export, the standard `OTEL_*` ones) are mirrored by flags; the
+//! flag wins. This module holds the command line and `run`'s listeners, timeouts and logs;
+//! [`trace`], [`export`] and [`init`] hold the settings of those subsystems. Nothing outside
+//! `config` reads the environment or knows clap: the subsystems take the typed values built
+//! here. Parsing is pure (no I/O), so every knob and its default is unit-tested here.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,9 +16,9 @@ pub mod trace;
 pub use export::ExportArgs;
 pub use init::{InitArgs, IptablesMode};
 pub use meshtrace_ports::PortList;
+pub use trace::{PropagationFormat, Toggle, TraceArgs};
 
 use crate::meta::Direction;
-pub use trace::{PropagationFormat, Toggle, TraceArgs};
 
 /// Ports that skip protocol detection by default: server-speaks-first protocols (SMTP, MySQL,
 /// Galera, PostgreSQL, Redis, Elasticsearch transport, memcached), as in Linkerd.
