@@ -70,8 +70,8 @@ pub struct TraceArgs {
     #[arg(
         long = "span-name",
         env = "MESHTRACE_SPAN_NAME",
-        value_enum,
-        default_value_t = SpanNaming::Template
+        default_value = "template",
+        value_parser = span_naming()
     )]
     pub span_name: SpanNaming,
 
@@ -96,6 +96,36 @@ impl Default for TraceArgs {
             trace_response: Toggle::On,
         }
     }
+}
+
+/// The values of `MESHTRACE_SPAN_NAME`, so that `trace` needs no clap.
+fn span_naming() -> impl clap::builder::TypedValueParser<Value = SpanNaming> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let names = [
+        (
+            SpanNaming::Template,
+            "template",
+            "`{METHOD} {templated path}`: identifiers replaced by `{id}`, query dropped",
+        ),
+        (
+            SpanNaming::Method,
+            "method",
+            "`{METHOD}` only, as the OpenTelemetry HTTP conventions name spans without a route",
+        ),
+        (
+            SpanNaming::Path,
+            "path",
+            "`{METHOD} {path}`: the raw path, query dropped (cut at 256 bytes)",
+        ),
+    ];
+    PossibleValuesParser::new(names.map(|(_, name, help)| PossibleValue::new(name).help(help))).map(
+        move |chosen| {
+            names
+                .into_iter()
+                .find(|(_, name, _)| *name == chosen)
+                .map_or(SpanNaming::default(), |(naming, _, _)| naming)
+        },
+    )
 }
 
 fn parse_sample_rate(s: &str) -> Result<f64, String> {
