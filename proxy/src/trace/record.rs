@@ -16,9 +16,6 @@ use super::attributes::{Attributes, ResponseAttributes};
 use super::clock;
 use super::context::Recording;
 
-/// Response header set by the data path's error mapping on proxy-generated responses.
-pub const PROXY_ERROR: http::HeaderName = http::HeaderName::from_static("meshtrace-proxy-error");
-
 /// How a span ended.
 #[derive(Debug)]
 pub enum End {

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 
 use http::{Extensions, HeaderMap, StatusCode};
 
-use crate::meta::UpstreamPeer;
+use crate::meta::{UpstreamPeer, PROXY_ERROR_HEADER};
 use crate::span::{AttrValue, Attributes, SpanKind, SpanStatus};
 
-use super::super::record::{End, PROXY_ERROR};
+use super::super::record::End;
 use super::{
     push_peer, ERROR_TYPE, HTTP_REQUEST_BODY_SIZE, HTTP_RESPONSE_BODY_SIZE,
     HTTP_RESPONSE_STATUS_CODE, RPC_GRPC_STATUS_CODE,
@@ -53,7 +53,7 @@ impl ResponseAttributes {
     }
 
     /// Reads the response head: its status; on a SERVER span, the name of the error the data
-    /// path answered for (its [`PROXY_ERROR`] header); on a CLIENT span, the peer the data path
+    /// path answered for (its [`PROXY_ERROR_HEADER`]); on a CLIENT span, the peer the data path
     /// reports (pushed into `attrs` now); a trailers-only gRPC status.
     pub fn on_head(
         &mut self,
@@ -66,7 +66,10 @@ impl ResponseAttributes {
         self.status_code = Some(status);
         match kind {
             SpanKind::Server => {
-                if let Some(kind) = headers.get(PROXY_ERROR).and_then(|v| v.to_str().ok()) {
+                if let Some(kind) = headers
+                    .get(PROXY_ERROR_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                {
                     self.error_type = Some(Cow::Owned(kind.to_owned()));
                 }
             }

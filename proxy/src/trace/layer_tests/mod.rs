@@ -28,11 +28,11 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceBuilder;
 
-use crate::meta::{ConnMeta, Direction, ErrorType, UpstreamPeer};
+use crate::meta::{ConnMeta, Direction, ErrorType, UpstreamPeer, PROXY_ERROR_HEADER};
 use crate::span::{AttrValue, SpanKind, SpanQueue, SpanRecord, SpanSink, SpanStatus};
 
 use super::propagation::test_support::to_hex;
-use super::{PropagationFormat, TraceArgs, TracedBody, Tracer, PROXY_ERROR};
+use super::{PropagationFormat, TraceArgs, TracedBody, Tracer};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -153,8 +153,10 @@ fn map_error(
         Err(error) => {
             let mut rsp = Response::new(Full::new(Bytes::new()).map_err(|n| match n {}).boxed());
             *rsp.status_mut() = StatusCode::BAD_GATEWAY;
-            rsp.headers_mut()
-                .insert(PROXY_ERROR, HeaderValue::from_static(error.error_type()));
+            rsp.headers_mut().insert(
+                PROXY_ERROR_HEADER,
+                HeaderValue::from_static(error.error_type()),
+            );
             rsp
         }
     })
