@@ -14,7 +14,7 @@ use meshtrace_proxy::export::ExporterHandle;
 use meshtrace_proxy::trace::TraceArgs;
 use meshtrace_tests::client::{exchange, RawResponse};
 use meshtrace_tests::otlp::{OtlpReceiver, ReceivedSpan, ReceiverProtocol};
-use meshtrace_tests::upstream::HttpUpstream;
+use meshtrace_tests::upstream::{HttpUpstream, RawHttpUpstream};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
@@ -207,11 +207,8 @@ async fn one_hop_yields_four_chained_spans_with_resources_and_attributes() {
             header(&seen[0].headers, "x-b3-spanid"),
             Some(hex(&in_client.span.span_id).as_str())
         );
-        // The proxy that started the trace tells the client.
-        let traceresponse = response.header("traceresponse").expect("traceresponse");
-        let (tr_trace, tr_span, _) = traceparent(&traceresponse);
-        assert_eq!(tr_trace, hex(&trace_id));
-        assert_eq!(tr_span, hex(&out_server.span.span_id));
+        // The client asked for nothing (no sample header): its response is not changed.
+        assert_eq!(response.header("traceresponse"), None);
 
         // Attributes.
         let callee = mesh.inbound.inbound;
@@ -284,6 +281,71 @@ async fn one_hop_yields_four_chained_spans_with_resources_and_attributes() {
         }
         mesh.shutdown().await;
     }
+}
+
+/// What the application answers, byte for byte: mixed-case names, an order no library would
+/// choose, a `Date` (which a proxy may legitimately refresh) and hop-by-hop fields.
+const APP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nX-App-Header: MiXeD Case\r\nContent-Type: text/plain; charset=utf-8\r\ncache-control: no-store\r\nDate: Sat, 21 Nov 2026 12:00:00 GMT\r\nKeep-Alive: timeout=5\r\nVary: Accept-Encoding, X-Other\r\nContent-Length: 19\r\n\r\nhello from the app\n";
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and `Date`: the only fields a proxy may change.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "date",
+];
+
+/// A response head's lines without the hop-by-hop fields and `Date`.
+fn end_to_end_head(response: &RawResponse) -> String {
+    response
+        .head_str()
+        .split_inclusive("\r\n")
+        .filter(|line| {
+            let name = line.split(':').next().unwrap_or_default();
+            !HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn responses_are_byte_identical_unless_the_client_sent_a_sample_header() {
+    let app = RawHttpUpstream::start(APP_RESPONSE).await;
+    // Every request is sampled: recording a trace does not change the response either.
+    let mesh = Mesh::start(ReceiverProtocol::Http, app.addr(), trace_args(1.0)).await;
+    let direct = exchange(
+        app.addr(),
+        b"GET /orders/7 HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    app.next_request().await;
+    assert_eq!(direct.status(), 200, "{}", direct.head_str());
+    let caller_context = "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n";
+    // Started by the caller's proxy, or joined from the client's context.
+    for headers in ["", caller_context] {
+        let meshed = mesh.get("/orders/7", headers).await;
+        app.next_request().await;
+        assert_eq!(
+            end_to_end_head(&meshed),
+            end_to_end_head(&direct),
+            "{headers:?}"
+        );
+        assert_eq!(meshed.body, direct.body);
+    }
+    // A sample header asks for the trace: `traceresponse` is then the only addition.
+    let asked = mesh.get("/orders/7", "l5d-sample: 1\r\n").await;
+    app.next_request().await;
+    let traceresponse = asked.header("traceresponse").expect("traceresponse");
+    traceparent(&traceresponse);
+    let without: String = end_to_end_head(&asked)
+        .split_inclusive("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with("traceresponse:"))
+        .collect();
+    assert_eq!(without, end_to_end_head(&direct));
+    mesh.shutdown().await;
 }
 
 impl Mesh {
@@ -444,8 +506,8 @@ async fn invalid_traceparent_restarts_the_trace_and_drops_tracestate() {
     assert!(out_server.span.parent_span_id.is_empty(), "a new root");
     assert_eq!(hex(&out_server.span.trace_id), trace_id);
     assert_eq!(out_server.span.trace_state, "");
-    // The restarting proxy tells the client which trace it started.
-    assert!(response.header("traceresponse").is_some());
+    // The client sent no sample header: the response is not changed.
+    assert!(response.header("traceresponse").is_none());
     mesh.shutdown().await;
 }
 
