@@ -747,3 +747,55 @@ async fn grpc_error_status_marks_every_span_as_error() {
     }
     mesh.shutdown().await;
 }
+
+/// Every span of a gRPC call that ended without a response ends in error with `code` as its
+/// `rpc.grpc.status_code`.
+fn assert_grpc_ended_with(spans: &[ReceivedSpan], code: tonic::Code) {
+    for s in spans {
+        assert_eq!(string_attr(s, "rpc.method").as_deref(), Some("Wait"));
+        assert_eq!(
+            int_attr(s, "rpc.grpc.status_code"),
+            Some(code as i64),
+            "{s:#?}"
+        );
+        assert!(string_attr(s, "error.type").is_some(), "{s:#?}");
+        let span_status = s.span.status.clone().unwrap_or_default();
+        assert_eq!(span_status.code, StatusCode::Error as i32, "{s:#?}");
+    }
+}
+
+#[tokio::test]
+async fn grpc_call_cancelled_by_the_client_records_cancelled() {
+    use meshtrace_tests::grpc;
+
+    // Without a deadline, and well before one.
+    for timeout in [None, Some(Duration::from_secs(600))] {
+        let server = grpc::GrpcServer::start().await;
+        let mesh = Mesh::start(ReceiverProtocol::Http, server.addr(), trace_args(1.0)).await;
+        let channel = grpc::channel(mesh.outbound.outbound, mesh.inbound.inbound).await;
+        let call = tokio::spawn(grpc::wait(channel, timeout));
+        server.wait_called().await;
+        // The client gives up: its stream is reset with RST_STREAM(CANCEL).
+        call.abort();
+        assert_grpc_ended_with(&mesh.hop_spans().await, tonic::Code::Cancelled);
+        mesh.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn grpc_call_past_its_deadline_records_deadline_exceeded() {
+    use meshtrace_tests::grpc;
+
+    let server = grpc::GrpcServer::start().await;
+    let mesh = Mesh::start(ReceiverProtocol::Http, server.addr(), trace_args(1.0)).await;
+    let channel = grpc::channel(mesh.outbound.outbound, mesh.inbound.inbound).await;
+    let deadline = Duration::from_millis(500);
+    // The server ignores `grpc-timeout`; the client enforces its deadline as gRPC clients do:
+    // when it passes, the client stops waiting and resets the stream.
+    // (tonic's channel enforces the `grpc-timeout` it sends itself, and reports `Cancelled`.)
+    let call = tokio::time::timeout(deadline, grpc::wait(channel, Some(deadline))).await;
+    assert!(!matches!(call, Ok(Ok(()))), "Wait never answers");
+    server.wait_called().await;
+    assert_grpc_ended_with(&mesh.hop_spans().await, tonic::Code::DeadlineExceeded);
+    mesh.shutdown().await;
+}

@@ -234,6 +234,7 @@ fn record_server(
             trace_state: span_trace_state,
             flags,
             grpc: request.grpc,
+            grpc_timeout: attributes::grpc_timeout(request.grpc, &parts.headers),
             fallback_peer: None,
         },
         request.attributes,
@@ -280,6 +281,7 @@ fn record_client(
             trace_state: recording.text.trace_state(),
             flags: hop.flags,
             grpc,
+            grpc_timeout: attributes::grpc_timeout(grpc, &parts.headers),
             fallback_peer: conn.and_then(|c| c.orig_dst),
         },
         attributes::client(
