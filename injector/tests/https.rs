@@ -55,6 +55,7 @@ fn shop_cluster() -> StaticCluster {
             BTreeMap::from([("meshtrace.io/inject".to_owned(), "enabled".to_owned())]),
         )]),
         native_sidecars: true,
+        ..StaticCluster::default()
     }
 }
 
