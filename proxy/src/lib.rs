@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod await_ready;
 pub mod config;
 pub mod detect;
 pub mod export;

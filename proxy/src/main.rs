@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use meshtrace_proxy::app::Proxy;
+use meshtrace_proxy::await_ready::{self, AwaitReadyArgs};
 use meshtrace_proxy::config::{Config, LogFormat};
 use meshtrace_proxy::init::{self, InitArgs};
 
@@ -31,6 +32,8 @@ enum Command {
     Run(Box<Config>),
     /// Program the pod's iptables rules that redirect traffic to the proxy (init container).
     Init(InitArgs),
+    /// Wait until this pod's proxy reports ready on its admin port (postStart hook).
+    AwaitReady(AwaitReadyArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("meshtrace-proxy init: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::AwaitReady(args)) => match await_ready::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("meshtrace-proxy await-ready: {error}");
                 ExitCode::FAILURE
             }
         },
