@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod await_ready;
+pub mod cni;
 pub mod config;
 pub mod detect;
 pub mod export;
