@@ -65,13 +65,44 @@ struct FakeApi {
     requests: Arc<Mutex<Vec<String>>>,
 }
 
+/// A CA (PEM) and a TLS configuration serving a certificate it issued for 127.0.0.1, as a
+/// cluster's API server has.
+fn api_server_tls() -> (String, Arc<rustls::ServerConfig>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    (ca.pem(), Arc::new(config))
+}
+
 impl FakeApi {
-    async fn start(pods: BTreeMap<String, Value>) -> FakeApi {
+    /// Serves `pods` (name → annotations) over HTTPS with `tls`, or plain HTTP.
+    async fn start(
+        pods: BTreeMap<String, Value>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> FakeApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&requests);
         let pods = Arc::new(pods);
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (pods, log) = (Arc::clone(&pods), Arc::clone(&log));
@@ -79,10 +110,20 @@ impl FakeApi {
                     let (pods, log) = (Arc::clone(&pods), Arc::clone(&log));
                     async move { Ok::<_, Infallible>(answer(&req, &pods, &log)) }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service),
-                );
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(tcp).await {
+                                let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                        }
+                    }
+                });
             }
         });
         FakeApi { addr, requests }
@@ -148,6 +189,11 @@ struct NodeDirs {
 
 impl NodeDirs {
     fn new(label: &str, conf_name: &str, conf: &Value) -> NodeDirs {
+        Self::with_ca(label, conf_name, conf, "")
+    }
+
+    /// With `ca_pem` as the service account's `ca.crt`.
+    fn with_ca(label: &str, conf_name: &str, conf: &Value, ca_pem: &str) -> NodeDirs {
         let root = TempDir::new(label);
         let dirs = NodeDirs {
             bin: root.path().join("opt-cni-bin"),
@@ -160,13 +206,13 @@ impl NodeDirs {
         }
         std::fs::write(dirs.conf.join(conf_name), conf.to_string()).unwrap();
         std::fs::write(dirs.service_account.join("token"), format!("{TOKEN}\n")).unwrap();
-        std::fs::write(dirs.service_account.join("ca.crt"), "").unwrap();
+        std::fs::write(dirs.service_account.join("ca.crt"), ca_pem).unwrap();
         dirs
     }
 
     /// `meshtrace-cni <subcommand>` for these directories (the node's paths are the same as the
     /// installer's here).
-    fn installer(&self, subcommand: &str, api: Option<SocketAddr>) -> Command {
+    fn installer(&self, subcommand: &str, api: Option<&str>) -> Command {
         let mut cmd = Command::new(workspace_binary("meshtrace-cni"));
         cmd.arg(subcommand)
             .arg("--bin-dir")
@@ -181,12 +227,12 @@ impl NodeDirs {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default());
         if let Some(api) = api {
-            cmd.arg(format!("--server=http://{api}"));
+            cmd.arg(format!("--server={api}"));
         }
         cmd
     }
 
-    fn install_once(&self, api: Option<SocketAddr>) {
+    fn install_once(&self, api: Option<&str>) {
         let out = self
             .installer("install", api)
             .arg("--once")
@@ -317,24 +363,29 @@ async fn chained_plugin_meshes_annotated_pods_and_their_traffic_is_traced() {
     let client = node.pod("client").unwrap();
     let server = node.pod("server").unwrap();
     let plain = node.pod("plain").unwrap();
-    let api = FakeApi::start(BTreeMap::from([
-        (
-            "client".to_owned(),
-            pod_annotations(&[("meshtrace.io/injected", "true")]),
-        ),
-        (
-            "server".to_owned(),
-            pod_annotations(&[
-                ("meshtrace.io/injected", "true"),
-                ("meshtrace.io/skip-inbound-ports", "9090"),
-            ]),
-        ),
-        ("plain".to_owned(), pod_annotations(&[("team", "x")])),
-    ]))
+    let (ca_pem, tls) = api_server_tls();
+    let api = FakeApi::start(
+        BTreeMap::from([
+            (
+                "client".to_owned(),
+                pod_annotations(&[("meshtrace.io/injected", "true")]),
+            ),
+            (
+                "server".to_owned(),
+                pod_annotations(&[
+                    ("meshtrace.io/injected", "true"),
+                    ("meshtrace.io/skip-inbound-ports", "9090"),
+                ]),
+            ),
+            ("plain".to_owned(), pod_annotations(&[("team", "x")])),
+        ]),
+        Some(tls),
+    )
     .await;
 
-    let dirs = NodeDirs::new("e2e", "10-bridge.conflist", &bridge_conflist());
-    dirs.install_once(Some(api.addr));
+    // The kubeconfig the installer writes: the API server's URL and CA, the account's token.
+    let dirs = NodeDirs::with_ca("e2e", "10-bridge.conflist", &bridge_conflist(), &ca_pem);
+    dirs.install_once(Some(&format!("https://{}", api.addr)));
     let list = dirs.read("10-bridge.conflist");
     let plugin = dirs.bin.join("meshtrace-cni");
 
@@ -506,7 +557,7 @@ async fn plugin_errors_are_cni_error_json() {
         .unwrap()
         .local_addr()
         .unwrap();
-    dirs.install_once(Some(closed));
+    dirs.install_once(Some(&format!("http://{closed}")));
     let list = dirs.read("10-bridge.conflist");
     let run = run_plugin(
         &plugin,
@@ -517,6 +568,40 @@ async fn plugin_errors_are_cni_error_json() {
     );
     assert!(!run.success);
     assert_eq!(run.json()["code"], 11, "{}", run.stdout);
+    assert!(!nat_table(&pod).contains("MESHTRACE"));
+
+    // An API server whose certificate the kubeconfig's CA did not issue is not trusted.
+    let (_, tls) = api_server_tls();
+    let (other_ca, _) = api_server_tls();
+    let impostor = FakeApi::start(
+        BTreeMap::from([(
+            "lonely".to_owned(),
+            pod_annotations(&[("meshtrace.io/injected", "true")]),
+        )]),
+        Some(tls),
+    )
+    .await;
+    let untrusting = NodeDirs::with_ca(
+        "untrusting",
+        "10-bridge.conflist",
+        &bridge_conflist(),
+        &other_ca,
+    );
+    untrusting.install_once(Some(&format!("https://{}", impostor.addr)));
+    let untrusting_list = untrusting.read("10-bridge.conflist");
+    let run = run_plugin(
+        &plugin,
+        "ADD",
+        Some(&pod),
+        "lonely",
+        &chained_stdin(&untrusting_list, &prev_result(&pod)),
+    );
+    assert!(!run.success);
+    assert_eq!(run.json()["code"], 11, "{}", run.stdout);
+    assert!(
+        impostor.requests().is_empty(),
+        "no request sent over an untrusted connection"
+    );
     assert!(!nat_table(&pod).contains("MESHTRACE"));
 
     // Not chained (no prevResult): invalid configuration, said so.
