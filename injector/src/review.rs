@@ -218,6 +218,20 @@ pub fn runs_to_completion(pod: &Pod) -> bool {
     matches!(policy, Some("Never") | Some("OnFailure"))
 }
 
+/// Why a run-to-completion pod is not meshed, and how to mesh it anyway.
+fn run_to_completion_warning(pod: &Pod) -> String {
+    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref());
+    format!(
+        "meshtrace: proxy not injected: this pod runs to completion (restartPolicy {}) and this \
+         cluster has no native sidecars (Kubernetes < 1.29), so a proxy container would keep it \
+         running forever; to mesh it, annotate the pod itself {}=enabled and have the job end \
+         the proxy with POST http://127.0.0.1:{}/shutdown when it is done",
+        policy.unwrap_or_default(),
+        keys::INJECT,
+        patch::ADMIN_PORT,
+    )
+}
+
 impl<C: Cluster> Webhook<C> {
     pub fn new(
         cluster: C,
@@ -332,24 +346,27 @@ impl<C: Cluster> Webhook<C> {
             }
         }
 
+        self.inject(response, &pod, pod_opt_in, &namespace_meta)
+            .await
+    }
+
+    /// The pod is to be meshed: resolve its settings, pick the proxy's form, and patch it,
+    /// unless it runs to completion without native sidecars or the patch would break the
+    /// namespace's Pod Security level.
+    async fn inject(
+        &self,
+        response: AdmissionResponse,
+        pod: &Pod,
+        pod_opt_in: Option<bool>,
+        namespace_meta: &NamespaceMeta,
+    ) -> AdmissionResponse {
         let empty = BTreeMap::new();
         let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
         let (settings, mut warnings) =
             ProxySettings::resolve(pod_annotations, &namespace_meta.annotations, &self.defaults);
         let native_sidecar = self.native_sidecar(&settings, &mut warnings).await;
-        if !native_sidecar && runs_to_completion(&pod) && pod_opt_in != Some(true) {
-            let warning = format!(
-                "meshtrace: proxy not injected: this pod runs to completion (restartPolicy {}) and \
-                 this cluster has no native sidecars (Kubernetes < 1.29), so a proxy container would \
-                 keep it running forever; to mesh it, annotate the pod itself {}=enabled and have \
-                 the job end the proxy with POST http://127.0.0.1:{}/shutdown when it is done",
-                pod.spec
-                    .as_ref()
-                    .and_then(|s| s.restart_policy.as_deref())
-                    .unwrap_or_default(),
-                keys::INJECT,
-                patch::ADMIN_PORT,
-            );
+        if !native_sidecar && runs_to_completion(pod) && pod_opt_in != Some(true) {
+            let warning = run_to_completion_warning(pod);
             return self.skip(response, SkipReason::RunToCompletion, Some(warning));
         }
 
@@ -357,8 +374,8 @@ impl<C: Cluster> Webhook<C> {
             native_sidecar,
             cni: self.settings.cni,
         };
-        let patch = patch::build(&pod, &settings, form);
-        if let Some(warning) = self.pod_security_refusal(&pod, &patch, &namespace_meta) {
+        let patch = patch::build(pod, &settings, form);
+        if let Some(warning) = self.pod_security_refusal(pod, &patch, namespace_meta) {
             return self.skip(response, SkipReason::PodSecurity, Some(warning));
         }
         let mut response = match response.clone().with_patch(patch) {
@@ -379,7 +396,7 @@ impl<C: Cluster> Webhook<C> {
         }
         self.metrics.injected.inc();
         tracing::info!(
-            workload = %patch::workload_name(&pod),
+            workload = %patch::workload_name(pod),
             native_sidecar,
             cni = self.settings.cni,
             version = %settings.version,
