@@ -659,6 +659,10 @@ fn install_is_idempotent_converts_a_conf_and_uninstalls_on_sigterm() {
     let kubeconfig = dirs.conf.join("meshtrace-cni-kubeconfig");
     assert_eq!(plugins[1]["kubeconfig"], json!(kubeconfig));
     assert_eq!(
+        plugins[1]["capabilities"]["io.kubernetes.cri.pod-annotations"],
+        true
+    );
+    assert_eq!(
         dirs.read("99-other.conflist"),
         bridge_conflist(),
         "untouched"

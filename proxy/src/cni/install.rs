@@ -19,7 +19,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use super::PLUGIN_TYPE;
+use super::{PLUGIN_TYPE, POD_ANNOTATIONS_CAPABILITY};
 use crate::config::parse_duration;
 
 /// The kubeconfig's file name in the CNI configuration directory (no `.conf`/`.conflist`/`.json`
@@ -175,10 +175,13 @@ fn read_json(path: &Path) -> Result<Map<String, Value>, InstallError> {
 
 /// The plugin's entry in the chain.
 fn plugin_entry(args: &InstallArgs, with_kubeconfig: bool) -> Value {
+    // With the capability, containerd passes the pod's annotations in `runtimeConfig` and the
+    // plugin needs no API call; other runtimes ignore it.
     let mut entry = json!({
         "type": PLUGIN_TYPE,
         "logLevel": args.log_level,
         "iptablesMode": args.iptables_mode,
+        "capabilities": {POD_ANNOTATIONS_CAPABILITY: true},
     });
     if with_kubeconfig {
         entry["kubeconfig"] = json!(args.host_conf_dir.join(KUBECONFIG_NAME));
