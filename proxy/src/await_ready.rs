@@ -10,25 +10,12 @@ use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::config::parse_duration;
+pub use crate::config::AwaitReadyArgs;
 
 /// Pause between attempts.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
 /// Limit for one attempt's connect and exchange.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Flags of `meshtrace-proxy await-ready`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct AwaitReadyArgs {
-    /// The proxy's admin address, as given to `run` (an unspecified address such as 0.0.0.0
-    /// is reached on loopback).
-    #[arg(long, env = "MESHTRACE_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
-    pub admin_addr: SocketAddr,
-
-    /// How long to wait for readiness (`90s`, `2m`).
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
-    pub timeout: Duration,
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("meshtrace-proxy not ready at http://{addr}/ready after {waited:?}: {last}")]

@@ -2,29 +2,14 @@
 //! `CNI_*` variables and the configuration on stdin), and its installer (`meshtrace-cni
 //! install`, run by the DaemonSet in manifests/cni/). See [`meshtrace_proxy::cni`].
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use meshtrace_proxy::cni::install::{self, InstallArgs};
+use meshtrace_proxy::cni::install;
 use meshtrace_proxy::cni::{self, CniEnv, CniError, Output, LATEST_VERSION};
-
-/// meshtrace CNI plugin: without a subcommand it speaks the CNI protocol (CNI_COMMAND, stdin,
-/// stdout) for the container runtime.
-#[derive(Parser)]
-#[command(name = "meshtrace-cni", version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Install the plugin on this node and keep it installed until SIGTERM, then uninstall.
-    Install(InstallArgs),
-    /// Remove the plugin from this node's CNI configuration and bin directory.
-    Uninstall(InstallArgs),
-}
+use meshtrace_proxy::config::cni::{installer_log_filter, CniInvocation};
 
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -42,7 +27,7 @@ fn print(value: &serde_json::Value) -> bool {
 }
 
 /// One CNI invocation: the result or the error JSON on stdout.
-fn plugin() -> ExitCode {
+fn plugin(env: CniEnv) -> ExitCode {
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         let error = CniError::new(cni::code::IO_FAILURE, "cannot read stdin", e.to_string());
@@ -54,7 +39,6 @@ fn plugin() -> ExitCode {
         .and_then(|conf| conf.get("logLevel")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| "warn".to_owned());
     init_logging(&log_level);
-    let env = CniEnv::from_process();
     match cni::handle(&env, &stdin) {
         Ok(Output::Json(result)) if print(&result) => ExitCode::SUCCESS,
         Ok(Output::Json(_)) => ExitCode::FAILURE,
@@ -68,15 +52,14 @@ fn plugin() -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        None => return plugin(),
-        Some(Command::Install(args)) => {
-            init_logging(&std::env::var("MESHTRACE_LOG").unwrap_or_else(|_| "info".into()));
+    let result = match CniInvocation::from_command_line() {
+        CniInvocation::Plugin(env) => return plugin(env),
+        CniInvocation::Install(args) => {
+            init_logging(&installer_log_filter());
             install::run(&args)
         }
-        Some(Command::Uninstall(args)) => {
-            init_logging(&std::env::var("MESHTRACE_LOG").unwrap_or_else(|_| "info".into()));
+        CniInvocation::Uninstall(args) => {
+            init_logging(&installer_log_filter());
             install::uninstall(&args)
         }
     };

@@ -14,83 +14,18 @@
 //! binary before it is removed. `--once` installs and exits; `meshtrace-cni uninstall` removes.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::{PLUGIN_TYPE, POD_ANNOTATIONS_CAPABILITY};
-use crate::config::parse_duration;
+pub use crate::config::cni::InstallArgs;
 
 /// The kubeconfig's file name in the CNI configuration directory (no `.conf`/`.conflist`/`.json`
 /// extension, so runtimes never load it as a network).
 pub const KUBECONFIG_NAME: &str = "meshtrace-cni-kubeconfig";
 /// Extensions runtimes (containerd, CRI-O, libcni) load as network configurations.
 const CONF_EXTENSIONS: [&str; 3] = ["conflist", "conf", "json"];
-
-#[derive(Clone, Debug, clap::Args)]
-pub struct InstallArgs {
-    /// The node's CNI bin directory, as mounted in this container.
-    #[arg(
-        long,
-        env = "MESHTRACE_CNI_BIN_DIR",
-        default_value = "/host/opt/cni/bin"
-    )]
-    pub bin_dir: PathBuf,
-
-    /// The node's CNI configuration directory, as mounted in this container.
-    #[arg(
-        long,
-        env = "MESHTRACE_CNI_CONF_DIR",
-        default_value = "/host/etc/cni/net.d"
-    )]
-    pub conf_dir: PathBuf,
-
-    /// The same directory as the node sees it (the plugin runs on the node).
-    #[arg(
-        long,
-        env = "MESHTRACE_CNI_HOST_CONF_DIR",
-        default_value = "/etc/cni/net.d"
-    )]
-    pub host_conf_dir: PathBuf,
-
-    /// The network configuration file to chain into (a name in --conf-dir); default: the first
-    /// by name, as the runtime picks it.
-    #[arg(long, env = "MESHTRACE_CNI_CONF_FILE")]
-    pub conf_file: Option<String>,
-
-    /// The plugin binary to install (default: this executable).
-    #[arg(long, env = "MESHTRACE_CNI_PLUGIN_BINARY")]
-    pub plugin_binary: Option<PathBuf>,
-
-    /// Service account directory (token, ca.crt) the kubeconfig is written from.
-    #[arg(
-        long,
-        env = "MESHTRACE_CNI_SERVICE_ACCOUNT_DIR",
-        default_value = "/var/run/secrets/kubernetes.io/serviceaccount"
-    )]
-    pub service_account_dir: PathBuf,
-
-    /// API server URL for the kubeconfig (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT).
-    #[arg(long, env = "MESHTRACE_CNI_KUBERNETES_SERVER")]
-    pub server: Option<String>,
-
-    /// The plugin's log filter (stderr, collected by the runtime).
-    #[arg(long, env = "MESHTRACE_CNI_LOG_LEVEL", default_value = "warn")]
-    pub log_level: String,
-
-    /// iptables backend the plugin uses: auto, nft or legacy.
-    #[arg(long, env = "MESHTRACE_CNI_IPTABLES_MODE", default_value = "auto")]
-    pub iptables_mode: String,
-
-    /// How often the installation is re-checked.
-    #[arg(long, env = "MESHTRACE_CNI_INTERVAL", default_value = "5s", value_parser = parse_duration)]
-    pub interval: Duration,
-
-    /// Install once and exit (no watching, no uninstall).
-    #[arg(long)]
-    pub once: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {

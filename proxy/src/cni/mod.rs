@@ -25,7 +25,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::init::{InitArgs, IptablesMode, PortList};
+use crate::config::{InitArgs, IptablesMode};
+use crate::init::PortList;
 
 /// The plugin's `type` (its file name in the CNI bin directory).
 pub const PLUGIN_TYPE: &str = "meshtrace-cni";
@@ -92,18 +93,6 @@ pub struct CniEnv {
 }
 
 impl CniEnv {
-    /// From the process environment; empty variables count as unset.
-    pub fn from_process() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        CniEnv {
-            command: var("CNI_COMMAND").unwrap_or_default(),
-            container_id: var("CNI_CONTAINERID"),
-            netns: var("CNI_NETNS").map(PathBuf::from),
-            ifname: var("CNI_IFNAME"),
-            args: var("CNI_ARGS"),
-        }
-    }
-
     /// `CNI_ARGS` (`K1=V1;K2=V2`) as a map.
     pub fn args_map(&self) -> BTreeMap<&str, &str> {
         self.args

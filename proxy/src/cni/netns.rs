@@ -13,7 +13,8 @@ use std::process::Command;
 use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
 
 use super::{code, CniError};
-use crate::init::{self, Backend, Family, InitArgs, INBOUND_CHAIN, OUTBOUND_CHAIN};
+use crate::config::InitArgs;
+use crate::init::{self, Backend, Family, INBOUND_CHAIN, OUTBOUND_CHAIN};
 
 /// Runs `f` on a thread inside the network namespace at `path`.
 fn in_netns<T: Send + 'static>(
@@ -54,9 +55,15 @@ fn in_netns<T: Send + 'static>(
 
 /// Applies `init`'s rules in the pod's namespace (idempotent, like `init`).
 pub fn program(netns: &Path, args: &InitArgs) -> Result<(), CniError> {
-    let args = args.clone();
+    let config = args.config().map_err(|e| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "invalid interception settings",
+            e.to_string(),
+        )
+    })?;
     in_netns(netns, move || {
-        init::run(&args).map_err(|e| {
+        init::run(&config).map_err(|e| {
             CniError::new(
                 code::INTERCEPTION_FAILED,
                 "cannot program the pod's iptables rules",
