@@ -406,6 +406,20 @@ mod tests {
     }
 
     #[test]
+    fn gc_has_nothing_to_collect_and_status_needs_the_kubeconfig() {
+        let gc = handle(&env("GC"), br#"{"cniVersion":"1.1.0","name":"n","type":"meshtrace-cni","cni.dev/valid-attachments":[]}"#);
+        assert_eq!(gc.unwrap(), Output::Nothing);
+        let status = handle(
+            &env("STATUS"),
+            br#"{"cniVersion":"1.1.0","name":"n","type":"meshtrace-cni"}"#,
+        );
+        assert_eq!(status.unwrap(), Output::Nothing);
+        let missing = br#"{"cniVersion":"1.1.0","name":"n","type":"meshtrace-cni","kubeconfig":"/nonexistent/meshtrace-cni-kubeconfig"}"#;
+        let (version, e) = handle(&env("STATUS"), missing).unwrap_err();
+        assert_eq!((version.as_str(), e.code), ("1.1.0", code::NOT_AVAILABLE));
+    }
+
+    #[test]
     fn cni_args_name_the_pod() {
         assert_eq!(
             pod_ref(&env("ADD")),
