@@ -222,11 +222,12 @@ pub fn runs_to_completion(pod: &Pod) -> bool {
 fn run_to_completion_warning(pod: &Pod) -> String {
     let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref());
     format!(
-        "meshtrace: proxy not injected: this pod runs to completion (restartPolicy {}) and this \
-         cluster has no native sidecars (Kubernetes < 1.29), so a proxy container would keep it \
-         running forever; to mesh it, annotate the pod itself {}=enabled and have the job end \
-         the proxy with POST http://127.0.0.1:{}/shutdown when it is done",
+        "meshtrace: proxy not injected: this pod runs to completion (restartPolicy {}) and the \
+         proxy would be a regular container (no native sidecars before Kubernetes 1.29, or {}=false), \
+         which would keep it running forever; to mesh it, annotate the pod itself {}=enabled and \
+         have the job end the proxy with POST http://127.0.0.1:{}/shutdown when it is done",
         policy.unwrap_or_default(),
+        keys::NATIVE_SIDECAR,
         keys::INJECT,
         patch::ADMIN_PORT,
     )
