@@ -38,7 +38,9 @@ for target in "${targets[@]}"; do
   # -timeout: one input taking over 10 s is a failure too (all targets are microseconds).
   if ! cargo fuzz run "${flags[@]}" "$target" "corpus/$target" "seeds/$target" -- \
     -max_total_time="$seconds" -timeout=10 -print_final_stats=1 >"corpus/.$target.log" 2>&1; then
-    tail -n 60 "corpus/.$target.log" >&2
+    # The broken assertion, then libFuzzer's report (input, how to reproduce).
+    grep -A 3 'panicked at' "corpus/.$target.log" >&2 || true
+    tail -n 25 "corpus/.$target.log" >&2
     failed+=("$target")
   fi
   # The closing lines: executions, coverage, corpus.
