@@ -16,7 +16,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use meshtrace_proxy::detect::{classify, detect, Protocol, Verdict, MAX_PEEK};
+use meshtrace_proxy::detect::{classify, detect, Verdict, MAX_PEEK};
+use meshtrace_proxy::meta::Protocol;
 use tokio::io::{AsyncRead, ReadBuf};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -1,6 +1,7 @@
 //! A request's propagation headers as a whole (`traceparent`, `tracestate`, `b3`, `x-b3-*`, in
 //! any number, order and validity). The one-pass reader the proxy uses agrees with the
-//! per-format readers and the precedence W3C, then B3 single, then B3 multi; the `x-b3-*`
+//! rules and precedence of the module's documentation (W3C, then B3 single, then B3 multi),
+//! written here again from the pure parsers; the `x-b3-*`
 //! context has the ids of its headers; and writing the context onward replaces every
 //! propagation header with one value each that reads back as the same trace.
 //!
@@ -10,8 +11,9 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
+use meshtrace_proxy::span::{SpanId, TraceId};
 use meshtrace_proxy::trace::propagation::{
-    self, b3, to_hex, w3c, B3Forms, Extracted, Format, Outgoing, B3, FLAG_RANDOM, FLAG_SAMPLED,
+    self, b3, w3c, B3Forms, Extracted, Format, Outgoing, B3, FLAG_RANDOM, FLAG_SAMPLED,
     TRACEPARENT, TRACESTATE, X_B3_FLAGS, X_B3_PARENTSPANID, X_B3_SAMPLED, X_B3_SPANID,
     X_B3_TRACEID,
 };
@@ -46,89 +48,172 @@ fn headers_of(lines: &[u8]) -> HeaderMap {
     headers
 }
 
-/// The precedence of the propagation module's documentation, from the per-format readers.
-fn expected(headers: &HeaderMap) -> Extracted {
-    let b3_arrived = b3::arrived(headers);
-    if let Some(tp) = w3c::extract(headers) {
-        return Extracted {
-            format: Some(Format::TraceContext),
-            sampled: Some(tp.flags & FLAG_SAMPLED != 0),
-            debug: false,
-            b3_arrived,
-            parent: None,
-        };
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The only value of a header that must not repeat; `Err` when it repeats.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a [u8]>, ()> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (first, None) => Ok(first.map(HeaderValue::as_bytes)),
+        _ => Err(()),
     }
-    let single = b3_arrived
-        .single
-        .then(|| b3::extract_single(headers))
-        .flatten();
-    let (format, ctx) = match single {
-        Some(ctx) => (Format::B3Single, ctx),
-        None => match b3::extract_multi(headers) {
-            Some(ctx) => (Format::B3Multi, ctx),
-            None => {
-                return Extracted {
-                    b3_arrived,
-                    ..Extracted::default()
-                }
+}
+
+/// The `x-b3-*` rules of the B3 module's documentation, written here again: each header at most
+/// once; trace and span id together or not at all; a parent only with them; `x-b3-sampled` is
+/// `1`/`0`/`true`/`false`; `x-b3-flags: 1` is debug (and sampled); something must be said.
+/// Ids are validated by the `b3` parser (`{trace}-{span}[-0-{parent}]`).
+fn multi(headers: &HeaderMap) -> Option<b3::B3Context> {
+    let trace = single(headers, &X_B3_TRACEID).ok()?;
+    let span = single(headers, &X_B3_SPANID).ok()?;
+    let parent = single(headers, &X_B3_PARENTSPANID).ok()?;
+    let sampled = single(headers, &X_B3_SAMPLED).ok()?;
+    let flags = single(headers, &X_B3_FLAGS).ok()?;
+    let ids = match (trace, span) {
+        (Some(trace), Some(span)) => {
+            let mut joined = [trace, b"-", span].concat();
+            if let Some(parent) = parent {
+                joined.extend_from_slice(b"-0-");
+                joined.extend_from_slice(parent);
             }
-        },
+            if joined.iter().filter(|&&c| c == b'-').count()
+                != 1 + 2 * usize::from(parent.is_some())
+            {
+                return None;
+            }
+            Some(b3::parse_single(&joined)?.ids?)
+        }
+        (None, None) if parent.is_none() => None,
+        _ => return None,
     };
-    Extracted {
-        format: Some(format),
-        sampled: ctx.sampled,
-        debug: ctx.debug,
-        b3_arrived,
-        parent: None,
+    let sampled = match sampled {
+        Some(b"1" | b"true") => Some(true),
+        Some(b"0" | b"false") => Some(false),
+        Some(_) => return None,
+        None => None,
+    };
+    let debug = flags == Some(b"1");
+    if ids.is_none() && sampled.is_none() && !debug {
+        return None;
+    }
+    Some(b3::B3Context {
+        ids,
+        sampled: if debug { Some(true) } else { sampled },
+        debug,
+    })
+}
+
+/// The precedence of the propagation module's documentation: the first valid of W3C, B3
+/// single, B3 multi.
+fn expected(
+    headers: &HeaderMap,
+) -> (
+    Option<Format>,
+    Option<(TraceId, SpanId)>,
+    Option<bool>,
+    bool,
+) {
+    if let Some(tp) = single(headers, &TRACEPARENT)
+        .ok()
+        .flatten()
+        .and_then(w3c::parse_traceparent)
+    {
+        let ids = Some((tp.trace_id, tp.parent_id));
+        return (
+            Some(Format::TraceContext),
+            ids,
+            Some(tp.flags & FLAG_SAMPLED != 0),
+            false,
+        );
+    }
+    let found = match single(headers, &B3)
+        .ok()
+        .flatten()
+        .and_then(b3::parse_single)
+    {
+        Some(ctx) => Some((Format::B3Single, ctx)),
+        None => multi(headers).map(|ctx| (Format::B3Multi, ctx)),
+    };
+    match found {
+        Some((format, ctx)) => {
+            let ids = ctx.ids.map(|ids| (ids.trace_id, ids.span_id));
+            (Some(format), ids, ctx.sampled, ctx.debug)
+        }
+        None => (None, None, None, false),
     }
 }
 
 fn check_extracted(headers: &HeaderMap, got: &Extracted) {
-    let want = expected(headers);
+    let parent_ids = got.parent.as_ref().map(|p| (p.trace_id, p.span_id));
     assert_eq!(
-        (got.format, got.sampled, got.debug, got.b3_arrived),
-        (want.format, want.sampled, want.debug, want.b3_arrived)
+        (got.format, parent_ids, got.sampled, got.debug),
+        expected(headers)
     );
+    let has = |names: &[HeaderName]| names.iter().any(|n| headers.contains_key(n));
+    let arrived = B3Forms {
+        single: has(&[B3]),
+        multi: has(&[
+            X_B3_TRACEID,
+            X_B3_SPANID,
+            X_B3_PARENTSPANID,
+            X_B3_SAMPLED,
+            X_B3_FLAGS,
+        ]),
+    };
+    assert_eq!(got.b3_arrived, arrived);
     if got.debug {
         assert_eq!(got.sampled, Some(true), "B3 debug implies sampled");
     }
-    let Some(parent) = &got.parent else {
-        assert!(got.format != Some(Format::TraceContext));
-        return;
-    };
+    let Some(parent) = &got.parent else { return };
     match got.format {
         Some(Format::TraceContext) => {
-            let tp = w3c::extract(headers).expect("W3C format needs a valid traceparent");
-            assert_eq!(
-                (parent.trace_id, parent.span_id),
-                (tp.trace_id, tp.parent_id)
-            );
+            let tp = w3c::parse_traceparent(headers[TRACEPARENT].as_bytes()).expect("valid");
             assert_eq!(parent.random, tp.flags & FLAG_RANDOM != 0);
-            assert_eq!(parent.trace_state, w3c::extract_tracestate(headers));
+            // tracestate: only members of the request's fields, at most 32 (tracestate target
+            // checks the grammar).
+            if let Some(state) = &parent.trace_state {
+                let fields: Vec<&[u8]> = headers
+                    .get_all(TRACESTATE)
+                    .iter()
+                    .map(HeaderValue::as_bytes)
+                    .collect();
+                let members = state
+                    .as_bytes()
+                    .split(|&c| c == b',')
+                    .filter(|m| !m.is_empty())
+                    .count();
+                assert!((1..=w3c::TRACESTATE_MAX_MEMBERS).contains(&members));
+                for member in state
+                    .as_bytes()
+                    .split(|&c| c == b',')
+                    .filter(|m| !m.is_empty())
+                {
+                    assert!(fields
+                        .iter()
+                        .any(|f| f.windows(member.len()).any(|w| w == member)));
+                }
+            } else {
+                assert!(parent.trace_state.is_none());
+            }
         }
         Some(Format::B3Multi) => {
-            // The ids are those of the one x-b3-traceid and x-b3-spanid on the request.
-            let trace = headers.get_all(X_B3_TRACEID).iter().collect::<Vec<_>>();
-            let span = headers.get_all(X_B3_SPANID).iter().collect::<Vec<_>>();
-            assert_eq!((trace.len(), span.len()), (1, 1));
+            // The ids are written in the one x-b3-traceid and x-b3-spanid of the request.
             let trace_hex = to_hex(&parent.trace_id);
             let written = if parent.trace_id_64 {
                 &trace_hex[16..]
             } else {
                 &trace_hex[..]
             };
-            assert_eq!(trace[0].as_bytes(), written.as_bytes());
-            assert_eq!(span[0].as_bytes(), to_hex(&parent.span_id).as_bytes());
+            assert_eq!(headers[X_B3_TRACEID].as_bytes(), written.as_bytes());
+            assert_eq!(
+                headers[X_B3_SPANID].as_bytes(),
+                to_hex(&parent.span_id).as_bytes()
+            );
             assert!(parent.trace_state.is_none());
         }
-        Some(Format::B3Single) => {
-            let ctx = b3::extract_single(headers).expect("B3 single format needs a valid b3");
-            let ids = ctx.ids.expect("a parent from b3 has ids");
-            assert_eq!(
-                (parent.trace_id, parent.span_id),
-                (ids.trace_id, ids.span_id)
-            );
-        }
+        Some(Format::B3Single) => assert!(parent.trace_state.is_none()),
         None => panic!("a parent without a format"),
     }
 }

@@ -6,7 +6,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use meshtrace_proxy::trace::propagation::Found;
+use meshtrace_proxy::trace::propagation::ScannedHeaders;
 use meshtrace_proxy::trace::sampling::{decide, parse_rate, ratio_sampled, Reason};
 
 fuzz_target!(|data: &[u8]| {
@@ -47,9 +47,9 @@ fuzz_target!(|data: &[u8]| {
         headers.append(name.clone(), header.clone());
         // A second value is ignored: the first one decides.
         headers.append(name.clone(), HeaderValue::from_static("garbage"));
-        let found = Found::scan(&headers, Some(&name));
+        let found = ScannedHeaders::scan(&headers, Some(&name));
         assert_eq!(found.sample(), Some(&header));
-        assert!(found.present() == Found::scan(&HeaderMap::new(), None).present());
+        assert!(found.present() == ScannedHeaders::scan(&HeaderMap::new(), None).present());
     }
 
     let Some(rate) = rate else { return };
