@@ -7,7 +7,8 @@
 # cargo-fuzz (libFuzzer) on the stable toolchain: `--sanitizer none`, because AddressSanitizer
 # needs the nightly-only `-Zsanitizer`; coverage instrumentation (sancov) is stable. The proxy has
 # no `unsafe`, so the targets' assertions and Rust's own checks (bounds, and overflow through
-# `--debug-assertions`) are what finds bugs. Seeds are in fuzz/seeds/<target>/ (committed); the
+# `--debug-assertions`) are what finds bugs. Seeds are in fuzz/seeds/<target>/ and libFuzzer
+# dictionaries of the formats' tokens in fuzz/dicts/ (committed); the
 # corpus a run grows is kept in fuzz/corpus/<target>/ (ignored by git) and reused by later runs.
 # An input that fails is saved in fuzz/artifacts/<target>/; replay it with
 #   cd fuzz && cargo fuzz run -s none -a <target> artifacts/<target>/<file>
@@ -36,8 +37,11 @@ for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"
   echo "== fuzz $target: ${seconds}s"
   # -timeout: one input taking over 10 s is a failure too (all targets are microseconds).
+  dict=()
+  [ -f "dicts/$target.dict" ] && dict=(-dict="dicts/$target.dict")
   if ! cargo fuzz run "${flags[@]}" "$target" "corpus/$target" "seeds/$target" -- \
-    -max_total_time="$seconds" -timeout=10 -print_final_stats=1 >"corpus/.$target.log" 2>&1; then
+    -max_total_time="$seconds" -timeout=10 -print_final_stats=1 "${dict[@]}" \
+    >"corpus/.$target.log" 2>&1; then
     # The broken assertion, then libFuzzer's report (input, how to reproduce).
     grep -A 3 'panicked at' "corpus/.$target.log" >&2 || true
     tail -n 25 "corpus/.$target.log" >&2
