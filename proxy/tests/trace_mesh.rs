@@ -799,3 +799,82 @@ async fn grpc_call_past_its_deadline_records_deadline_exceeded() {
     assert_grpc_ended_with(&mesh.hop_spans().await, tonic::Code::DeadlineExceeded);
     mesh.shutdown().await;
 }
+
+/// A gRPC server that starts answering every call (headers, one `CountReply`) and, once told
+/// to, cancels it with `RST_STREAM(CANCEL)`.
+async fn cancelling_grpc_server(cancel: std::sync::Arc<tokio::sync::Notify>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    let cancel = cancel.clone();
+                    tokio::spawn(async move {
+                        let head = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .expect("response");
+                        let Ok(mut send) = respond.send_response(head, false) else {
+                            return;
+                        };
+                        // One length-prefixed message: CountReply { i: 1 }.
+                        let message = bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01]);
+                        let _ = send.send_data(message, false);
+                        cancel.notified().await;
+                        send.send_reset(h2::Reason::CANCEL);
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn grpc_call_the_server_cancels_records_cancelled() {
+    use meshtrace_tests::grpc::{CountReply, CountRequest, COUNT_PATH};
+
+    let cancel = std::sync::Arc::new(tokio::sync::Notify::new());
+    let server = cancelling_grpc_server(cancel.clone()).await;
+    let mesh = Mesh::start(ReceiverProtocol::Http, server, trace_args(1.0)).await;
+    let channel =
+        meshtrace_tests::grpc::channel(mesh.outbound.outbound, mesh.inbound.inbound).await;
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.expect("ready");
+    let mut replies = client
+        .server_streaming(
+            tonic::Request::new(CountRequest { n: 2 }),
+            http::uri::PathAndQuery::from_static(COUNT_PATH),
+            tonic_prost::ProstCodec::<CountRequest, CountReply>::default(),
+        )
+        .await
+        .expect("response headers")
+        .into_inner();
+    let first = replies.message().await.expect("first reply");
+    assert_eq!(first, Some(CountReply { i: 1 }));
+    // The server cancels the call mid-stream.
+    cancel.notify_one();
+    let status = replies.message().await.expect_err("the server cancelled");
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+
+    let [_, _, _, callee_client] = mesh.hop_spans().await;
+    assert_eq!(
+        int_attr(&callee_client, "rpc.grpc.status_code"),
+        Some(tonic::Code::Cancelled as i64),
+        "{callee_client:#?}"
+    );
+    assert_eq!(
+        int_attr(&callee_client, "http.response.status_code"),
+        Some(200)
+    );
+    let span_status = callee_client.span.status.clone().unwrap_or_default();
+    assert_eq!(span_status.code, StatusCode::Error as i32);
+    mesh.shutdown().await;
+}

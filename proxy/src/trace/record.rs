@@ -23,6 +23,8 @@ pub enum End {
     Complete,
     /// A body errored mid-stream.
     BodyError,
+    /// The peer reset the stream with `RST_STREAM(CANCEL)` mid-body: it cancelled.
+    ResetCancel,
     /// Dropped before completion (peer reset, client gone, timeout above us).
     Cancelled,
     /// The inner service failed; the low-cardinality error name.

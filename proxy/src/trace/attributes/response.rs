@@ -154,7 +154,8 @@ impl ResponseAttributes {
 
     /// The gRPC status a call that ended as `end`, `elapsed` after it started, ended with: its
     /// `grpc-status` when the response carried one; otherwise `DEADLINE_EXCEEDED` when it did
-    /// not complete and its `grpc-timeout` elapsed, `CANCELLED` when it was cancelled.
+    /// not complete and its `grpc-timeout` elapsed, `CANCELLED` when it was cancelled (client
+    /// gone, or a `RST_STREAM(CANCEL)`).
     fn grpc_status(&self, end: &End, elapsed: Duration) -> Option<i64> {
         if !self.grpc || self.grpc_status.is_some() {
             return self.grpc_status;
@@ -167,7 +168,7 @@ impl ResponseAttributes {
             .is_some_and(|timeout| deadline_reached(timeout, elapsed))
         {
             Some(GRPC_DEADLINE_EXCEEDED)
-        } else if matches!(end, End::Cancelled) {
+        } else if matches!(end, End::Cancelled | End::ResetCancel) {
             Some(GRPC_CANCELLED)
         } else {
             None
@@ -225,7 +226,7 @@ impl ResponseAttributes {
                 error = true;
                 error_type = Some(Cow::Borrowed(ERROR_BODY));
             }
-            End::Cancelled => {
+            End::Cancelled | End::ResetCancel => {
                 error = true;
                 error_type = Some(Cow::Borrowed(ERROR_CANCELLED));
             }

@@ -537,6 +537,10 @@ fn grpc_status_is_the_one_the_call_ended_with() {
         Some(AttrValue::Int(1))
     );
     assert_eq!(
+        grpc_status_after(None, None, End::ResetCancel, late),
+        Some(AttrValue::Int(1))
+    );
+    assert_eq!(
         grpc_status_after(second, None, End::Cancelled, early),
         Some(AttrValue::Int(1))
     );
