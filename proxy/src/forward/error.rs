@@ -52,6 +52,35 @@ pub enum ForwardError {
     InvalidTarget(String),
     #[error("destination {0} is this proxy; refusing to loop")]
     Loop(SocketAddr),
+    #[error("invalid request: {0}")]
+    InvalidHost(HostError),
+}
+
+/// How a request's `Host` and target fail RFC 9112 §3.2 (see [`super::validate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("an HTTP/1.1 request without Host")]
+    Missing,
+    #[error("more than one Host")]
+    Several,
+    #[error("a Host that is not host[:port]")]
+    Invalid,
+    #[error("a Host that differs from the absolute-form target's authority")]
+    Mismatch,
+    #[error("userinfo in the target or Host")]
+    Userinfo,
+}
+
+impl HostError {
+    pub fn error_type(self) -> &'static str {
+        match self {
+            HostError::Missing => "missing_host",
+            HostError::Several => "duplicate_host",
+            HostError::Invalid => "invalid_host",
+            HostError::Mismatch => "host_mismatch",
+            HostError::Userinfo => "userinfo",
+        }
+    }
 }
 
 impl ForwardError {
@@ -116,17 +145,19 @@ impl ErrorType for ForwardError {
             ForwardError::NoDestination => "no_destination",
             ForwardError::InvalidTarget(_) => "invalid_target",
             ForwardError::Loop(_) => "loop_detected",
+            ForwardError::InvalidHost(error) => error.error_type(),
         }
     }
 }
 
 /// The status for an `error.type`: timeouts are 504, requests that name no usable destination
-/// are 400, everything else is 502. Keyed by the type name so that layers between here and the
-/// upstream client may wrap the error in their own type.
+/// or whose Host is invalid are 400, everything else is 502. Keyed by the type name so that
+/// layers between here and the upstream client may wrap the error in their own type.
 pub fn status_for(error_type: &str) -> StatusCode {
     match error_type {
         "connect_timeout" | "timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "no_destination" | "invalid_target" => StatusCode::BAD_REQUEST,
+        "no_destination" | "invalid_target" | "missing_host" | "duplicate_host"
+        | "invalid_host" | "host_mismatch" | "userinfo" => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_GATEWAY,
     }
 }
