@@ -593,3 +593,84 @@ async fn requests_with_an_ambiguous_host_are_refused_and_forwarded_nowhere() {
     }
     proxy.shutdown().await;
 }
+
+/// A client's invalid chunked body (size overflow, bare LF in a chunk extension, a 100 KB chunk
+/// extension) is the client's fault: 400 with `meshtrace-proxy-error: invalid_request_body`
+/// when the upstream has not answered yet, counted as a 4xx, and recorded with that
+/// `error.type` on both spans, never as the upstream's failure.
+#[tokio::test]
+async fn an_invalid_chunked_request_body_is_the_clients_error() {
+    use meshtrace_proxy::span::SpanSink;
+    let upstream = RawHttpUpstream::start(OK).await;
+    let (sink, queue) = SpanSink::bounded(64);
+    let bound = meshtrace_proxy::app::Proxy::new(common::fixed_target(upstream.addr()))
+        .with_span_sink(sink)
+        .bind()
+        .await
+        .unwrap();
+    let (inbound, admin, trigger) = (
+        bound.inbound_addr(),
+        bound.admin_addr(),
+        bound.shutdown_trigger(),
+    );
+    let run = tokio::spawn(bound.run(std::future::pending()));
+
+    let long_extension = format!("5;ext={}\r\nhello\r\n0\r\n\r\n", "x".repeat(100_000));
+    let bodies = [
+        "ffffffffffffffffff\r\nhello\r\n0\r\n\r\n".to_string(),
+        "5;a=b\nc\r\nhello\r\n0\r\n\r\n".to_string(),
+        long_extension,
+    ];
+    for body in &bodies {
+        let request = format!(
+            "POST /upload HTTP/1.1\r\nHost: app\r\nl5d-sample: 1\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+        );
+        let mut client = RawClient::connect(inbound).await;
+        client.send(request.as_bytes()).await;
+        let response = client.read_response().await;
+        assert_eq!(response.status(), 400, "{}", &body[..20]);
+        assert_eq!(
+            response.header("meshtrace-proxy-error").as_deref(),
+            Some("invalid_request_body")
+        );
+    }
+
+    let text = common::metrics_text(admin).await;
+    let series = |class: &str| {
+        format!("meshtrace_proxy_requests_total{{direction=\"inbound\",status_class=\"{class}\"}}")
+    };
+    assert_eq!(
+        common::metric_value(&text, &series("4xx")),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        common::metric_value(&text, &series("5xx")),
+        Some(0.0),
+        "{text}"
+    );
+
+    trigger.trigger();
+    run.await.unwrap();
+    let mut spans = Vec::new();
+    while spans.len() < 6 {
+        let span = tokio::time::timeout(Duration::from_secs(10), queue.recv())
+            .await
+            .expect("six spans")
+            .expect("six spans");
+        spans.push(span);
+    }
+    for span in &spans {
+        let error_type = span
+            .attributes
+            .iter()
+            .find(|(key, _)| *key == "error.type")
+            .and_then(|(_, value)| span.text_of(value).map(|text| text.into_owned()));
+        assert_eq!(
+            error_type.as_deref(),
+            Some("invalid_request_body"),
+            "{:?} span",
+            span.kind
+        );
+    }
+}

@@ -12,7 +12,8 @@
 //!
 //! Modules in request order: [`server`] serves a client connection, [`connection_service`]
 //! hands its requests to the connection's stack, [`request_metrics`] counts them, [`error`]
-//! maps failures to responses, [`validate`] refuses requests whose Host is ambiguous, [`upstream`] forwards each request to the destination that
+//! maps failures to responses, [`validate`] refuses requests whose Host is ambiguous,
+//! [`request_body`] marks the client's body errors as the client's, [`upstream`] forwards each request to the destination that
 //! [`destination`] names (after the [`loop_check`], through [`resolve`]), without the
 //! [`hop_by_hop`] fields, over connections from [`pool`] (opened by [`connect`]), and bridges
 //! upgrades through [`tunnel`]. [`streams`] runs an h2 connection's streams on its own task;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod hop_by_hop;
 pub mod loop_check;
 pub mod pool;
+pub mod request_body;
 pub mod request_metrics;
 pub mod resolve;
 pub mod server;
