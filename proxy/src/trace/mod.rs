@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use crate::span::{SpanRecord, SpanSink};
+use crate::span::{SendError, SpanRecord, SpanSink};
 
 pub use body::TracedBody;
 pub use context::HopContext;
@@ -163,9 +163,15 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn send(&self, record: SpanRecord) {
         match self.sink.try_send(record) {
-            Ok(()) => self.metrics.spans_recorded.inc(),
-            Err(_) => self.metrics.spans_dropped.inc(),
-        };
+            Ok(()) => {
+                self.metrics.spans_recorded.inc();
+            }
+            // Counted once, by the exporter: `meshtrace_export_spans_dropped{reason="queue_full"}`.
+            Err(SendError::QueueFull) => {}
+            Err(SendError::Closed) => {
+                self.metrics.spans_dropped.inc();
+            }
+        }
     }
 }
 
