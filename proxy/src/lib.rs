@@ -2,11 +2,13 @@
 //! HTTP hop.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod client_io;
 pub mod config;
 pub mod detect;
 pub mod export;
+pub mod fd_limit;
 pub mod forward;
 pub mod init;
 pub mod listen;
