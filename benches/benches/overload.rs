@@ -59,7 +59,11 @@ impl Proxy {
                 continue;
             };
             if log["fields"]["message"] == "listeners bound" {
-                break log["fields"]["inbound_addr"].as_str().unwrap().parse().unwrap();
+                break log["fields"]["inbound_addr"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
             }
         };
         // Keep draining the pipe so the proxy never blocks on logging.
@@ -251,7 +255,10 @@ async fn slow_clients(bin: &Path, upstream: SocketAddr) -> Row {
         rss_kib: rss,
         hwm_kib: hwm,
         fds,
-        note: format!("{ok}/500 normal requests got 200 in {:.1} s", elapsed.as_secs_f64()),
+        note: format!(
+            "{ok}/500 normal requests got 200 in {:.1} s",
+            elapsed.as_secs_f64()
+        ),
     }
 }
 
@@ -266,7 +273,10 @@ fn proxy_binary() -> PathBuf {
         .map(|dir| dir.join("meshtrace-proxy"))
         .unwrap_or_default();
     if !path.exists() {
-        eprintln!("{} missing: cargo build --release -p meshtrace-proxy", path.display());
+        eprintln!(
+            "{} missing: cargo build --release -p meshtrace-proxy",
+            path.display()
+        );
         std::process::exit(2);
     }
     path

@@ -18,7 +18,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::admin::{self, AdminState};
 use crate::admission::{self, AcceptBackoff, Admission, ConnSlot, ShedReason};
-use crate::config::{Config, PortSet};
+use crate::config::{Config, PortList};
 use crate::detect;
 use crate::export::{self, ExporterHandle};
 use crate::fd_limit;
@@ -71,7 +71,9 @@ impl Proxy {
     pub fn start_export(&mut self) -> Result<Option<ExporterHandle>, export::StartError> {
         // Under `meshtrace_` like every other family (`meshtrace_export_spans_exported_total`).
         let registry = self.registry.sub_registry_with_prefix("meshtrace");
-        let (sink, handle) = export::start(&self.config.export, registry)?;
+        let settings = self.config.export.config()?;
+        let resource = self.config.export.resource();
+        let (sink, handle) = export::start(settings, &resource, registry)?;
         self.spans = sink;
         Ok(handle)
     }
@@ -272,7 +274,7 @@ struct DirectionContext {
     detect_timeout: Duration,
     /// `None`: HTTP/1 clients may take as long as they like between requests.
     header_read_timeout: Option<Duration>,
-    opaque_ports: PortSet,
+    opaque_ports: PortList,
     /// `MESHTRACE_MAX_CONNECTIONS`, resolved.
     max_connections: usize,
     connect_timeout: Duration,
