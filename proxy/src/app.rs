@@ -282,48 +282,49 @@ struct DirectionContext {
     stack: HttpStacks,
 }
 
-/// Accepts connections until shutdown, within the listener's connection cap: at the cap, or
-/// when accepting fails for lack of descriptors, an idle connection is shed to make room (see
-/// [`admission`]); with none to shed, accepting waits for a connection to end. Failed accepts
-/// back off (5 ms doubling to 1 s), with one warning per interval.
+/// Accepts connections until shutdown, within the listener's connection cap: a new client at
+/// the cap, or a failed accept for lack of descriptors, sheds an idle connection to make room
+/// (see [`admission`]); with none to shed, the new client waits until one ends or becomes
+/// idle. Failed accepts back off (5 ms doubling to 1 s), with one warning per interval.
 async fn accept_loop(listener: TcpListener, context: Arc<DirectionContext>, watch: Watch) {
     let direction = context.direction;
     let mut admission = Admission::new(context.max_connections, direction, context.metrics.clone());
     let mut backoff = AcceptBackoff::default();
     let signaled = watch.signaled();
     tokio::pin!(signaled);
-    loop {
-        if admission.is_full() && !admission.shed_one(ShedReason::MaxConnections) {
+    'accepting: loop {
+        let accepted = tokio::select! {
+            _ = &mut signaled => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, client) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                if admission::is_resource_exhaustion(&error) {
+                    admission.shed_one(ShedReason::FdLimit);
+                }
+                let delay = backoff.failed(direction, &error);
+                tokio::select! {
+                    _ = &mut signaled => break,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        backoff.succeeded();
+        while admission.is_full() && !admission.shed_one(ShedReason::MaxConnections) {
             tokio::select! {
-                _ = &mut signaled => break,
-                _ = admission.connection_ended() => continue,
+                _ = &mut signaled => break 'accepting,
+                _ = admission.connection_ended() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
-        tokio::select! {
-            _ = &mut signaled => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, client)) => {
-                    backoff.succeeded();
-                    let slot = admission.admit();
-                    let context = context.clone();
-                    let watch = watch.clone();
-                    tokio::spawn(async move {
-                        serve_admitted(&context, stream, client, slot, &watch).await;
-                        drop(watch);
-                    });
-                }
-                Err(error) => {
-                    if admission::is_resource_exhaustion(&error) {
-                        admission.shed_one(ShedReason::FdLimit);
-                    }
-                    let delay = backoff.failed(direction, &error);
-                    tokio::select! {
-                        _ = &mut signaled => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            },
-        }
+        let slot = admission.admit();
+        let context = context.clone();
+        let watch = watch.clone();
+        tokio::spawn(async move {
+            serve_admitted(&context, stream, client, slot, &watch).await;
+            drop(watch);
+        });
     }
     tracing::debug!(direction = direction.as_str(), "stopped accepting");
 }

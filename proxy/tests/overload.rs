@@ -50,17 +50,23 @@ async fn at_the_cap_silent_tunnels_then_the_oldest_idle_connections_are_shed() {
     // 3: silent until the detect timeout, then an opaque tunnel: shed first.
     let mut silent = TcpStream::connect(proxy.inbound).await.unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    // 4: still sending its head; the cap is reached, and the silent tunnel goes.
+    // 4: still sending its head; the cap is reached.
     let mut head = TcpStream::connect(proxy.inbound).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut head, b"GET / HTTP/1.1\r\nHo")
         .await
         .unwrap();
+
+    // A new client is admitted: the silent tunnel makes room, though not the oldest. It stays
+    // connected, so the cap is reached again.
+    let mut fresh = RawClient::connect(proxy.inbound).await;
+    fresh.send(GET).await;
+    assert_eq!(fresh.read_response().await.status(), 200);
     assert!(
         closed_within(&mut silent, Duration::from_secs(10)).await,
         "silent tunnel shed"
     );
-
-    // A new client is admitted; the oldest idle connection makes room for it.
+    // The next one: the oldest connection without a request in flight makes room (not the
+    // newer idle one).
     let response = meshtrace_tests::client::exchange(proxy.inbound, GET).await;
     assert_eq!(response.status(), 200);
     let mut idle = idle.into_stream();
@@ -81,7 +87,7 @@ async fn at_the_cap_silent_tunnels_then_the_oldest_idle_connections_are_shed() {
     let shed =
         "meshtrace_proxy_connections_shed_total{direction=\"inbound\",reason=\"max_connections\"}";
     assert_eq!(common::metric_value(&text, shed), Some(2.0), "{text}");
-    drop((busy, head));
+    drop((busy, head, fresh));
     proxy.shutdown().await;
 }
 
