@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use crate::span::{SpanRecord, SpanSink};
+use crate::span::{SendError, SpanRecord, SpanSink};
 
 pub use body::TracedBody;
 pub use context::HopContext;
@@ -78,9 +78,15 @@ pub(crate) struct TracerState {
 impl TracerState {
     pub(crate) fn send(&self, record: SpanRecord) {
         match self.sink.try_send(record) {
-            Ok(()) => self.metrics.spans_recorded.inc(),
-            Err(_) => self.metrics.spans_dropped.inc(),
-        };
+            Ok(()) => {
+                self.metrics.spans_recorded.inc();
+            }
+            // Counted once, by the exporter: `meshtrace_export_spans_dropped{reason="queue_full"}`.
+            Err(SendError::QueueFull) => {}
+            Err(SendError::Closed) => {
+                self.metrics.spans_dropped.inc();
+            }
+        }
     }
 }
 
