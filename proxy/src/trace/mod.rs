@@ -15,6 +15,7 @@ mod attributes;
 mod body;
 mod clock;
 mod context;
+pub mod correlate;
 pub mod ids;
 mod layer;
 mod metrics;
