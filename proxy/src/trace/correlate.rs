@@ -312,16 +312,19 @@ impl Correlator {
     /// The parent of an outbound request that carries no trace context, `request_id` being the
     /// value of its request id header.
     pub fn infer(&self, request_id: Option<&[u8]>) -> Inferred {
-        if self.settings.mode == ContextInference::Off {
+        let request_id = request_id.filter(|id| !id.is_empty());
+        let nothing_in_flight = self.candidates.load(Ordering::Relaxed) == 0;
+        if self.settings.mode == ContextInference::Off
+            || (request_id.is_none() && nothing_in_flight)
+        {
+            // The common case of a pod without inbound traffic: no clock, no lock.
             return Inferred::Background;
         }
         let now = self.clock.now();
         if let Some(parent) = request_id.and_then(|id| self.by_request_id(id, now)) {
             return Inferred::RequestId(parent);
         }
-        if self.settings.mode == ContextInference::RequestId
-            || self.candidates.load(Ordering::Relaxed) == 0
-        {
+        if self.settings.mode == ContextInference::RequestId || nothing_in_flight {
             return Inferred::Background;
         }
         self.in_flight_candidates(now)
