@@ -219,6 +219,15 @@ pub struct CorrelateStats {
     pub evicted_recent: u64,
 }
 
+/// Where a [`Correlator`] counts evictions (shared counters, e.g. registered metrics).
+#[derive(Clone, Debug, Default)]
+pub struct EvictionCounters {
+    /// In-flight requests evicted because the bound was reached.
+    pub in_flight: prometheus_client::metrics::counter::Counter,
+    /// Finished requests' ids forgotten before their window ended because the bound was reached.
+    pub recent: prometheus_client::metrics::counter::Counter,
+}
+
 /// The pod's in-flight inbound HTTP requests and recently seen request ids.
 #[derive(Debug)]
 pub struct Correlator {
@@ -230,8 +239,7 @@ pub struct Correlator {
     /// Candidates in flight across shards, aged ones included: zero means background work
     /// without taking any lock.
     candidates: AtomicUsize,
-    evicted_in_flight: AtomicU64,
-    evicted_recent: AtomicU64,
+    evicted: EvictionCounters,
 }
 
 /// Request ids up to this many bytes are stored without an allocation (a UUID is 36).
@@ -239,6 +247,15 @@ pub const INLINE_ID: usize = 46;
 
 impl Correlator {
     pub fn new(settings: CorrelateSettings, clock: Arc<dyn Clock>) -> Arc<Correlator> {
+        Correlator::counting(settings, clock, EvictionCounters::default())
+    }
+
+    /// A correlator counting its evictions into `evicted`.
+    pub fn counting(
+        settings: CorrelateSettings,
+        clock: Arc<dyn Clock>,
+        evicted: EvictionCounters,
+    ) -> Arc<Correlator> {
         let shards = settings.shards.max(1);
         let per_shard = |total: usize| total.div_ceil(shards).max(1);
         let shards = (0..shards)
@@ -255,8 +272,7 @@ impl Correlator {
             clock,
             next_seq: AtomicU64::new(1),
             candidates: AtomicUsize::new(0),
-            evicted_in_flight: AtomicU64::new(0),
-            evicted_recent: AtomicU64::new(0),
+            evicted,
         })
     }
 
@@ -333,8 +349,8 @@ impl Correlator {
     /// Current counts.
     pub fn stats(&self) -> CorrelateStats {
         let mut stats = CorrelateStats {
-            evicted_in_flight: self.evicted_in_flight.load(Ordering::Relaxed),
-            evicted_recent: self.evicted_recent.load(Ordering::Relaxed),
+            evicted_in_flight: self.evicted.in_flight.get(),
+            evicted_recent: self.evicted.recent.get(),
             ..CorrelateStats::default()
         };
         for index in 0..self.shards.len() {
@@ -409,12 +425,10 @@ impl Correlator {
 
     fn count_evicted(&self, evicted: Evicted) {
         if evicted.in_flight > 0 {
-            self.evicted_in_flight
-                .fetch_add(evicted.in_flight, Ordering::Relaxed);
+            self.evicted.in_flight.inc_by(evicted.in_flight);
         }
         if evicted.recent > 0 {
-            self.evicted_recent
-                .fetch_add(evicted.recent, Ordering::Relaxed);
+            self.evicted.recent.inc_by(evicted.recent);
         }
         if evicted.candidates > 0 {
             self.candidates
