@@ -17,12 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, PortSet};
-use crate::detect::{self, PrefixedIo, Protocol};
+use crate::config::{Config, PortList};
+use crate::detect;
 use crate::export::{self, ExporterHandle};
-use crate::forward::{self, http::ConnectionService, resolve::Resolver, HttpStacks, StackParams};
+use crate::forward::{self, resolve::Resolver, ConnectionService, HttpStacks, StackParams};
 use crate::listen;
-use crate::meta::{ConnMeta, Direction};
+use crate::meta::{ConnMeta, Direction, Protocol};
 use crate::metrics::{DirectionMetrics, ProxyMetrics};
 use crate::shutdown::{self, DrainOutcome, Drained, Trigger, Watch};
 use crate::span::SpanSink;
@@ -69,7 +69,9 @@ impl Proxy {
     pub fn start_export(&mut self) -> Result<Option<ExporterHandle>, export::StartError> {
         // Under `meshtrace_` like every other family (`meshtrace_export_spans_exported_total`).
         let registry = self.registry.sub_registry_with_prefix("meshtrace");
-        let (sink, handle) = export::start(&self.config.export, registry)?;
+        let settings = self.config.export.config()?;
+        let resource = self.config.export.resource();
+        let (sink, handle) = export::start(settings, &resource, registry)?;
         self.spans = sink;
         Ok(handle)
     }
@@ -117,7 +119,7 @@ impl Proxy {
 
         let (inbound_listener, inbound_addr) = bind("inbound", config.inbound_addr).await?;
         let (outbound_listener, outbound_addr) = bind("outbound", config.outbound_addr).await?;
-        let own_listeners = vec![inbound_addr, outbound_addr, admin_addr];
+        let own_listeners = forward::OwnListeners::new([inbound_addr, outbound_addr, admin_addr]);
 
         let inbound_target = match &config.inbound_target {
             Some(target) => Some(resolve_once(target).await?),
@@ -258,13 +260,13 @@ impl BoundProxy {
 /// One direction's per-connection settings and its HTTP stack.
 struct DirectionContext {
     direction: Direction,
-    own_listeners: Vec<SocketAddr>,
+    own_listeners: forward::OwnListeners,
     /// Inbound `MESHTRACE_INBOUND_TARGET`: overrides the original destination.
     fixed_target: Option<SocketAddr>,
     detect_timeout: Duration,
     /// `None`: HTTP/1 clients may take as long as they like between requests.
     header_read_timeout: Option<Duration>,
-    opaque_ports: PortSet,
+    opaque_ports: PortList,
     connect_timeout: Duration,
     metrics: DirectionMetrics,
     stack: HttpStacks,
@@ -321,7 +323,7 @@ async fn handle_connection(
         return;
     }
     if let Some(dst) = orig_dst {
-        if listen::is_own_listener(dst, &context.own_listeners, local_addr) {
+        if context.own_listeners.reached_by(dst, local_addr) {
             tracing::warn!(%client_addr, %dst, direction, "destination is this proxy; closing to avoid a loop");
             return;
         }
@@ -345,7 +347,7 @@ async fn handle_connection(
         };
     context.metrics.connection_detected(protocol);
     tracing::debug!(%client_addr, ?orig_dst, direction, protocol = protocol.as_str(), "accepted");
-    let io = PrefixedIo::new(prefix, io);
+    let io = io.replay(prefix);
 
     match protocol {
         Protocol::Opaque => {
@@ -370,14 +372,8 @@ async fn handle_connection(
                 orig_dst,
             });
             let service = ConnectionService::new(context.stack.for_connection(), meta);
-            forward::http::serve_connection(
-                protocol,
-                io,
-                service,
-                watch,
-                context.header_read_timeout,
-            )
-            .await;
+            forward::serve_connection(protocol, io, service, watch, context.header_read_timeout)
+                .await;
         }
     }
 }

@@ -3,15 +3,16 @@
 //! The proxy must decide how to forward a connection before it knows anything about it: an
 //! HTTP/2 prior-knowledge preface means h2, an HTTP/1.x request line means HTTP/1, and anything
 //! else (TLS, Redis, PostgreSQL, a client that says nothing) is copied as opaque TCP. The bytes
-//! read to decide are replayed to whichever handler wins through [`PrefixedIo`].
+//! read to decide are replayed to whichever handler wins through
+//! [`ClientIo::replay`](crate::client_io::ClientIo::replay).
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::meta::Protocol;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -20,24 +21,6 @@ const MAX_METHOD_LEN: usize = 32;
 /// At most this many bytes are read to decide; a request line longer than that is treated as
 /// opaque rather than buffered without bound.
 pub const MAX_PEEK: usize = 16 * 1024;
-
-/// What the client speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Http1,
-    H2,
-    Opaque,
-}
-
-impl Protocol {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http1 => "http1",
-            Protocol::H2 => "h2",
-            Protocol::Opaque => "opaque",
-        }
-    }
-}
 
 /// The answer for the bytes seen so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,80 +117,11 @@ where
     }
 }
 
-pin_project_lite::pin_project! {
-    /// An I/O stream whose first reads return bytes that were already read from it.
-    #[derive(Debug)]
-    pub struct PrefixedIo<I> {
-        prefix: Bytes,
-        #[pin]
-        io: I,
-    }
-}
-
-impl<I> PrefixedIo<I> {
-    pub fn new(prefix: Bytes, io: I) -> Self {
-        PrefixedIo { prefix, io }
-    }
-
-    pub fn get_ref(&self) -> &I {
-        &self.io
-    }
-}
-
-impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            if this.prefix.is_empty() {
-                // Release the detection buffer rather than hold it for the connection's life.
-                *this.prefix = Bytes::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        this.io.poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client_io::ClientIo;
+    use prometheus_client::metrics::counter::Counter;
     use tokio::io::AsyncWriteExt;
 
     const HTTP1: Verdict = Verdict::Known(Protocol::Http1);
@@ -294,7 +208,8 @@ mod tests {
         let mut client = writer.await.unwrap();
         client.shutdown().await.unwrap();
         let mut replayed = Vec::new();
-        PrefixedIo::new(prefix, server)
+        ClientIo::new(server, Counter::default(), Counter::default())
+            .replay(prefix)
             .read_to_end(&mut replayed)
             .await
             .unwrap();

@@ -1,8 +1,15 @@
 //! meshtrace data plane: a transparent L7 proxy that forwards traffic unchanged and traces every
 //! HTTP hop.
+//!
+//! `src/README.md` lists the modules in the order a request meets them.
+
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
+pub mod await_ready;
+pub mod client_io;
+pub mod cni;
 pub mod config;
 pub mod detect;
 pub mod export;

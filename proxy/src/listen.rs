@@ -28,50 +28,12 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     (dst != local).then_some(dst)
 }
 
-/// Whether `addr` reaches one of our own listeners: a connection there would loop forever.
-///
-/// A listener bound to the unspecified address accepts on every local address, so a target on
-/// one of our ports counts as ours if it is loopback, unspecified, or the address the current
-/// connection arrived on (the pod IP). Erring towards "ours" only refuses a connection that
-/// would otherwise be at risk of looping.
-pub fn is_own_listener(addr: SocketAddr, listeners: &[SocketAddr], conn_local: SocketAddr) -> bool {
-    listeners.iter().any(|listener| {
-        listener.port() == addr.port()
-            && (addr.ip() == listener.ip()
-                || addr.ip().to_canonical().is_loopback()
-                || addr.ip().is_unspecified()
-                || addr.ip() == conn_local.ip()
-                || to_canonical(addr) == to_canonical(*listener))
-    })
-}
-
-fn to_canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn own_listeners_are_detected() {
-        let listeners = [addr("0.0.0.0:4143"), addr("127.0.0.1:4140")];
-        let pod = addr("10.1.2.3:4143");
-        assert!(is_own_listener(addr("127.0.0.1:4140"), &listeners, pod));
-        assert!(is_own_listener(addr("127.0.0.1:4143"), &listeners, pod));
-        assert!(is_own_listener(addr("10.1.2.3:4143"), &listeners, pod));
-        assert!(is_own_listener(addr("[::1]:4140"), &listeners, pod));
-        assert!(is_own_listener(
-            addr("[::ffff:127.0.0.1]:4140"),
-            &listeners,
-            pod
-        ));
-        assert!(!is_own_listener(addr("10.1.2.3:8080"), &listeners, pod));
-        assert!(!is_own_listener(addr("10.9.9.9:4143"), &listeners, pod));
     }
 
     #[tokio::test]

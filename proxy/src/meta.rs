@@ -1,7 +1,15 @@
-//! Facts about a connection and its requests that the data path hands to the layers above it
-//! (tracing, metrics) through request/response extensions.
+//! The types the proxy's parts share: facts about a connection and its requests that the data
+//! path hands to the layers above it (tracing, metrics) through request/response extensions,
+//! the detected protocol, and the header that marks the proxy's own error responses.
 
 use std::net::SocketAddr;
+
+use http::HeaderName;
+
+/// The response header on every response the proxy produces itself when forwarding fails
+/// (502/504); its value is the error's [`ErrorType`], which the SERVER span records as
+/// `error.type`.
+pub const PROXY_ERROR_HEADER: HeaderName = HeaderName::from_static("meshtrace-proxy-error");
 
 /// Which listener accepted the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -17,6 +25,24 @@ impl Direction {
         match self {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// What the client speaks, as detected from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2,
+    Opaque,
+}
+
+impl Protocol {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::Opaque => "opaque",
         }
     }
 }

@@ -3,10 +3,7 @@
 //! Label sets are resolved once per direction when the proxy starts ([`DirectionMetrics`]), so
 //! the request path only touches atomics: no family lookup (which takes a lock) per request.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,10 +13,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::detect::Protocol;
-use crate::meta::Direction;
+use crate::client_io::ClientIo;
+use crate::meta::{Direction, Protocol};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
@@ -184,12 +180,8 @@ impl DirectionMetrics {
     }
 
     /// Wraps a client stream so every byte read from / written to it is counted.
-    pub fn count_bytes<I>(&self, io: I) -> CountingIo<I> {
-        CountingIo {
-            io,
-            received: self.0.bytes_received.clone(),
-            sent: self.0.bytes_sent.clone(),
-        }
+    pub fn count_bytes<I>(&self, io: I) -> ClientIo<I> {
+        ClientIo::new(io, self.0.bytes_received.clone(), self.0.bytes_sent.clone())
     }
 }
 
@@ -272,80 +264,6 @@ pub struct OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.gauge.dec();
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A client stream that counts the bytes passing through it.
-    #[derive(Debug)]
-    pub struct CountingIo<I> {
-        #[pin]
-        io: I,
-        received: Counter,
-        sent: Counter,
-    }
-}
-
-impl<I> CountingIo<I> {
-    pub fn get_ref(&self) -> &I {
-        &self.io
-    }
-}
-
-impl<I: AsyncRead> AsyncRead for CountingIo<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let result = this.io.poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            this.received.inc_by(read as u64);
-        }
-        result
-    }
-}
-
-impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let result = this.io.poll_write(cx, buf);
-        if let Poll::Ready(Ok(written)) = result {
-            this.sent.inc_by(written as u64);
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let result = this.io.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(written)) = result {
-            this.sent.inc_by(written as u64);
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
     }
 }
 

@@ -17,10 +17,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Empty};
 
-use crate::meta::ErrorType;
-
-/// The response header that names the proxy's reason for an error response.
-pub const PROXY_ERROR_HEADER: &str = "meshtrace-proxy-error";
+use crate::meta::{ErrorType, PROXY_ERROR_HEADER};
 
 /// Everything that can go wrong between receiving a request and receiving the upstream's
 /// response headers.

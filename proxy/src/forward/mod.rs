@@ -1,19 +1,36 @@
 //! The forwarding pipeline, written once and parameterised by direction.
 //!
 //! ```text
-//! hyper server conn → ConnectionService → RequestMetrics → [SERVER-span slot]
+//! server (hyper conn) → ConnectionService → RequestMetrics → [SERVER-span slot]
 //!     → error→response mapping (502/504 + meshtrace-proxy-error) → [CLIENT-span slot] → Upstream
 //! ```
+//!
+//! It learns what it needs of the rest of the proxy as parameters: the detected protocol
+//! ([`serve_connection`]), the proxy's own listeners ([`OwnListeners`]), the direction's
+//! settings and metrics ([`StackParams`]).
+//!
+//! Modules in request order: [`server`] serves a client connection, [`connection_service`]
+//! hands its requests to the connection's stack, [`request_metrics`] counts them, [`error`]
+//! maps failures to responses, [`upstream`] forwards each request to the destination that
+//! [`destination`] names (after the [`loop_check`], through [`resolve`]), without the
+//! [`hop_by_hop`] fields, over connections from [`pool`] (opened by [`connect`]), and bridges
+//! upgrades through [`tunnel`]. [`streams`] runs an h2 connection's streams on its own task;
+//! [`tcp`] copies opaque connections.
 
 pub mod connect;
+pub mod connection_service;
+pub mod destination;
 pub mod error;
-pub mod http;
+pub mod hop_by_hop;
+pub mod loop_check;
 pub mod pool;
+pub mod request_metrics;
 pub mod resolve;
+pub mod server;
 pub mod streams;
 pub mod tcp;
-
-use std::net::SocketAddr;
+pub mod tunnel;
+pub mod upstream;
 
 use hyper::body::Incoming;
 use tower::Layer;
@@ -22,17 +39,25 @@ use crate::config::DirectionConfig;
 use crate::meta::Direction;
 use crate::metrics::DirectionMetrics;
 use crate::shutdown::WeakWatch;
-use crate::trace::{ClientSpan, ClientSpanLayer, ServerSpan, ServerSpanLayer, TracedBody, Tracer};
+use crate::trace::{
+    ClientSpanLayer, ClientSpanService, ServerSpanLayer, ServerSpanService, TracedBody, Tracer,
+};
 
-pub use self::error::{ErrorResponse, ErrorResponseLayer, ForwardError, PROXY_ERROR_HEADER};
-pub use self::http::{RequestMetrics, RequestMetricsLayer, Upstream, UpstreamSettings};
+pub use self::connection_service::ConnectionService;
+pub use self::error::{ErrorResponse, ErrorResponseLayer, ForwardError};
+pub use self::loop_check::OwnListeners;
+pub use self::request_metrics::{RequestMetrics, RequestMetricsLayer};
+pub use self::server::serve_connection;
+pub use self::upstream::{Upstream, UpstreamSettings};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything the HTTP stack of one direction is built from.
 #[derive(Clone, Debug)]
 pub struct StackParams {
     pub direction: Direction,
     pub settings: DirectionConfig,
-    pub own_listeners: Vec<SocketAddr>,
+    pub own_listeners: OwnListeners,
     pub metrics: DirectionMetrics,
     pub resolver: resolve::Resolver,
     pub tunnels: WeakWatch,
@@ -41,8 +66,9 @@ pub struct StackParams {
 }
 
 /// The HTTP stack of one client connection.
-pub type HttpStack =
-    RequestMetrics<ServerSpan<ErrorResponse<ClientSpan<Upstream<TracedBody<Incoming>>>>>>;
+pub type HttpStack = RequestMetrics<
+    ServerSpanService<ErrorResponse<ClientSpanService<Upstream<TracedBody<Incoming>>>>>,
+>;
 
 /// One direction's layers, built once; every client connection gets its own [`HttpStack`] from
 /// them, so that requests need not clone a shared stack and each connection keeps its own

@@ -26,10 +26,11 @@ pub fn single_threaded_runtime() -> bool {
 /// The executor given to hyper: queues each stream for the connection's task.
 #[derive(Clone)]
 pub struct StreamExecutor {
-    shared: Arc<Shared>,
+    queue: Arc<StreamQueue>,
 }
 
-struct Shared {
+/// The streams queued by the executor for the connection's task to pick up.
+struct StreamQueue {
     queued: Mutex<Vec<BoxFuture<'static, ()>>>,
     /// The connection's task, woken when a stream is queued from outside its poll.
     task: AtomicWaker,
@@ -37,7 +38,7 @@ struct Shared {
 
 /// The streams of one connection, polled by the connection's task.
 pub struct ConnectionStreams {
-    shared: Arc<Shared>,
+    queue: Arc<StreamQueue>,
     running: FuturesUnordered<BoxFuture<'static, ()>>,
     /// Reused to take the queue without allocating.
     taken: Vec<BoxFuture<'static, ()>>,
@@ -45,22 +46,22 @@ pub struct ConnectionStreams {
 
 impl ConnectionStreams {
     pub fn new() -> (ConnectionStreams, StreamExecutor) {
-        let shared = Arc::new(Shared {
+        let queue = Arc::new(StreamQueue {
             queued: Mutex::new(Vec::new()),
             task: AtomicWaker::new(),
         });
         let streams = ConnectionStreams {
-            shared: shared.clone(),
+            queue: queue.clone(),
             running: FuturesUnordered::new(),
             taken: Vec::new(),
         };
-        (streams, StreamExecutor { shared })
+        (streams, StreamExecutor { queue })
     }
 
     /// Polls every stream that is ready to make progress. Never completes: an empty set just
     /// waits for the next stream.
     pub fn poll_streams(&mut self, cx: &mut Context<'_>) {
-        self.shared.task.register(cx.waker());
+        self.queue.task.register(cx.waker());
         loop {
             self.take_queued();
             match self.running.poll_next_unpin(cx) {
@@ -88,7 +89,7 @@ impl ConnectionStreams {
     fn take_queued(&mut self) {
         std::mem::swap(
             &mut *self
-                .shared
+                .queue
                 .queued
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
@@ -101,7 +102,7 @@ impl ConnectionStreams {
 
     fn has_queued(&self) -> bool {
         !self
-            .shared
+            .queue
             .queued
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -121,12 +122,12 @@ where
                 tracing::error!("an HTTP/2 stream panicked; it was reset");
             }
         });
-        self.shared
+        self.queue
             .queued
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(Box::pin(stream));
-        self.shared.task.wake();
+        self.queue.task.wake();
     }
 }
 

@@ -1,0 +1,175 @@
+//! Hop-by-hop header fields (RFC 9110 §7.6.1): what a proxy must not forward, and the upgrade
+//! handshake it keeps because it bridges the upgraded connection itself.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Whether an HTTP/1.1 message asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, option: &str) -> bool {
+    connection_options(headers).any(|o| o.eq_ignore_ascii_case(option))
+}
+
+fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|option| !option.is_empty())
+}
+
+/// Removes the hop-by-hop fields of RFC 9110 §7.6.1: those named by `Connection`, then
+/// `Connection`, `Proxy-Connection`, `Keep-Alive`, `TE` (except `trailers`, which the proxy
+/// honours end to end), `Transfer-Encoding` and `Upgrade`. With `keep_upgrade`, the upgrade
+/// handshake (`Connection: upgrade` and `Upgrade`) is forwarded, since the proxy bridges it.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names is cheaper than the seven
+    // hashed lookups below.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_options(headers)
+            .filter(|option| !(keep_upgrade && option.eq_ignore_ascii_case("upgrade")))
+            .filter_map(|option| HeaderName::from_bytes(option.as_bytes()).ok())
+            .collect();
+        let only_upgrade = keep_upgrade
+            && named.is_empty()
+            && headers.get_all(header::CONNECTION).iter().count() == 1;
+        for name in named {
+            if name != header::TE || !keep_te(headers) {
+                headers.remove(&name);
+            }
+        }
+        if keep_upgrade {
+            if !only_upgrade {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+        } else {
+            headers.remove(header::CONNECTION);
+        }
+    }
+    for name in ["proxy-connection", "keep-alive"] {
+        headers.remove(name);
+    }
+    if !keep_te(headers) {
+        headers.remove(header::TE);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The fields `strip_hop_by_hop` may remove without being named by `Connection`.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
+/// `TE: trailers` is kept: the proxy forwards trailers, and HTTP/2 (gRPC) requires it.
+fn keep_te(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TE).iter();
+    matches!(
+        (values.next(), values.next()),
+        (Some(value), None) if value.as_bytes().eq_ignore_ascii_case(b"trailers")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn names(map: &HeaderMap) -> Vec<String> {
+        let mut names: Vec<String> = map.keys().map(|k| k.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, X-Hop, close"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "h2c"),
+            ("x-end-to-end", "kept"),
+            ("trailer", "x-checksum"),
+        ]);
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(names(&map), ["trailer", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn each_hop_by_hop_field_alone_is_removed() {
+        for (name, value) in [
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "h2c"),
+            ("connection", "close"),
+        ] {
+            let mut map = headers(&[(name, value), ("x-end-to-end", "kept")]);
+            strip_hop_by_hop(&mut map, false);
+            assert_eq!(names(&map), ["x-end-to-end"], "{name}");
+        }
+        let end_to_end = [("host", "a"), ("accept", "*/*"), ("x-keep-alive", "1")];
+        let mut map = headers(&end_to_end);
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(names(&map), ["accept", "host", "x-keep-alive"]);
+    }
+
+    #[test]
+    fn te_trailers_survives() {
+        let mut map = headers(&[("te", "trailers"), ("connection", "TE")]);
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(map["te"], "trailers");
+        assert!(!map.contains_key("connection"));
+    }
+
+    #[test]
+    fn upgrades_keep_their_handshake() {
+        let mut map = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "abc"),
+        ]);
+        assert!(is_upgrade(&map));
+        strip_hop_by_hop(&mut map, true);
+        assert_eq!(map["connection"], "Upgrade");
+        assert_eq!(map["upgrade"], "websocket");
+
+        let mut map = headers(&[
+            ("connection", "keep-alive, upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "1"),
+        ]);
+        strip_hop_by_hop(&mut map, true);
+        assert_eq!(map["connection"], "upgrade");
+        assert!(!map.contains_key("keep-alive"));
+        assert!(!is_upgrade(&headers(&[("upgrade", "websocket")])));
+    }
+}

@@ -1,0 +1,223 @@
+//! The bottom of the HTTP stack: the upstream client, which sends each request to its
+//! destination over a pooled connection of the client's protocol and bridges upgrades.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+
+use super::connect::connect;
+use super::destination::explicit_targets;
+use super::error::ForwardError;
+use super::hop_by_hop::{is_upgrade, strip_hop_by_hop};
+use super::loop_check::OwnListeners;
+use super::pool::{self, Affinity, Pool};
+use super::resolve::Resolver;
+use super::tunnel::Tunnels;
+use super::BoxError;
+use crate::meta::{ConnMeta, Direction, UpstreamPeer};
+use crate::shutdown::WeakWatch;
+
+/// The body of a response produced by [`Upstream`]: the upstream's own, or empty for a tunnel
+/// the proxy opened itself (explicit `CONNECT`).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// What [`Upstream`] needs to know about its direction.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    pub direction: Direction,
+    pub connect_timeout: Duration,
+    /// `None`: wait for response headers forever.
+    pub response_timeout: Option<Duration>,
+    pub idle_timeout: Duration,
+    /// The proxy's own listeners, never to be connected to.
+    pub own_listeners: OwnListeners,
+}
+
+/// The bottom of the HTTP stack: picks the destination, sends the request there over a pooled
+/// connection of the client's protocol, and bridges upgrades (WebSocket, `CONNECT`).
+///
+/// Each client connection gets its own handle ([`Upstream::for_connection`]), which keeps the
+/// upstream connections that client connection uses (see [`Affinity`]).
+pub struct Upstream<B> {
+    client: Arc<UpstreamClient<B>>,
+    affinity: Arc<Affinity<B>>,
+}
+
+/// One direction's upstream client, shared by the [`Upstream`] handles of all its client
+/// connections.
+struct UpstreamClient<B> {
+    settings: UpstreamSettings,
+    pool: Arc<Pool<B>>,
+    resolver: Resolver,
+    tunnels: Tunnels,
+}
+
+impl<B> Clone for Upstream<B> {
+    fn clone(&self) -> Self {
+        Upstream {
+            client: self.client.clone(),
+            affinity: self.affinity.clone(),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for Upstream<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("settings", &self.client.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// `drain`: tunnels hold the shutdown drain open through it.
+    pub fn new(settings: UpstreamSettings, resolver: Resolver, drain: WeakWatch) -> Self {
+        let pool = Pool::new(settings.connect_timeout, settings.idle_timeout);
+        let tunnels = Tunnels {
+            direction: settings.direction,
+            drain,
+        };
+        Upstream {
+            affinity: Arc::new(Affinity::new(&pool)),
+            client: Arc::new(UpstreamClient {
+                settings,
+                pool,
+                resolver,
+                tunnels,
+            }),
+        }
+    }
+
+    /// A handle for one more client connection: same pool and settings, its own upstream
+    /// connections.
+    pub fn for_connection(&self) -> Self {
+        Upstream {
+            client: self.client.clone(),
+            affinity: Arc::new(Affinity::new(&self.client.pool)),
+        }
+    }
+
+    /// The connection pool, for periodic eviction of idle connections.
+    pub fn pool(&self) -> &Arc<Pool<B>> {
+        &self.client.pool
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Upstream<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<UpstreamBody>;
+    type Error = ForwardError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ForwardError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        Box::pin(self.client.clone().forward(self.affinity.clone(), request))
+    }
+}
+
+impl<B> UpstreamClient<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    async fn forward(
+        self: Arc<Self>,
+        affinity: Arc<Affinity<B>>,
+        mut request: Request<B>,
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
+        let meta = request.extensions().get::<Arc<ConnMeta>>();
+        let transparent_dst = meta.and_then(|meta| meta.orig_dst);
+        let conn_local = meta.map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |meta| {
+            meta.local_addr
+        });
+        // A connection's original destination was checked for loops once, when it was
+        // accepted; the destinations a request names are checked by `explicit_targets`.
+        let resolved;
+        let targets: &[SocketAddr] = match &transparent_dst {
+            Some(dst) => std::slice::from_ref(dst),
+            None => {
+                let own_listeners = &self.settings.own_listeners;
+                let explicit =
+                    explicit_targets(&mut request, conn_local, &self.resolver, own_listeners);
+                // Boxed, as are the other rare branches below, so that the future of every
+                // request is not sized for the largest one.
+                resolved = Box::pin(explicit).await?;
+                &resolved
+            }
+        };
+
+        let is_connect = request.method() == Method::CONNECT;
+        if is_connect && transparent_dst.is_none() {
+            return Box::pin(self.open_connect_tunnel(request, targets)).await;
+        }
+
+        let upgrade = is_upgrade(request.headers());
+        strip_hop_by_hop(request.headers_mut(), upgrade);
+        let client_upgrade = (upgrade || is_connect).then(|| hyper::upgrade::on(&mut request));
+
+        let send = async {
+            if request.version() == Version::HTTP_2 {
+                self.pool.send_h2(&affinity, targets, request).await
+            } else {
+                self.pool.send_http1(&affinity, targets, request).await
+            }
+        };
+        let (target, mut response) = match self.settings.response_timeout {
+            Some(limit) => tokio::time::timeout(limit, send)
+                .await
+                .map_err(|_| ForwardError::ResponseTimeout(limit))??,
+            None => send.await?,
+        };
+
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (is_connect && response.status().is_success());
+        let switching_protocols = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        strip_hop_by_hop(response.headers_mut(), switching_protocols);
+        if let (Some(client_upgrade), true) = (client_upgrade, switched) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            self.tunnels.spawn(async move {
+                let (client, upstream) = tokio::try_join!(client_upgrade, upstream_upgrade)?;
+                Ok((TokioIo::new(client), TokioIo::new(upstream)))
+            });
+        }
+        response.extensions_mut().insert(UpstreamPeer(target));
+        Ok(response.map(Either::Left))
+    }
+
+    /// Explicit mode `CONNECT host:port`: the proxy itself opens the TCP connection and answers
+    /// 200, then copies bytes both ways.
+    async fn open_connect_tunnel(
+        &self,
+        mut request: Request<B>,
+        targets: &[SocketAddr],
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
+        let timeout = self.settings.connect_timeout;
+        let (target, upstream) =
+            pool::first_connected(targets, |addr| connect(addr, timeout)).await?;
+        let client_upgrade = hyper::upgrade::on(&mut request);
+        self.tunnels
+            .spawn(async move { Ok((TokioIo::new(client_upgrade.await?), upstream)) });
+        let mut response = Response::new(Either::Right(Empty::new()));
+        response.extensions_mut().insert(UpstreamPeer(target));
+        Ok(response)
+    }
+}
