@@ -201,6 +201,8 @@ pub struct SpanRecord {
     pub end_unix_nanos: u64,
     pub status: SpanStatus,
     pub attributes: Attributes,
+    /// Span links (empty, without an allocation, for almost every span).
+    pub links: Links,
 }
 
 impl SpanRecord {
@@ -516,6 +518,7 @@ mod tests {
             end_unix_nanos: 2,
             status: SpanStatus::Unset,
             attributes: vec![("http.request.method", AttrValue::Static("GET"))],
+            links: Vec::new(),
         }
     }
 

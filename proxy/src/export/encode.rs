@@ -149,7 +149,7 @@ pub fn span_to_proto(record: SpanRecord) -> Span {
         dropped_attributes_count: 0,
         events: Vec::new(),
         dropped_events_count: 0,
-        links: Vec::new(),
+        links: record.links.iter().map(link_to_proto).collect(),
         dropped_links_count: 0,
         status,
     }
@@ -177,6 +177,7 @@ mod tests {
                 ("http.response.status_code", AttrValue::Int(502)),
                 ("meshtrace.sampled", AttrValue::Bool(true)),
             ],
+            links: Vec::new(),
         }
     }
 

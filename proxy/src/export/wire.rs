@@ -315,6 +315,7 @@ fn put_span_body(buf: &mut Vec<u8>, span: &SpanRecord) {
     for (key, value) in &span.attributes {
         put_attribute(buf, key, value, &span.name);
     }
+    put_links(buf, &span.links);
     let status = match &span.status {
         SpanStatus::Unset => None,
         SpanStatus::Ok => Some(""),
@@ -339,7 +340,6 @@ fn put_span_body(buf: &mut Vec<u8>, span: &SpanRecord) {
 }
 
 /// `Span.links`: one length-prefixed `Span.Link` per link.
-#[allow(dead_code)] // Until `SpanRecord` carries links.
 fn put_links(buf: &mut Vec<u8>, links: &[SpanLink]) {
     for link in links {
         let trace_state = link.trace_state.as_deref().unwrap_or_default().as_bytes();
@@ -590,6 +590,14 @@ mod tests {
                 end_unix_nanos: times.1,
                 status,
                 attributes,
+                links: (0..usize::from(n % 3))
+                    .map(|i| SpanLink {
+                        trace_id: [n ^ 0x55; 16],
+                        span_id: [i as u8 + 1; 8],
+                        trace_state: (i == 1).then(|| SharedStr::from("vendor=linked")),
+                        flags: n % 2,
+                    })
+                    .collect(),
             });
         }
         // A tiny span (one-byte length prefix).
@@ -605,6 +613,7 @@ mod tests {
             end_unix_nanos: 0,
             status: SpanStatus::Unset,
             attributes: Vec::new(),
+            links: Vec::new(),
         });
         records
     }
@@ -693,7 +702,17 @@ mod tests {
                 }
                 assert_eq!(got, Some(want), "{key}");
             }
-            assert!(span.events.is_empty() && span.links.is_empty());
+            assert!(span.events.is_empty());
+            assert_eq!(span.links.len(), record.links.len());
+            for (link, want) in span.links.iter().zip(&record.links) {
+                assert_eq!(link.trace_id, want.trace_id);
+                assert_eq!(link.span_id, want.span_id);
+                assert_eq!(
+                    link.trace_state,
+                    want.trace_state.as_deref().unwrap_or_default()
+                );
+                assert_eq!(link.flags, u32::from(want.flags) | 0x100);
+            }
         }
         let peer = &scope_spans.spans[0].attributes[5];
         assert_eq!(

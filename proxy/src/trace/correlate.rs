@@ -40,6 +40,11 @@ use http::HeaderValue;
 
 use crate::span::{SpanId, TraceId};
 
+/// `meshtrace.context.source`: how an outbound SERVER span's parent was found ([`Source`]).
+pub const ATTR_SOURCE: &str = "meshtrace.context.source";
+/// `meshtrace.context.candidates`: how many inbound requests could have been the parent.
+pub const ATTR_CANDIDATES: &str = "meshtrace.context.candidates";
+
 /// How much of the context inference runs (`MESHTRACE_CONTEXT_INFERENCE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ContextInference {
@@ -113,6 +118,23 @@ pub struct ParentContext {
     pub trace_state: Option<HeaderValue>,
 }
 
+impl ParentContext {
+    /// A span link to this context's span.
+    pub fn to_link(&self) -> crate::span::SpanLink {
+        crate::span::SpanLink {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            trace_state: self
+                .trace_state
+                .as_ref()
+                .and_then(|state| state.to_str().ok())
+                .filter(|state| !state.is_empty())
+                .map(crate::span::SharedStr::from),
+            flags: self.flags,
+        }
+    }
+}
+
 /// The outcome of [`Correlator::infer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Inferred {
@@ -130,6 +152,14 @@ pub enum Inferred {
 }
 
 impl Inferred {
+    /// The span links of an ambiguous outbound request (no allocation otherwise).
+    pub fn links(&self) -> crate::span::Links {
+        match self {
+            Inferred::Ambiguous { links, .. } => links.iter().map(ParentContext::to_link).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn source(&self) -> Source {
         match self {
             Inferred::RequestId(_) => Source::RequestId,

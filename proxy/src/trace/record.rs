@@ -49,6 +49,8 @@ pub struct SpanStart {
     pub grpc: bool,
     /// CLIENT: where the request went if the data path does not report it.
     pub fallback_peer: Option<SocketAddr>,
+    /// Span links (outbound SERVER spans whose parent was ambiguous).
+    pub links: crate::span::Links,
 }
 
 impl PendingSpan {
@@ -70,6 +72,7 @@ impl PendingSpan {
                 end_unix_nanos: 0,
                 status: SpanStatus::Unset,
                 attributes,
+                links: start.links,
             },
             request,
             response: ResponseAttributes::new(start.grpc, start.fallback_peer),
