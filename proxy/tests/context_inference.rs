@@ -160,14 +160,23 @@ struct Pod {
 
 impl Pod {
     async fn start(together: usize) -> Pod {
-        let receiver = OtlpReceiver::start(ReceiverProtocol::Grpc).await;
+        Pod::exporting(together, ReceiverProtocol::Grpc).await
+    }
+
+    /// Exporting over `protocol` (span links travel both ways).
+    async fn exporting(together: usize, protocol: ReceiverProtocol) -> Pod {
+        let receiver = OtlpReceiver::start(protocol).await;
+        let protocol = match protocol {
+            ReceiverProtocol::Grpc => "grpc",
+            ReceiverProtocol::Http => "http/protobuf",
+        };
         let backend = HttpUpstream::start().await;
         let app_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
         let app_addr = app_listener.local_addr().expect("app addr");
         let mut config = common::exporting_to(
             common::fixed_target(app_addr),
             &receiver.endpoint(),
-            "grpc",
+            protocol,
             POD,
         );
         config.trace.sample_rate = 1.0;
@@ -357,8 +366,14 @@ async fn fifty_concurrent_requests_forwarding_only_the_request_id_are_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_of_an_app_that_forwards_nothing_get_links_never_a_wrong_parent() {
+    for protocol in [ReceiverProtocol::Grpc, ReceiverProtocol::Http] {
+        concurrent_requests_get_links(protocol).await;
+    }
+}
+
+async fn concurrent_requests_get_links(protocol: ReceiverProtocol) {
     const REQUESTS: usize = 4;
-    let pod = Arc::new(Pod::start(REQUESTS).await);
+    let pod = Arc::new(Pod::exporting(REQUESTS, protocol).await);
     let sent: Vec<_> = (0..REQUESTS)
         .map(|_| {
             let pod = pod.clone();
