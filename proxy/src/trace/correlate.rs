@@ -761,6 +761,7 @@ impl Shard {
         } else {
             self.others_live -= 1;
         }
+        self.trim();
         self.compact();
         let evicted_recent = match entry.id {
             Some(id) => self.remember(id, entry.seq, now + settings.request_id_window),
@@ -854,6 +855,25 @@ impl Shard {
             if let Some(entry) = self.get(at) {
                 newest.offer(entry.seq, &entry.context);
                 offered += 1;
+            }
+        }
+    }
+
+    /// Drops stale references at the ends of the queues (the newest request finishing first
+    /// is the common case), so walking from either end does not step over them.
+    fn trim(&mut self) {
+        let slots = &self.slots;
+        let stale = |at: &SlotRef| {
+            !slots
+                .get(at.slot as usize)
+                .is_some_and(|s| s.generation == at.generation && s.entry.is_some())
+        };
+        for queue in [&mut self.candidates, &mut self.others] {
+            while queue.back().is_some_and(stale) {
+                queue.pop_back();
+            }
+            while queue.front().is_some_and(stale) {
+                queue.pop_front();
             }
         }
     }

@@ -392,6 +392,17 @@ fn stale_references_are_compacted_behind_a_long_request() {
 }
 
 #[test]
+fn short_requests_behind_many_long_ones_leave_no_stale_references() {
+    let (c, _) = correlator(CorrelateSettings::default());
+    let _long: Vec<_> = (0..1_000).map(|n| c.register(plain(n, None))).collect();
+    for n in 1_000..3_000 {
+        drop(c.register(plain(n, None)));
+    }
+    let shard = c.lock(0);
+    assert_eq!(shard.candidates.len(), 1_000, "stale references kept");
+}
+
+#[test]
 fn shards_of_other_threads_are_seen() {
     let (c, _) = correlator(CorrelateSettings {
         shards: 4,
