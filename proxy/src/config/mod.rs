@@ -19,7 +19,7 @@ pub use await_ready::AwaitReadyArgs;
 pub use export::ExportArgs;
 pub use init::{InitArgs, IptablesMode};
 pub use meshtrace_ports::PortList;
-pub use trace::{PropagationFormat, Toggle, TraceArgs};
+pub use trace::{PropagationFormat, TraceArgs, TraceResponse};
 
 use crate::meta::Direction;
 

@@ -64,7 +64,7 @@ pub use naming::SpanNaming;
 pub use propagation::B3Forms;
 
 // The settings are parsed in `config`; re-exported for the layers' users.
-pub use crate::config::trace::{PropagationFormat, Toggle, TraceArgs};
+pub use crate::config::trace::{PropagationFormat, TraceArgs, TraceResponse};
 
 /// The tracer's settings and outputs (span sink, metrics), shared by every layer instance and
 /// every request recording.
@@ -74,7 +74,7 @@ pub(crate) struct TracerState {
     sample_header: HeaderName,
     default_b3: B3Forms,
     naming: SpanNaming,
-    trace_response: bool,
+    trace_response: TraceResponse,
     sink: SpanSink,
     metrics: TraceMetrics,
     /// The pod's in-flight inbound requests, for outbound requests without context; `None`
@@ -133,7 +133,7 @@ impl Tracer {
                 sample_header: args.sample_header.clone(),
                 default_b3,
                 naming: args.span_name,
-                trace_response: args.trace_response == Toggle::On,
+                trace_response: args.trace_response,
                 sink,
                 metrics,
                 correlator,
