@@ -257,7 +257,11 @@ async fn one_hop_is_unchanged_and_traced_with_four_spans() {
     assert_eq!(app_parent, hex::encode(&b_client.span_id));
     assert!(sampled, "{traceparent}");
     // The request the application sees is the client's, byte for byte, plus the trace
-    // context headers the proxies add.
+    // context headers the proxies add and the request id B's inbound proxy adds (the client
+    // sent none).
+    let request_id = header_in_head(&meshed_request.head_str(), "x-request-id")
+        .expect("the inbound proxy adds a request id");
+    assert_eq!(request_id.len(), 36, "a UUID: {request_id}");
     let without_trace_headers: String = meshed_request
         .head_str()
         .split_inclusive("\r\n")
@@ -267,7 +271,7 @@ async fn one_hop_is_unchanged_and_traced_with_four_spans() {
                 .next()
                 .unwrap_or_default()
                 .to_ascii_lowercase();
-            !(TRACE_HEADERS.contains(&name.as_str()))
+            !(TRACE_HEADERS.contains(&name.as_str()) || name == "x-request-id")
         })
         .collect();
     assert_eq!(without_trace_headers, unmeshed_request.head_str());

@@ -116,7 +116,7 @@ pub fn http_stacks(params: &StackParams) -> HttpStacks {
     );
     HttpStacks {
         metrics: RequestMetricsLayer::new(params.metrics.clone()),
-        server_span: params.tracer.server_layer(),
+        server_span: params.tracer.server_layer_for(params.direction),
         client_span: params.tracer.client_layer(),
         upstream,
     }
