@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, PortSet};
 use crate::detect;
 use crate::export::{self, ExporterHandle};
+use crate::forward::head::{Exchanges, HeadGuard, HeadLimits};
 use crate::forward::{self, resolve::Resolver, ConnectionService, HttpStacks, StackParams};
 use crate::listen;
 use crate::meta::{ConnMeta, Direction, Protocol};
@@ -142,8 +143,7 @@ impl Proxy {
                 own_listeners: own_listeners.clone(),
                 fixed_target,
                 detect_timeout: config.detect_timeout,
-                header_read_timeout: (!config.http1_header_read_timeout.is_zero())
-                    .then_some(config.http1_header_read_timeout),
+                head_limits: config.head_limits(),
                 opaque_ports: config.opaque_ports.clone(),
                 connect_timeout: settings.connect_timeout,
                 metrics,
@@ -262,8 +262,8 @@ struct DirectionContext {
     /// Inbound `MESHTRACE_INBOUND_TARGET`: overrides the original destination.
     fixed_target: Option<SocketAddr>,
     detect_timeout: Duration,
-    /// `None`: HTTP/1 clients may take as long as they like between requests.
-    header_read_timeout: Option<Duration>,
+    /// Bounds on request heads (HTTP/1 timeouts and size, h2 header list size).
+    head_limits: HeadLimits,
     opaque_ports: PortSet,
     connect_timeout: Duration,
     metrics: DirectionMetrics,
@@ -369,9 +369,18 @@ async fn handle_connection(
                 local_addr,
                 orig_dst,
             });
-            let service = ConnectionService::new(context.stack.for_connection(), meta);
-            forward::serve_connection(protocol, io, service, watch, context.header_read_timeout)
-                .await;
+            // HTTP/1 heads are bounded where they are read; h2 bounds its own.
+            let idle_timeout = context.head_limits.idle_timeout.is_some();
+            let exchanges =
+                (protocol == Protocol::Http1).then(|| Arc::new(Exchanges::new(idle_timeout)));
+            let io = match &exchanges {
+                Some(exchanges) => {
+                    io.guard_heads(HeadGuard::new(context.head_limits, exchanges.clone()))
+                }
+                None => io,
+            };
+            let service = ConnectionService::new(context.stack.for_connection(), meta, exchanges);
+            forward::serve_connection(protocol, io, service, watch, &context.head_limits).await;
         }
     }
 }

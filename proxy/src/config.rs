@@ -10,12 +10,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::export::ExportArgs;
+use crate::forward::head::HeadLimits;
 use crate::meta::Direction;
 use crate::trace::TraceArgs;
 
 /// Ports that skip protocol detection by default: server-speaks-first protocols (SMTP, MySQL,
 /// Galera, PostgreSQL, Redis, Elasticsearch transport, memcached), as in Linkerd.
 pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
+
+/// The default bound on a request or response head: 64 KiB (Envoy's is 60 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
 
 /// Everything `meshtrace-proxy run` can be told.
 #[derive(Clone, Debug, clap::Args)]
@@ -48,13 +52,24 @@ pub struct Config {
     #[arg(long, env = "MESHTRACE_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
 
-    /// How long an HTTP/1 client may take to send a request's headers, counted from when the
-    /// proxy starts waiting for them (so it also bounds how long a keep-alive connection may sit
-    /// idle between requests); `0` waits as long as the client keeps the connection, as the
-    /// application would without the proxy. A client's first bytes are bounded by
-    /// `MESHTRACE_DETECT_TIMEOUT` either way.
-    #[arg(long, env = "MESHTRACE_HTTP1_HEADER_READ_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    /// How long an HTTP/1 client may take to send a request's head, counted from the head's
+    /// first byte (nginx's `client_header_timeout`); a client that takes longer is answered
+    /// `408` with `meshtrace-proxy-error: request_head_timeout` and the connection closed. Time
+    /// between requests does not count (see `MESHTRACE_HTTP1_IDLE_TIMEOUT`). `0`: unbounded.
+    #[arg(long, env = "MESHTRACE_HTTP1_HEADER_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub http1_header_read_timeout: Duration,
+
+    /// How long an HTTP/1 keep-alive connection may sit idle between requests before the proxy
+    /// closes it; `0` keeps it as long as the client does, as the application would.
+    #[arg(long, env = "MESHTRACE_HTTP1_IDLE_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    pub http1_idle_timeout: Duration,
+
+    /// The largest request head (request line and fields) an HTTP/1 client may send, in bytes;
+    /// a larger one is answered `431` with `meshtrace-proxy-error: request_head_too_large` and
+    /// nothing of it is forwarded. Also bounds response heads from upstreams (a larger one is a
+    /// `502`) and, as `SETTINGS_MAX_HEADER_LIST_SIZE`, h2 header lists in both directions.
+    #[arg(long, env = "MESHTRACE_HTTP1_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub http1_max_header_bytes: u32,
 
     /// Destination ports forwarded as opaque TCP without protocol detection, for
     /// server-speaks-first protocols: a comma-separated list of ports and ranges
@@ -136,6 +151,8 @@ pub struct DirectionConfig {
     /// `None`: wait forever.
     pub response_timeout: Option<Duration>,
     pub idle_timeout: Duration,
+    /// The largest response head (HTTP/1) or header list (h2) accepted from upstreams.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Config {
@@ -147,7 +164,9 @@ impl Default for Config {
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 4191)),
             inbound_target: None,
             detect_timeout: Duration::from_secs(10),
-            http1_header_read_timeout: Duration::ZERO,
+            http1_header_read_timeout: Duration::from_secs(60),
+            http1_idle_timeout: Duration::ZERO,
+            http1_max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             opaque_ports: DEFAULT_OPAQUE_PORTS
                 .parse()
                 .unwrap_or_else(|_| PortSet::default()),
@@ -180,6 +199,16 @@ impl Config {
         }
     }
 
+    /// The bounds on HTTP/1 request heads (and, by size, on every head).
+    pub fn head_limits(&self) -> HeadLimits {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        HeadLimits {
+            read_timeout: nonzero(self.http1_header_read_timeout),
+            idle_timeout: nonzero(self.http1_idle_timeout),
+            max_bytes: self.http1_max_header_bytes as usize,
+        }
+    }
+
     pub fn direction(&self, direction: Direction) -> DirectionConfig {
         let (connect, response, idle) = match direction {
             Direction::Inbound => (
@@ -197,6 +226,7 @@ impl Config {
             connect_timeout: connect,
             response_timeout: (!response.is_zero()).then_some(response),
             idle_timeout: idle,
+            max_header_bytes: self.http1_max_header_bytes as usize,
         }
     }
 }

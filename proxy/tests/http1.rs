@@ -268,47 +268,6 @@ async fn a_closed_upstream_connection_is_replaced_for_the_same_client_connection
     proxy.shutdown().await;
 }
 
-/// By default a keep-alive client connection may idle between requests as long as the client
-/// keeps it (hyper's own 30 s header-read timeout is off); `MESHTRACE_HTTP1_HEADER_READ_TIMEOUT`
-/// bounds both that idle time and a slow request head.
-#[tokio::test]
-async fn idle_keep_alive_connections_stay_open_unless_a_header_read_timeout_is_set() {
-    let upstream = RawHttpUpstream::start(OK).await;
-    let idle = Duration::from_millis(800);
-    let timeout = Duration::from_millis(200);
-
-    let proxy = common::start(common::fixed_target(upstream.addr())).await;
-    let mut client = RawClient::connect(proxy.inbound).await;
-    for i in 0..2 {
-        client
-            .send(format!("GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
-            .await;
-        assert_eq!(client.read_response().await.status(), 200);
-        tokio::time::sleep(idle).await;
-    }
-    proxy.shutdown().await;
-
-    let proxy = common::start(Config {
-        http1_header_read_timeout: timeout,
-        ..common::fixed_target(upstream.addr())
-    })
-    .await;
-    // Idle after a response: closed once the timeout passes.
-    let mut client = RawClient::connect(proxy.inbound).await;
-    client.send(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n").await;
-    assert_eq!(client.read_response().await.status(), 200);
-    tokio::time::sleep(idle).await;
-    assert!(client.is_closed_by_peer().await, "idle connection kept");
-    // A request head that never ends: the same.
-    let mut slow = RawClient::connect(proxy.inbound).await;
-    slow.send(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n").await;
-    assert_eq!(slow.read_response().await.status(), 200);
-    slow.send(b"GET /c HTTP/1.1\r\nHost:").await;
-    tokio::time::sleep(idle).await;
-    assert!(slow.is_closed_by_peer().await, "slow head kept");
-    proxy.shutdown().await;
-}
-
 /// Waits until the proxy has finished with all but `open` inbound client connections.
 async fn wait_for_open_connections(admin: std::net::SocketAddr, open: u64) {
     let series = r#"meshtrace_proxy_open_connections{direction="inbound"}"#;

@@ -1,10 +1,14 @@
 //! The adapter between hyper and one client connection's own service stack.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::Request;
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 
+use super::head::{ExchangeGuard, Exchanges};
 use super::BoxError;
 use crate::meta::ConnMeta;
 
@@ -16,17 +20,22 @@ use crate::meta::ConnMeta;
 /// The stack applies no backpressure (every layer is always ready), so readiness is checked
 /// without registering a waker, and a stack that is not ready fails the request rather than
 /// stalling the connection.
+///
+/// On HTTP/1 connections it also tells the connection's head limits ([`Exchanges`]) when each
+/// exchange begins (hyper hands it the request) and ends (hyper drops the response body).
 #[derive(Debug)]
 pub struct ConnectionService<S> {
     stack: std::sync::Mutex<S>,
     meta: Arc<ConnMeta>,
+    exchanges: Option<Arc<Exchanges>>,
 }
 
 impl<S> ConnectionService<S> {
-    pub fn new(stack: S, meta: Arc<ConnMeta>) -> Self {
+    pub fn new(stack: S, meta: Arc<ConnMeta>, exchanges: Option<Arc<Exchanges>>) -> Self {
         ConnectionService {
             stack: std::sync::Mutex::new(stack),
             meta,
+            exchanges,
         }
     }
 }
@@ -36,20 +45,18 @@ impl<S> ConnectionService<S> {
 #[error("the connection's service stack is not ready")]
 pub struct NotReady;
 
-impl<S, B> hyper::service::Service<Request<B>> for ConnectionService<S>
+impl<S, B, RB> hyper::service::Service<Request<B>> for ConnectionService<S>
 where
-    S: tower::Service<Request<B>>,
+    S: tower::Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
 {
-    type Response = S::Response;
+    type Response = Response<ExchangeBody<RB>>;
     type Error = BoxError;
-    type Future = futures::future::Either<
-        futures::future::ErrInto<S::Future, BoxError>,
-        futures::future::Ready<Result<S::Response, BoxError>>,
-    >;
+    type Future = ExchangeFuture<S::Future>;
 
     fn call(&self, mut request: Request<B>) -> Self::Future {
-        use futures::future::{err, Either, TryFutureExt};
+        let guard = self.exchanges.as_ref().map(Exchanges::begin);
+        let connect = request.method() == Method::CONNECT;
         request.extensions_mut().insert(self.meta.clone());
         // Only this connection's task calls it, so the lock is never contended.
         let mut stack = self
@@ -57,10 +64,85 @@ where
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match stack.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => Either::Left(stack.call(request).err_into()),
-            Poll::Ready(Err(error)) => Either::Right(err(error.into())),
-            Poll::Pending => Either::Right(err(NotReady.into())),
+        let (inner, error) = match stack.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => (Some(stack.call(request)), None),
+            Poll::Ready(Err(error)) => (None, Some(error.into())),
+            Poll::Pending => (None, Some(NotReady.into())),
+        };
+        ExchangeFuture {
+            inner,
+            error,
+            guard,
+            connect,
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The stack's response future; hands the exchange's guard on to the response body.
+    pub struct ExchangeFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        // Why the stack could not be called (`inner` is `None`).
+        error: Option<BoxError>,
+        guard: Option<ExchangeGuard>,
+        connect: bool,
+    }
+}
+
+impl<F, RB, E> Future for ExchangeFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ExchangeBody<RB>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            let error = this.error.take().unwrap_or_else(|| NotReady.into());
+            return Poll::Ready(Err(error));
+        };
+        let response = std::task::ready!(inner.poll(cx)).map_err(Into::into)?;
+        let guard = this.guard.take();
+        if let Some(guard) = &guard {
+            let status = response.status();
+            if status == StatusCode::SWITCHING_PROTOCOLS || (*this.connect && status.is_success()) {
+                guard.upgraded();
+            }
+        }
+        Poll::Ready(Ok(response.map(|inner| ExchangeBody { inner, guard })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its exchange when hyper drops it (after writing it).
+    pub struct ExchangeBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<ExchangeGuard>,
+    }
+}
+
+impl<B: Body> Body for ExchangeBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

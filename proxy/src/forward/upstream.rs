@@ -38,6 +38,8 @@ pub struct UpstreamSettings {
     /// `None`: wait for response headers forever.
     pub response_timeout: Option<Duration>,
     pub idle_timeout: Duration,
+    /// The largest response head (HTTP/1) or header list (h2) accepted; larger is a 502.
+    pub max_header_bytes: usize,
     /// The proxy's own listeners, never to be connected to.
     pub own_listeners: OwnListeners,
 }
@@ -85,7 +87,11 @@ where
 {
     /// `drain`: tunnels hold the shutdown drain open through it.
     pub fn new(settings: UpstreamSettings, resolver: Resolver, drain: WeakWatch) -> Self {
-        let pool = Pool::new(settings.connect_timeout, settings.idle_timeout);
+        let pool = Pool::new(
+            settings.connect_timeout,
+            settings.idle_timeout,
+            settings.max_header_bytes,
+        );
         let tunnels = Tunnels {
             direction: settings.direction,
             drain,
