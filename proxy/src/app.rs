@@ -116,9 +116,28 @@ impl Proxy {
         ));
         let admin_guard = admin_stop.drop_guard();
 
-        let (inbound_listener, inbound_addr) = bind("inbound", config.inbound_addr).await?;
-        let (outbound_listener, outbound_addr) = bind("outbound", config.outbound_addr).await?;
-        let own_listeners = forward::OwnListeners::new([inbound_addr, outbound_addr, admin_addr]);
+        let mut inbound_listeners = Vec::new();
+        for addr in config.inbound_addr.iter() {
+            inbound_listeners.push(bind("inbound", addr).await?);
+        }
+        let mut outbound_listeners = Vec::new();
+        for addr in config.outbound_addr.iter() {
+            outbound_listeners.push(bind("outbound", addr).await?);
+        }
+        let bound_addrs = |listeners: &[(TcpListener, SocketAddr)]| -> Vec<SocketAddr> {
+            listeners.iter().map(|(_, addr)| *addr).collect()
+        };
+        let (inbound_addrs, outbound_addrs) = (
+            bound_addrs(&inbound_listeners),
+            bound_addrs(&outbound_listeners),
+        );
+        let own: Vec<SocketAddr> = inbound_addrs
+            .iter()
+            .chain(&outbound_addrs)
+            .copied()
+            .chain([admin_addr])
+            .collect();
+        let own_listeners = forward::OwnListeners::new(own);
 
         let inbound_target = match &config.inbound_target {
             Some(target) => Some(resolve_once(target).await?),
@@ -153,10 +172,19 @@ impl Proxy {
         let inbound = direction(Direction::Inbound, inbound_target);
         let outbound = direction(Direction::Outbound, None);
 
-        tracing::info!(%inbound_addr, %outbound_addr, %admin_addr, "listeners bound");
+        let (inbound_addr, outbound_addr) = (inbound_addrs[0], outbound_addrs[0]);
+        tracing::info!(%inbound_addr, %outbound_addr, %admin_addr, ?inbound_addrs, ?outbound_addrs, "listeners bound");
+        let listeners = inbound_listeners
+            .into_iter()
+            .map(|(listener, _)| (listener, inbound.clone()))
+            .chain(
+                outbound_listeners
+                    .into_iter()
+                    .map(|(listener, _)| (listener, outbound.clone())),
+            )
+            .collect();
         Ok(BoundProxy {
-            inbound: (inbound_listener, inbound),
-            outbound: (outbound_listener, outbound),
+            listeners,
             inbound_addr,
             outbound_addr,
             admin_addr,
@@ -184,8 +212,9 @@ async fn resolve_once(target: &str) -> Result<SocketAddr, AppError> {
 
 /// A proxy whose sockets are bound; [`BoundProxy::run`] starts accepting.
 pub struct BoundProxy {
-    inbound: (TcpListener, Arc<DirectionContext>),
-    outbound: (TcpListener, Arc<DirectionContext>),
+    /// Every listening socket (one per configured address) with its direction.
+    listeners: Vec<(TcpListener, Arc<DirectionContext>)>,
+    /// The first inbound and outbound addresses.
     inbound_addr: SocketAddr,
     outbound_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -221,8 +250,7 @@ impl BoundProxy {
     /// the grace period.
     pub async fn run(self, signal: impl Future<Output = ()>) -> DrainOutcome {
         let BoundProxy {
-            inbound,
-            outbound,
+            listeners,
             ready,
             trigger,
             watch,
@@ -231,7 +259,7 @@ impl BoundProxy {
             _admin,
             ..
         } = self;
-        for (listener, context) in [inbound, outbound] {
+        for (listener, context) in listeners {
             tokio::spawn(accept_loop(listener, context, watch.clone()));
         }
         ready.store(true, Ordering::Release);

@@ -24,19 +24,21 @@ pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
 /// Everything `meshtrace-proxy run` can be told.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
-    /// Address of the inbound listener (traffic from other pods to the local application,
-    /// redirected here by iptables).
+    /// Addresses of the inbound listener (traffic from other pods to the local application,
+    /// redirected here by iptables): one or more, comma-separated, e.g.
+    /// `0.0.0.0:4143,[::]:4143` for a dual-stack pod (IPv6 listeners are IPv6-only).
     #[arg(long, env = "MESHTRACE_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
-    pub inbound_addr: SocketAddr,
+    pub inbound_addr: ListenAddrs,
 
-    /// Address of the outbound listener (traffic from the local application, redirected here by
-    /// iptables, or sent here explicitly with `http_proxy=http://127.0.0.1:4140`).
+    /// Addresses of the outbound listener (traffic from the local application, redirected here
+    /// by iptables, or sent here explicitly with `http_proxy=http://127.0.0.1:4140`): one or
+    /// more, comma-separated, e.g. `127.0.0.1:4140,[::1]:4140` for a dual-stack pod.
     #[arg(
         long,
         env = "MESHTRACE_OUTBOUND_ADDR",
         default_value = "127.0.0.1:4140"
     )]
-    pub outbound_addr: SocketAddr,
+    pub outbound_addr: ListenAddrs,
 
     /// Address of the admin server (/live, /ready, /metrics, /shutdown).
     #[arg(long, env = "MESHTRACE_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
@@ -159,8 +161,8 @@ impl Default for Config {
     /// The documented defaults, i.e. what an empty command line and environment give.
     fn default() -> Self {
         Config {
-            inbound_addr: SocketAddr::from(([0, 0, 0, 0], 4143)),
-            outbound_addr: SocketAddr::from(([127, 0, 0, 1], 4140)),
+            inbound_addr: SocketAddr::from(([0, 0, 0, 0], 4143)).into(),
+            outbound_addr: SocketAddr::from(([127, 0, 0, 1], 4140)).into(),
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 4191)),
             inbound_target: None,
             detect_timeout: Duration::from_secs(10),
@@ -192,8 +194,8 @@ impl Config {
     pub fn loopback_ephemeral() -> Self {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         Config {
-            inbound_addr: any,
-            outbound_addr: any,
+            inbound_addr: any.into(),
+            outbound_addr: any.into(),
             admin_addr: any,
             ..Config::default()
         }
@@ -231,6 +233,52 @@ impl Config {
     }
 }
 
+/// The addresses one listener binds: one socket each (an IPv6 one IPv6-only, so that
+/// `0.0.0.0` and `[::]` can share a port and each connection keeps its own family).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenAddrs(Vec<SocketAddr>);
+
+impl ListenAddrs {
+    pub fn iter(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl From<SocketAddr> for ListenAddrs {
+    fn from(addr: SocketAddr) -> Self {
+        ListenAddrs(vec![addr])
+    }
+}
+
+impl FromStr for ListenAddrs {
+    type Err = ParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut addrs = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let addr = part
+                .parse::<SocketAddr>()
+                .map_err(|_| ParseError::ListenAddr(part.to_string()))?;
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        Ok(ListenAddrs(addrs))
+    }
+}
+
+impl fmt::Display for ListenAddrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, addr) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{addr}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A configuration value that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -240,6 +288,10 @@ pub enum ParseError {
     Duration(String),
     #[error("invalid port or port range {0:?}: expected e.g. 25 or 8000-8100")]
     Port(String),
+    #[error(
+        "invalid listen address {0:?}: expected e.g. 0.0.0.0:4143 or [::]:4143, comma-separated"
+    )]
+    ListenAddr(String),
 }
 
 /// Parses `10s`, `250ms`, `1.5m`, `2h`; a bare number is seconds.
@@ -344,6 +396,23 @@ mod tests {
     }
 
     #[test]
+    fn listen_address_lists() {
+        let dual: ListenAddrs = "0.0.0.0:4143, [::]:4143".parse().unwrap();
+        let addrs: Vec<SocketAddr> = dual.iter().collect();
+        assert_eq!(
+            addrs,
+            [
+                "0.0.0.0:4143".parse().unwrap(),
+                "[::]:4143".parse().unwrap()
+            ]
+        );
+        assert_eq!(dual.to_string(), "0.0.0.0:4143,[::]:4143");
+        for bad in ["", "0.0.0.0", "0.0.0.0:4143,", "::1:4140"] {
+            assert!(bad.parse::<ListenAddrs>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn port_sets() {
         let ports: PortSet = "25, 3306,8000-8100".parse().unwrap();
         assert!(ports.contains(25));
@@ -381,7 +450,10 @@ mod tests {
         ])
         .unwrap()
         .config;
-        assert_eq!(parsed.inbound_addr, SocketAddr::from(([127, 0, 0, 1], 1)));
+        assert_eq!(
+            parsed.inbound_addr,
+            SocketAddr::from(([127, 0, 0, 1], 1)).into()
+        );
         assert_eq!(parsed.inbound_target.as_deref(), Some("localhost:8080"));
         assert!(parsed.opaque_ports.is_empty());
         assert_eq!(parsed.log_format, LogFormat::Json);
