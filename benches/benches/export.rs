@@ -11,8 +11,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::sync::Arc;
 
+use meshtrace_proxy::export::encode;
 use meshtrace_proxy::export::wire::BatchEncoder;
-use meshtrace_proxy::export::{encode, ProxyResource};
 use meshtrace_proxy::span::{
     recycle_attributes, AttrValue, SharedStr, SpanKind, SpanRecord, SpanStatus,
 };
@@ -69,12 +69,13 @@ fn batch(size: u64) -> Vec<SpanRecord> {
 }
 
 fn bench_encode(c: &mut Criterion) {
-    let resource = ProxyResource::from_env(|name| match name {
-        "MESHTRACE_WORKLOAD" => Some("checkout".into()),
-        "MESHTRACE_POD_NAME" => Some("checkout-7d9f-abcde".into()),
-        "MESHTRACE_POD_NAMESPACE" => Some("shop".into()),
-        _ => None,
-    })
+    let resource = meshtrace_proxy::config::ExportArgs {
+        workload: Some("checkout".into()),
+        pod_name: Some("checkout-7d9f-abcde".into()),
+        pod_namespace: Some("shop".into()),
+        ..Default::default()
+    }
+    .resource()
     .to_proto();
     let scope = encode::scope();
     let mut encoder = BatchEncoder::new(&resource, &scope);

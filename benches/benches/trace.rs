@@ -18,7 +18,7 @@ use http_body::Body;
 use http_body_util::Full;
 use std::sync::Arc;
 
-use meshtrace_proxy::export::{self, wire::BatchEncoder, ProxyResource};
+use meshtrace_proxy::export::{self, wire::BatchEncoder};
 use meshtrace_proxy::meta::{ConnMeta, Direction};
 use meshtrace_proxy::span::{recycle_attributes, SpanQueue, SpanRecord, SpanSink};
 use meshtrace_proxy::trace::naming::{span_name, SpanNaming};
@@ -197,7 +197,9 @@ fn bench_request(c: &mut Criterion) {
         // protobuf in batches of 512, and freed.
         ("sampled_and_encoded", 1.0, true, true),
     ];
-    let resource = ProxyResource::from_env(|_| None).to_proto();
+    let resource = meshtrace_proxy::config::ExportArgs::default()
+        .resource()
+        .to_proto();
     for (name, rate, export, encode) in cases {
         let mut encoder = BatchEncoder::new(&resource, &export::encode::scope());
         let mut batch: Vec<SpanRecord> = Vec::with_capacity(BATCH);

@@ -135,69 +135,10 @@ impl fmt::Display for CollectorProtocol {
     }
 }
 
-/// Comma-separated ports or inclusive ranges (`25,8080,9000-9100`), as `meshtrace-proxy init` takes
-/// them. Normalized (no spaces) when displayed.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PortList(Vec<(u16, u16)>);
-
-impl PortList {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The ranges, each `(first, last)` inclusive.
-    pub fn ranges(&self) -> &[(u16, u16)] {
-        &self.0
-    }
-}
-
-impl FromStr for PortList {
-    type Err = InvalidValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parse_port = |p: &str| -> Result<u16, InvalidValue> {
-            match p.trim().parse::<u16>() {
-                Ok(port) if port > 0 => Ok(port),
-                _ => Err(invalid(format!(
-                    "{p:?} in port list {s:?} is not a port (1-65535)"
-                ))),
-            }
-        };
-        let mut ranges = Vec::new();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let range = match item.split_once('-') {
-                Some((lo, hi)) => {
-                    let (lo, hi) = (parse_port(lo)?, parse_port(hi)?);
-                    if lo > hi {
-                        return Err(invalid(format!("port range {item:?} is reversed")));
-                    }
-                    (lo, hi)
-                }
-                None => {
-                    let port = parse_port(item)?;
-                    (port, port)
-                }
-            };
-            ranges.push(range);
-        }
-        Ok(PortList(ranges))
-    }
-}
-
-impl fmt::Display for PortList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (lo, hi)) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            if lo == hi {
-                write!(f, "{lo}")?;
-            } else {
-                write!(f, "{lo}-{hi}")?;
-            }
-        }
-        Ok(())
-    }
-}
+/// Comma-separated ports or inclusive ranges (`25,8080,9000-9100`): the one syntax that
+/// `meshtrace-proxy run` and `init` take too, so an annotation the injector accepts never fails the
+/// pod. Normalized (no spaces) when displayed.
+pub use meshtrace_ports::PortList;
 
 /// A container image reference (checked only for obviously broken values).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -454,7 +395,7 @@ impl fmt::Display for Origin {
 
 /// Pod annotation, then namespace annotation, then default; invalid values are skipped and
 /// reported in `warnings`.
-fn pick<T: FromStr<Err = InvalidValue>>(
+fn pick<T: FromStr<Err: fmt::Display>>(
     key: &str,
     pod: &BTreeMap<String, String>,
     namespace: &BTreeMap<String, String>,
@@ -607,7 +548,12 @@ mod tests {
     #[test]
     fn port_lists_parse_and_normalize() {
         let ports: PortList = " 25, 8080 ,9000-9100,".parse().unwrap();
-        assert_eq!(ports.ranges(), &[(25, 25), (8080, 8080), (9000, 9100)]);
+        let ranges: Vec<(u16, u16)> = ports
+            .ranges()
+            .iter()
+            .map(|r| (r.first(), r.last()))
+            .collect();
+        assert_eq!(ranges, [(25, 25), (8080, 8080), (9000, 9100)]);
         assert_eq!(ports.to_string(), "25,8080,9000-9100");
         assert!("".parse::<PortList>().unwrap().is_empty());
         for bad in ["0", "65536", "http", "9100-9000", "1-", "-5", "80,abc"] {

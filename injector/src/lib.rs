@@ -5,6 +5,8 @@
 //! namespace's annotations and the [`config`]; the HTTPS server ([`server`]), the certificates
 //! ([`certs`]) and the Kubernetes API access ([`namespaces`]) are thin shells around them.
 
+#![forbid(unsafe_code)]
+
 pub mod certs;
 pub mod config;
 pub mod metrics;

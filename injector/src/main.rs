@@ -1,5 +1,7 @@
 //! `meshtrace-injector` binary: parse the configuration, connect to the Kubernetes API, serve.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;

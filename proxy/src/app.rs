@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, PortSet};
+use crate::config::{Config, PortList};
 use crate::detect;
 use crate::export::{self, ExporterHandle};
 use crate::forward::head::{Exchanges, HeadGuard, HeadLimits};
@@ -70,7 +70,9 @@ impl Proxy {
     pub fn start_export(&mut self) -> Result<Option<ExporterHandle>, export::StartError> {
         // Under `meshtrace_` like every other family (`meshtrace_export_spans_exported_total`).
         let registry = self.registry.sub_registry_with_prefix("meshtrace");
-        let (sink, handle) = export::start(&self.config.export, registry)?;
+        let settings = self.config.export.config()?;
+        let resource = self.config.export.resource();
+        let (sink, handle) = export::start(settings, &resource, registry)?;
         self.spans = sink;
         Ok(handle)
     }
@@ -292,7 +294,7 @@ struct DirectionContext {
     detect_timeout: Duration,
     /// Bounds on request heads (HTTP/1 timeouts and size, h2 header list size).
     head_limits: HeadLimits,
-    opaque_ports: PortSet,
+    opaque_ports: PortList,
     connect_timeout: Duration,
     metrics: DirectionMetrics,
     stack: HttpStacks,

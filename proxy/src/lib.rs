@@ -1,5 +1,9 @@
 //! meshtrace data plane: a transparent L7 proxy that forwards traffic unchanged and traces every
 //! HTTP hop.
+//!
+//! `src/README.md` lists the modules in the order a request meets them.
+
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;

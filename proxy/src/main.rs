@@ -1,50 +1,23 @@
 //! `meshtrace-proxy`: a thin shell over [`meshtrace_proxy::app`].
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
 use meshtrace_proxy::app::Proxy;
-use meshtrace_proxy::config::{Config, LogFormat};
-use meshtrace_proxy::init::{self, InitArgs};
-
-/// meshtrace sidecar proxy: forwards a pod's inbound and outbound traffic unchanged and traces
-/// every HTTP hop.
-///
-/// Every flag can also be set through the environment variable shown with it.
-#[derive(Parser)]
-#[command(
-    name = "meshtrace-proxy",
-    version,
-    args_conflicts_with_subcommands = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-
-    #[command(flatten)]
-    run: Config,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the proxy (the default when no subcommand is given).
-    Run(Box<Config>),
-    /// Program the pod's iptables rules that redirect traffic to the proxy (init container).
-    Init(InitArgs),
-}
+use meshtrace_proxy::config::{Config, Invocation, LogFormat};
+use meshtrace_proxy::init;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Init(args)) => match init::run(&args) {
+    match Invocation::from_command_line() {
+        Invocation::Init(args) => match args.config().and_then(|config| init::run(&config)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("meshtrace-proxy init: {error}");
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Run(config)) => run(*config),
-        None => run(cli.run),
+        Invocation::Run(config) => run(*config),
     }
 }
 

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use meshtrace_proxy::config::ExportArgs;
 use meshtrace_proxy::export::{
-    DropReason, ExportArgs, ExportConfig, ExportMetrics, Exporter, ExporterHandle, ProxyResource,
+    DropReason, ExportConfig, ExportMetrics, Exporter, ExporterHandle, ProxyResource,
     RequestResult, RetryPolicy,
 };
 use meshtrace_proxy::span::{AttrValue, SendError, SpanKind, SpanRecord, SpanSink, SpanStatus};
@@ -36,8 +37,10 @@ fn config_for(receiver: &OtlpReceiver, vars: &[(&str, &str)]) -> ExportConfig {
     for (k, v) in vars {
         env.insert(k.to_string(), v.to_string());
     }
-    let mut config = ExportConfig::from_env(|name| env.get(name).cloned())
+    let mut config = ExportArgs::from_lookup(|name| env.get(name).cloned())
+        .config()
         .expect("valid configuration")
+        .on()
         .expect("export enabled");
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     config.retry = RetryPolicy {
@@ -75,7 +78,7 @@ fn test_resource() -> ProxyResource {
             "deployment.environment.name=test",
         ),
     ]);
-    ProxyResource::from_env(|name| env.get(name).map(|v| v.to_string()))
+    ExportArgs::from_lookup(|name| env.get(name).map(|v| v.to_string())).resource()
 }
 
 /// The two spans one proxy records for request `n`: SERVER (child of a remote caller) and
@@ -833,6 +836,18 @@ async fn an_unreadable_ca_file_fails_at_startup() {
     }
 }
 
+fn start_export(
+    args: &ExportArgs,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<(SpanSink, Option<ExporterHandle>), Box<dyn std::error::Error>> {
+    let export = args.config()?;
+    Ok(meshtrace_proxy::export::start(
+        export,
+        &args.resource(),
+        registry,
+    )?)
+}
+
 #[tokio::test]
 async fn export_off_gives_a_disabled_sink() {
     let mut registry = prometheus_client::registry::Registry::default();
@@ -846,7 +861,7 @@ async fn export_off_gives_a_disabled_sink() {
             ..Default::default()
         },
     ] {
-        let (sink, handle) = meshtrace_proxy::export::start(&args, &mut registry).expect("start");
+        let (sink, handle) = start_export(&args, &mut registry).expect("start");
         assert!(!sink.is_enabled());
         assert!(handle.is_none());
     }
@@ -863,7 +878,7 @@ async fn start_registers_metrics_and_exports() {
         ..Default::default()
     };
     let mut registry = prometheus_client::registry::Registry::with_prefix("meshtrace");
-    let (sink, handle) = meshtrace_proxy::export::start(&args, &mut registry).expect("start");
+    let (sink, handle) = start_export(&args, &mut registry).expect("start");
     assert!(sink.is_enabled());
     let sent = send_hops(&sink, 0..2);
     let spans = receiver.wait_for_spans(sent, WAIT).await.expect("spans");

@@ -9,7 +9,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use meshtrace_proxy::init::{self, InitArgs};
+use meshtrace_proxy::config::InitArgs;
+use meshtrace_proxy::init;
 use meshtrace_tests::netns::{self, original_dst, Node, Pod};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,7 +23,9 @@ const PROXY_UID: u32 = 2102;
 
 fn init_in(pod: &Pod, flags: &[&str]) {
     let args = InitArgs::try_parse_from(std::iter::once("init").chain(flags.iter().copied()))
-        .expect("valid init flags");
+        .expect("valid init flags")
+        .config()
+        .expect("valid init configuration");
     pod.enter(|| init::run(&args))
         .expect("entering the pod")
         .expect("init succeeds");

@@ -5,12 +5,15 @@
 //! it spawns inherit the namespace), through the same `meshtrace_proxy::init::run` the binary's
 //! `init` subcommand calls.
 
-use meshtrace_proxy::init::{self, InitArgs, InitError};
+use meshtrace_proxy::config::InitArgs;
+use meshtrace_proxy::init::{self, InitConfig, InitError};
 use meshtrace_tests::netns::{Node, Pod};
 
-fn args(flags: &[&str]) -> InitArgs {
+fn args(flags: &[&str]) -> InitConfig {
     InitArgs::try_parse_from(std::iter::once("init").chain(flags.iter().copied()))
         .expect("valid init flags")
+        .config()
+        .expect("valid init configuration")
 }
 
 fn init_in(pod: &Pod, flags: &[&str]) -> Result<(), InitError> {

@@ -164,6 +164,25 @@ struct ExportTask {
 /// keeps each turn short; the request sent to the collector still holds a whole batch.
 const ENCODE_CHUNK: usize = 32;
 
+/// What the exporter does after waiting for spans.
+enum Next {
+    /// Spans were taken: encode them.
+    Encode,
+    /// Woken without spans: wait again.
+    Wait,
+    /// Shutdown was requested: flush and stop.
+    Shutdown,
+    /// Every sink is gone and nothing is left: stop.
+    Finished,
+}
+
+/// Why [`ExportTask::wait_for_spans`] returned.
+enum Woken {
+    Spans,
+    Deadline,
+    Shutdown,
+}
+
 impl ExportTask {
     async fn run(mut self) {
         let max = self.batch.max_export_batch_size.max(1);
@@ -172,58 +191,18 @@ impl ExportTask {
         let mut flush_at: Option<Instant> = None;
         loop {
             let wanted = ENCODE_CHUNK.min(max - batch.len());
-            if batch.is_empty() {
-                // Idle: the first span starts a batch (and its schedule delay).
-                let (received, taken) = self.take_queued(&mut chunk, wanted);
-                if received == 0 {
-                    if taken == Taken::Finished {
-                        // Every sink is gone: nothing more will come.
-                        self.metrics.set_queue_depth(0);
-                        return;
-                    }
-                    let signal = self.queue.signal.clone();
-                    let notified = signal.notified();
-                    signal.arm(1);
-                    if self.queue.is_empty() {
-                        tokio::select! {
-                            biased;
-                            () = self.shutdown.requested() => {
-                                signal.disarm();
-                                break;
-                            }
-                            () = notified => {}
-                        }
-                    }
-                    signal.disarm();
-                    continue;
-                }
-                flush_at = match taken {
-                    Taken::Open => Some(Instant::now() + self.batch.schedule_delay),
-                    // Every sink is gone: send what is left now.
-                    Taken::Finished => None,
-                };
+            let next = if batch.is_empty() {
+                self.start_batch(&mut chunk, wanted, &mut flush_at).await
             } else {
-                // Accumulating: woken when a chunk can be encoded or the batch's delay is
-                // over, not for every span.
-                let signal = self.queue.signal.clone();
-                let notified = signal.notified();
-                signal.arm(wanted);
-                if self.queue.len() < wanted {
-                    let at = flush_at.unwrap_or_else(Instant::now);
-                    tokio::select! {
-                        biased;
-                        () = self.shutdown.requested() => {
-                            signal.disarm();
-                            break;
-                        }
-                        () = sleep_until(at) => flush_at = None,
-                        () = notified => {}
-                    }
-                }
-                signal.disarm();
-                if self.take_queued(&mut chunk, wanted).1 == Taken::Finished {
-                    // Every sink is gone: send what is left now.
-                    flush_at = None;
+                self.fill_batch(&mut chunk, wanted, &mut flush_at).await
+            };
+            match next {
+                Next::Encode => {}
+                Next::Wait => continue,
+                Next::Shutdown => break,
+                Next::Finished => {
+                    self.metrics.set_queue_depth(0);
+                    return;
                 }
             }
             self.encode(&mut batch, &mut chunk);
@@ -237,11 +216,86 @@ impl ExportTask {
             }
             self.metrics.set_queue_depth(self.queue.len());
         }
+        self.flush_at_shutdown(batch, chunk, max).await;
+    }
 
-        // Shutdown: refuse new spans, then flush the partial batch and everything queued. A
-        // sink that passed the closed check just before `close` queues its span a moment later
-        // (nothing awaits between its check and its send), so each round takes those too and
-        // the flush ends once a round finds nothing: no span is left in the queue uncounted.
+    /// Idle: the first span starts a batch (and its schedule delay).
+    async fn start_batch(
+        &mut self,
+        chunk: &mut Vec<SpanRecord>,
+        wanted: usize,
+        flush_at: &mut Option<Instant>,
+    ) -> Next {
+        let (received, taken) = self.take_queued(chunk, wanted);
+        if received > 0 {
+            *flush_at = match taken {
+                Taken::Open => Some(Instant::now() + self.batch.schedule_delay),
+                // Every sink is gone: send what is left now.
+                Taken::Finished => None,
+            };
+            return Next::Encode;
+        }
+        if taken == Taken::Finished {
+            // Every sink is gone: nothing more will come.
+            return Next::Finished;
+        }
+        match self.wait_for_spans(1, None).await {
+            Woken::Shutdown => Next::Shutdown,
+            Woken::Deadline | Woken::Spans => Next::Wait,
+        }
+    }
+
+    /// Accumulating: woken when a chunk can be encoded or the batch's delay is over, not for
+    /// every span.
+    async fn fill_batch(
+        &mut self,
+        chunk: &mut Vec<SpanRecord>,
+        wanted: usize,
+        flush_at: &mut Option<Instant>,
+    ) -> Next {
+        let deadline = flush_at.unwrap_or_else(Instant::now);
+        match self.wait_for_spans(wanted, Some(deadline)).await {
+            Woken::Shutdown => return Next::Shutdown,
+            Woken::Deadline => *flush_at = None,
+            Woken::Spans => {}
+        }
+        if self.take_queued(chunk, wanted).1 == Taken::Finished {
+            // Every sink is gone: send what is left now.
+            *flush_at = None;
+        }
+        Next::Encode
+    }
+
+    /// Waits until `wanted` spans are queued (or were when it started), `deadline` passes or
+    /// shutdown is requested, whichever comes first.
+    async fn wait_for_spans(&mut self, wanted: usize, deadline: Option<Instant>) -> Woken {
+        let signal = self.queue.signal.clone();
+        let notified = signal.notified();
+        signal.arm(wanted);
+        let mut woken = Woken::Spans;
+        if self.queue.len() < wanted {
+            let at = deadline.unwrap_or_else(Instant::now);
+            tokio::select! {
+                biased;
+                () = self.shutdown.requested() => woken = Woken::Shutdown,
+                () = sleep_until(at), if deadline.is_some() => woken = Woken::Deadline,
+                () = notified => {}
+            }
+        }
+        signal.disarm();
+        woken
+    }
+
+    /// Shutdown: refuse new spans, then flush the partial batch and everything queued. A sink
+    /// that passed the closed check just before `close` queues its span a moment later (nothing
+    /// awaits between its check and its send), so each round takes those too and the flush ends
+    /// once a round finds nothing: no span is left in the queue uncounted.
+    async fn flush_at_shutdown(
+        &mut self,
+        mut batch: EncodedBatch,
+        mut chunk: Vec<SpanRecord>,
+        max: usize,
+    ) {
         self.queue.close();
         self.metrics.set_queue_depth(0);
         loop {

@@ -7,16 +7,40 @@
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::config::parse_key_value_list;
+/// A pod attribute the injector passes through the downward API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodAttribute {
+    Name,
+    Namespace,
+    Node,
+    Uid,
+    Ip,
+}
 
-/// `MESHTRACE_*` variables mapped to their semantic-convention resource attributes.
-const POD_ATTRIBUTES: &[(&str, &str)] = &[
-    ("MESHTRACE_POD_NAME", "k8s.pod.name"),
-    ("MESHTRACE_POD_NAMESPACE", "k8s.namespace.name"),
-    ("MESHTRACE_NODE_NAME", "k8s.node.name"),
-    ("MESHTRACE_POD_UID", "k8s.pod.uid"),
-    ("MESHTRACE_POD_IP", "k8s.pod.ip"),
-];
+impl PodAttribute {
+    /// The semantic-convention resource attribute.
+    pub const fn key(self) -> &'static str {
+        match self {
+            PodAttribute::Name => "k8s.pod.name",
+            PodAttribute::Namespace => "k8s.namespace.name",
+            PodAttribute::Node => "k8s.node.name",
+            PodAttribute::Uid => "k8s.pod.uid",
+            PodAttribute::Ip => "k8s.pod.ip",
+        }
+    }
+}
+
+/// What the resource is made of, as configured (values trimmed, none empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResourceConfig {
+    /// The workload name (`MESHTRACE_WORKLOAD`).
+    pub workload: Option<String>,
+    pub pod: Vec<(PodAttribute, String)>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, decoded.
+    pub attributes: Vec<(String, String)>,
+    /// `OTEL_SERVICE_NAME`.
+    pub service_name: Option<String>,
+}
 
 /// The proxy's resource attributes, in a stable order, keys unique.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,48 +51,28 @@ pub struct ProxyResource {
 }
 
 impl ProxyResource {
-    /// Precedence, lowest first: `telemetry.sdk.*`; `service.name` from `MESHTRACE_WORKLOAD`
-    /// (else `meshtrace-proxy`); the pod attributes; `OTEL_RESOURCE_ATTRIBUTES` (wins over all of
-    /// those); and `OTEL_SERVICE_NAME`, which the resource spec says wins over a `service.name`
-    /// given in `OTEL_RESOURCE_ATTRIBUTES`.
-    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> ProxyResource {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+    /// Precedence, lowest first: `telemetry.sdk.*`; `service.name` from the workload (else
+    /// `meshtrace-proxy`); the pod attributes; the configured attributes (win over all of
+    /// those); and the service name, which the resource spec says wins over a `service.name`
+    /// among the attributes.
+    pub fn new(config: &ResourceConfig, warnings: Vec<String>) -> ProxyResource {
         let mut resource = ProxyResource {
             attributes: Vec::new(),
-            warnings: Vec::new(),
+            warnings,
         };
         resource.set("telemetry.sdk.name", "meshtrace");
         resource.set("telemetry.sdk.language", "rust");
         resource.set("telemetry.sdk.version", env!("CARGO_PKG_VERSION"));
-        resource.set(
-            "service.name",
-            get("MESHTRACE_WORKLOAD")
-                .as_deref()
-                .unwrap_or("meshtrace-proxy"),
-        );
-        for (var, key) in POD_ATTRIBUTES {
-            if let Some(value) = get(var) {
-                resource.set(key, &value);
-            }
+        let workload = config.workload.as_deref();
+        resource.set("service.name", workload.unwrap_or("meshtrace-proxy"));
+        for (attribute, value) in &config.pod {
+            resource.set(attribute.key(), value);
         }
-        if let Some(value) = get("OTEL_RESOURCE_ATTRIBUTES") {
-            match parse_resource_attributes(&value) {
-                Ok(pairs) => {
-                    for (key, value) in pairs {
-                        resource.set(&key, &value);
-                    }
-                }
-                Err(reason) => resource
-                    .warnings
-                    .push(format!("OTEL_RESOURCE_ATTRIBUTES ignored: {reason}")),
-            }
+        for (key, value) in &config.attributes {
+            resource.set(key, value);
         }
-        if let Some(name) = get("OTEL_SERVICE_NAME") {
-            resource.set("service.name", &name);
+        if let Some(name) = &config.service_name {
+            resource.set("service.name", name);
         }
         resource
     }
@@ -108,24 +112,16 @@ impl ProxyResource {
     }
 }
 
-/// `key1=value1,key2=value2` ([`parse_key_value_list`]), keys non-empty. Per the spec, any
-/// error discards the whole variable (reported by the caller).
-pub fn parse_resource_attributes(value: &str) -> Result<Vec<(String, String)>, String> {
-    let pairs = parse_key_value_list(value)?;
-    if let Some((_, val)) = pairs.iter().find(|(key, _)| key.is_empty()) {
-        return Err(format!("empty key in \"={val}\""));
-    }
-    Ok(pairs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ExportArgs;
     use std::collections::HashMap;
 
+    /// Through the configuration, as the proxy builds it.
     fn resource(vars: &[(&str, &str)]) -> ProxyResource {
         let map: HashMap<&str, &str> = vars.iter().copied().collect();
-        ProxyResource::from_env(|name| map.get(name).map(|v| v.to_string()))
+        ExportArgs::from_lookup(|name| map.get(name).map(|v| v.to_string())).resource()
     }
 
     #[test]

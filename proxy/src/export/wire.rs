@@ -462,20 +462,21 @@ fn put_attribute(buf: &mut Vec<u8>, key: &str, value: &AttrValue, name: &SharedS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ExportArgs;
     use crate::export::encode::{export_request, scope};
-    use crate::export::ProxyResource;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::trace::v1::{span, status};
     use std::sync::Arc;
 
     fn resource() -> Resource {
-        ProxyResource::from_env(|name| match name {
-            "MESHTRACE_WORKLOAD" => Some("checkout".into()),
-            "MESHTRACE_POD_NAME" => Some("checkout-7d9f-abcde".into()),
-            "OTEL_RESOURCE_ATTRIBUTES" => Some("empty=,team=a%2Cb".into()),
-            _ => None,
-        })
+        ExportArgs {
+            workload: Some("checkout".into()),
+            pod_name: Some("checkout-7d9f-abcde".into()),
+            resource_attributes: Some("empty=,team=a%2Cb".into()),
+            ..ExportArgs::default()
+        }
+        .resource()
         .to_proto()
     }
 

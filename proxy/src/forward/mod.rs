@@ -40,7 +40,9 @@ use crate::config::DirectionConfig;
 use crate::meta::Direction;
 use crate::metrics::DirectionMetrics;
 use crate::shutdown::WeakWatch;
-use crate::trace::{ClientSpan, ClientSpanLayer, ServerSpan, ServerSpanLayer, TracedBody, Tracer};
+use crate::trace::{
+    ClientSpanLayer, ClientSpanService, ServerSpanLayer, ServerSpanService, TracedBody, Tracer,
+};
 
 pub use self::connection_service::ConnectionService;
 pub use self::error::{ErrorResponse, ErrorResponseLayer, ForwardError};
@@ -65,8 +67,9 @@ pub struct StackParams {
 }
 
 /// The HTTP stack of one client connection.
-pub type HttpStack =
-    RequestMetrics<ServerSpan<ErrorResponse<ClientSpan<Upstream<TracedBody<Incoming>>>>>>;
+pub type HttpStack = RequestMetrics<
+    ServerSpanService<ErrorResponse<ClientSpanService<Upstream<TracedBody<Incoming>>>>>,
+>;
 
 /// One direction's layers, built once; every client connection gets its own [`HttpStack`] from
 /// them, so that requests need not clone a shared stack and each connection keeps its own

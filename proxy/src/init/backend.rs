@@ -12,18 +12,6 @@ use std::process::{Command, Stdio};
 use super::rules::{count_rules, Family};
 use super::InitError;
 
-/// `--iptables-mode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum IptablesMode {
-    /// Use the backend that already has rules; else nft if it works; else legacy.
-    #[default]
-    Auto,
-    /// `iptables-nft` (nf_tables kernel API).
-    Nft,
-    /// `iptables-legacy` (xtables kernel API).
-    Legacy,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Nft,

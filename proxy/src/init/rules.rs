@@ -26,7 +26,8 @@ use std::fmt::Write as _;
 
 use ipnet::IpNet;
 
-use super::lists::{PortList, PortRange, SubnetList};
+use super::lists::SubnetList;
+use meshtrace_ports::{PortList, PortRange};
 
 pub const INBOUND_CHAIN: &str = "MESHTRACE_INBOUND";
 pub const OUTBOUND_CHAIN: &str = "MESHTRACE_OUTBOUND";
@@ -67,78 +68,80 @@ pub fn restore_input(config: &RuleConfig, family: Family, current_nat: &str) -> 
     out.push_str("*nat\n");
     let _ = writeln!(out, ":{INBOUND_CHAIN} - [0:0]");
     let _ = writeln!(out, ":{OUTBOUND_CHAIN} - [0:0]");
+    inbound_chain(&mut out, config);
+    outbound_chain(&mut out, config, family);
+    jumps_into_our_chains(&mut out, current_nat);
+    out.push_str("COMMIT\n");
+    out
+}
 
-    // Inbound chain.
+/// Our inbound chain: the admin port and the skipped ports return, all other TCP goes to the
+/// proxy's inbound port.
+fn inbound_chain(out: &mut String, config: &RuleConfig) {
     let admin = PortRange::single(config.admin_port);
-    for range in admin.iter().chain(
-        config
-            .skip_inbound_ports
-            .ranges()
-            .iter()
-            .filter(|r| Some(**r) != admin),
-    ) {
+    let skipped = config
+        .skip_inbound_ports
+        .ranges()
+        .iter()
+        .filter(|r| Some(**r) != admin);
+    for range in admin.iter().chain(skipped) {
         let why = if Some(*range) == admin {
             format!("skip admin port {range}")
         } else {
             format!("skip port {range}")
         };
-        rule(
-            &mut out,
-            INBOUND_CHAIN,
-            &format!("-p tcp --dport {}", range.to_iptables()),
-            &format!("inbound: {why}"),
-            "RETURN",
-        );
+        return_port(out, INBOUND_CHAIN, range, &format!("inbound: {why}"));
     }
     rule(
-        &mut out,
+        out,
         INBOUND_CHAIN,
         "-p tcp",
         &format!("inbound: redirect to proxy port {}", config.inbound_port),
         &format!("REDIRECT --to-ports {}", config.inbound_port),
     );
+}
 
-    // Outbound chain.
+/// Our outbound chain: the proxy's own connections, loopback, the skipped ports and the skipped
+/// subnets of `family` return, all other TCP goes to the proxy's outbound port.
+fn outbound_chain(out: &mut String, config: &RuleConfig, family: Family) {
+    let uid = config.proxy_uid;
+    let owner = format!("-m owner --uid-owner {uid}");
     rule(
-        &mut out,
+        out,
         OUTBOUND_CHAIN,
-        &format!("-m owner --uid-owner {}", config.proxy_uid),
-        &format!("outbound: proxy uid {}", config.proxy_uid),
+        &owner,
+        &format!("outbound: proxy uid {uid}"),
         "RETURN",
     );
     if let Some(gid) = config.proxy_gid {
+        let owner = format!("-m owner --gid-owner {gid}");
         rule(
-            &mut out,
+            out,
             OUTBOUND_CHAIN,
-            &format!("-m owner --gid-owner {gid}"),
+            &owner,
             &format!("outbound: proxy gid {gid}"),
             "RETURN",
         );
     }
     rule(
-        &mut out,
+        out,
         OUTBOUND_CHAIN,
         "-o lo",
         "outbound: loopback stays in the pod",
         "RETURN",
     );
     for range in config.skip_outbound_ports.ranges() {
-        rule(
-            &mut out,
+        return_port(
+            out,
             OUTBOUND_CHAIN,
-            &format!("-p tcp --dport {}", range.to_iptables()),
+            range,
             &format!("outbound: skip port {range}"),
-            "RETURN",
         );
     }
-    for net in config
-        .skip_outbound_subnets
-        .subnets()
-        .iter()
-        .filter(|net| family.matches(net))
-    {
+    let subnets = config.skip_outbound_subnets.subnets().iter();
+    for net in subnets.filter(|net| family.matches(net)) {
         rule(
-            &mut out,
+            out,
             OUTBOUND_CHAIN,
             &format!("-d {net}"),
             &format!("outbound: skip subnet {net}"),
@@ -146,34 +149,41 @@ pub fn restore_input(config: &RuleConfig, family: Family, current_nat: &str) -> 
         );
     }
     rule(
-        &mut out,
+        out,
         OUTBOUND_CHAIN,
         "-p tcp",
         &format!("outbound: redirect to proxy port {}", config.outbound_port),
         &format!("REDIRECT --to-ports {}", config.outbound_port),
     );
+}
 
-    // Jumps into our chains, once.
-    if !has_jump(current_nat, "PREROUTING", INBOUND_CHAIN) {
-        rule(
-            &mut out,
-            "PREROUTING",
-            "-p tcp",
-            "inbound: intercept TCP",
-            INBOUND_CHAIN,
-        );
+/// The jumps from PREROUTING and OUTPUT into our chains, unless the table already has them (so
+/// that a re-run leaves one of each).
+fn jumps_into_our_chains(out: &mut String, current_nat: &str) {
+    let jumps = [
+        ("PREROUTING", INBOUND_CHAIN, "inbound: intercept TCP"),
+        ("OUTPUT", OUTBOUND_CHAIN, "outbound: intercept TCP"),
+    ];
+    for (from, to, comment) in jumps {
+        if !has_jump(current_nat, from, to) {
+            rule(out, from, "-p tcp", comment, to);
+        }
     }
-    if !has_jump(current_nat, "OUTPUT", OUTBOUND_CHAIN) {
-        rule(
-            &mut out,
-            "OUTPUT",
-            "-p tcp",
-            "outbound: intercept TCP",
-            OUTBOUND_CHAIN,
-        );
+}
+
+/// A rule in `chain` that lets TCP to the ports of `range` pass.
+fn return_port(out: &mut String, chain: &str, range: &PortRange, comment: &str) {
+    let matches = format!("-p tcp --dport {}", dport(range));
+    rule(out, chain, &matches, comment, "RETURN");
+}
+
+/// The iptables spelling of a port range for `--dport`: `8080` or `9000:9100`.
+fn dport(range: &PortRange) -> String {
+    if range.first() == range.last() {
+        range.first().to_string()
+    } else {
+        format!("{}:{}", range.first(), range.last())
     }
-    out.push_str("COMMIT\n");
-    out
 }
 
 fn rule(out: &mut String, chain: &str, matches: &str, comment: &str, target: &str) {
@@ -220,17 +230,9 @@ pub fn count_rules(save_output: &str) -> usize {
 mod tests {
     use super::*;
 
+    /// The rules of `init`'s defaults.
     fn config() -> RuleConfig {
-        RuleConfig {
-            inbound_port: 4143,
-            outbound_port: 4140,
-            admin_port: 4191,
-            proxy_uid: 2102,
-            proxy_gid: None,
-            skip_inbound_ports: PortList::default(),
-            skip_outbound_ports: PortList::default(),
-            skip_outbound_subnets: SubnetList::default(),
-        }
+        crate::config::InitArgs::default().config().unwrap().rules
     }
 
     #[test]
@@ -334,5 +336,13 @@ COMMIT
         let save = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n*nat\n-A OUTPUT -j X\n-A X -j RETURN\nCOMMIT\n";
         assert_eq!(count_rules(save), 3);
         assert_eq!(count_rules(""), 0);
+    }
+
+    #[test]
+    fn port_ranges_in_iptables_spelling() {
+        let range = |s: &str| s.parse::<PortRange>().unwrap();
+        assert_eq!(dport(&range("9000-9100")), "9000:9100");
+        assert_eq!(dport(&range("1")), "1");
+        assert_eq!(dport(&range("7-7")), "7");
     }
 }

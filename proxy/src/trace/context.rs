@@ -11,7 +11,7 @@ use crate::span::{SpanId, TraceId};
 
 use super::attributes::RequestText;
 use super::propagation::{B3Forms, FLAG_RANDOM, FLAG_SAMPLED};
-use super::Shared;
+use super::TracerState;
 
 /// Shared by a sampled request's two spans and its request body.
 #[derive(Debug)]
@@ -23,20 +23,20 @@ pub struct Recording {
     /// The `Host` header as the SERVER span parsed it, for the CLIENT span to reuse.
     pub authority: Option<Authority>,
     /// Where the request's spans go (held once per request, not once per span).
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) tracer: Arc<TracerState>,
 }
 
 impl Recording {
     pub(crate) fn new(
         text: RequestText,
         authority: Option<Authority>,
-        shared: Arc<Shared>,
+        tracer: Arc<TracerState>,
     ) -> Arc<Recording> {
         Arc::new(Recording {
             request_body_bytes: AtomicU64::new(0),
             text,
             authority,
-            shared,
+            tracer,
         })
     }
 }

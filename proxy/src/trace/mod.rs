@@ -10,11 +10,28 @@
 //! makes a CLIENT span per forwarded request and rewrites every propagation header with it.
 //! Unsampled requests still propagate a context (flags `00`) but record nothing. Tracing never
 //! fails a request: whatever cannot be parsed or written is skipped.
+//!
+//! Modules, in the order a request meets them:
+//! - `layer`: the tower shells (`ServerSpanLayer`/`ServerSpanService`/`ServerFuture`, and
+//!   the CLIENT ones); each calls `hop` and wraps the response body;
+//! - `hop`: starting the SERVER and CLIENT spans of a hop, step by step (scan, extract, join,
+//!   decide, record, hand off; CLIENT: record, inject);
+//! - `propagation` (`w3c`, `b3`): reading the incoming context, writing the outgoing one;
+//! - `sampling`: the sampling decision (sample header, B3 debug, inherited, ratio);
+//! - `ids`: new trace and span ids;
+//! - `attributes` (`target`, `text`, `response`): every span attribute, request and response,
+//!   and the span name's inputs; `naming`: span names;
+//! - `context`: the hop's context handed from the SERVER to the CLIENT span, and a sampled
+//!   request's recording;
+//! - `record`: a span between start and end, finished once and sent to the sink;
+//! - `body`: the body wrapper that counts bytes and ends spans; `clock`: span timestamps;
+//! - `metrics`: the trace layers' counters.
 
 mod attributes;
 mod body;
 mod clock;
 mod context;
+mod hop;
 pub mod ids;
 mod layer;
 mod metrics;
@@ -35,122 +52,20 @@ use crate::span::{SpanRecord, SpanSink};
 pub use body::TracedBody;
 pub use context::HopContext;
 pub use layer::{
-    ClientFuture, ClientSpan, ClientSpanLayer, ServerFuture, ServerSpan, ServerSpanLayer,
+    ClientFuture, ClientSpanLayer, ClientSpanService, ServerFuture, ServerSpanLayer,
+    ServerSpanService,
 };
 pub use metrics::TraceMetrics;
 pub use naming::SpanNaming;
 pub use propagation::B3Forms;
-pub use record::PROXY_ERROR;
 
-/// A propagation format named in `MESHTRACE_PROPAGATION`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum PropagationFormat {
-    /// W3C `traceparent`/`tracestate` (always written).
-    #[value(name = "tracecontext")]
-    TraceContext,
-    /// B3 single header `b3`.
-    #[value(name = "b3")]
-    B3,
-    /// B3 multi headers `x-b3-*`.
-    #[value(name = "b3multi")]
-    B3Multi,
-}
+// The settings are parsed in `config`; re-exported for the layers' users.
+pub use crate::config::trace::{PropagationFormat, Toggle, TraceArgs};
 
-/// An on/off switch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Toggle {
-    #[value(alias = "true", alias = "1")]
-    On,
-    #[value(alias = "false", alias = "0")]
-    Off,
-}
-
-/// Settings of the trace layers (`MESHTRACE_*` variables, mirrored by flags).
-#[derive(Clone, Debug, clap::Args)]
-pub struct TraceArgs {
-    /// Fraction of traces this proxy samples when the caller sent no decision (0 to 1).
-    /// Deterministic per trace: sampled iff the trace id's low 64 bits, as an unsigned
-    /// big-endian integer, are below rate × 2^64, so every proxy agrees on a trace.
-    #[arg(
-        long = "sample-rate",
-        env = "MESHTRACE_SAMPLE_RATE",
-        default_value_t = 0.01,
-        value_parser = parse_sample_rate
-    )]
-    pub sample_rate: f64,
-
-    /// Request header that forces a sampling rate for one request, e.g. `l5d-sample: 1`
-    /// (clamped to 0..1, applied to the trace id like the rate above; beats every other
-    /// rule). The proxy that applies it removes it; non-numeric values are ignored and counted.
-    #[arg(
-        long = "sample-header",
-        env = "MESHTRACE_SAMPLE_HEADER",
-        default_value = "l5d-sample",
-        value_parser = parse_header_name
-    )]
-    pub sample_header: HeaderName,
-
-    /// Propagation formats written on forwarded requests, comma-separated: `tracecontext`,
-    /// `b3` (single header), `b3multi` (x-b3-* headers). `traceparent` is always written;
-    /// B3 is written in the forms that arrived, else in the B3 forms listed here.
-    #[arg(
-        long = "propagation",
-        env = "MESHTRACE_PROPAGATION",
-        value_enum,
-        value_delimiter = ',',
-        default_values_t = [PropagationFormat::TraceContext, PropagationFormat::B3Multi]
-    )]
-    pub propagation: Vec<PropagationFormat>,
-
-    /// Span names: `template` = `{METHOD} {path with ids replaced by {id}}`, `method` =
-    /// `{METHOD}`, `path` = `{METHOD} {raw path}`. Query strings are never part of a name.
-    #[arg(
-        long = "span-name",
-        env = "MESHTRACE_SPAN_NAME",
-        value_enum,
-        default_value_t = SpanNaming::Template
-    )]
-    pub span_name: SpanNaming,
-
-    /// Add a `traceresponse: 00-{trace-id}-{span-id}-{flags}` response header when this
-    /// proxy started the trace or applied the sample header (`on`|`off`).
-    #[arg(
-        long = "trace-response",
-        env = "MESHTRACE_TRACE_RESPONSE",
-        value_enum,
-        default_value_t = Toggle::On
-    )]
-    pub trace_response: Toggle,
-}
-
-impl Default for TraceArgs {
-    fn default() -> Self {
-        TraceArgs {
-            sample_rate: 0.01,
-            sample_header: HeaderName::from_static("l5d-sample"),
-            propagation: vec![PropagationFormat::TraceContext, PropagationFormat::B3Multi],
-            span_name: SpanNaming::Template,
-            trace_response: Toggle::On,
-        }
-    }
-}
-
-fn parse_sample_rate(s: &str) -> Result<f64, String> {
-    let rate: f64 = s.trim().parse().map_err(|e| format!("not a number: {e}"))?;
-    if (0.0..=1.0).contains(&rate) {
-        Ok(rate)
-    } else {
-        Err(format!("{rate} is not between 0 and 1"))
-    }
-}
-
-fn parse_header_name(s: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(s.trim().as_bytes()).map_err(|e| format!("not a header name: {e}"))
-}
-
-/// Configuration and outputs shared by every layer instance.
+/// The tracer's settings and outputs (span sink, metrics), shared by every layer instance and
+/// every request recording.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct TracerState {
     sample_rate: f64,
     sample_header: HeaderName,
     default_b3: B3Forms,
@@ -160,7 +75,7 @@ pub(crate) struct Shared {
     metrics: TraceMetrics,
 }
 
-impl Shared {
+impl TracerState {
     pub(crate) fn send(&self, record: SpanRecord) {
         match self.sink.try_send(record) {
             Ok(()) => self.metrics.spans_recorded.inc(),
@@ -172,7 +87,7 @@ impl Shared {
 /// The runtime tracer: cheap to clone; makes the two layers.
 #[derive(Clone, Debug)]
 pub struct Tracer {
-    shared: Arc<Shared>,
+    state: Arc<TracerState>,
 }
 
 impl Tracer {
@@ -188,7 +103,7 @@ impl Tracer {
             multi: args.propagation.contains(&PropagationFormat::B3Multi),
         };
         Tracer {
-            shared: Arc::new(Shared {
+            state: Arc::new(TracerState {
                 sample_rate: args.sample_rate.clamp(0.0, 1.0),
                 sample_header: args.sample_header.clone(),
                 default_b3,
@@ -202,93 +117,15 @@ impl Tracer {
 
     /// The layer recording SERVER spans; put it right after the HTTP server.
     pub fn server_layer(&self) -> ServerSpanLayer {
-        ServerSpanLayer::new(self.shared.clone())
+        ServerSpanLayer::new(self.state.clone())
     }
 
     /// The layer recording CLIENT spans; put it right before the upstream client.
     pub fn client_layer(&self) -> ClientSpanLayer {
-        ClientSpanLayer::new(self.shared.clone())
+        ClientSpanLayer::new()
     }
 
     pub fn metrics(&self) -> &TraceMetrics {
-        &self.shared.metrics
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser, Debug)]
-    struct Cli {
-        #[command(flatten)]
-        trace: TraceArgs,
-    }
-
-    #[test]
-    fn defaults_match_the_documented_ones() {
-        let cli = Cli::try_parse_from(["proxy"]).unwrap();
-        let want = TraceArgs::default();
-        assert_eq!(cli.trace.sample_rate, want.sample_rate);
-        assert_eq!(cli.trace.sample_header, want.sample_header);
-        assert_eq!(cli.trace.propagation, want.propagation);
-        assert_eq!(cli.trace.span_name, want.span_name);
-        assert_eq!(cli.trace.trace_response, want.trace_response);
-    }
-
-    #[test]
-    fn flags_parse() {
-        let cli = Cli::try_parse_from([
-            "proxy",
-            "--sample-rate",
-            "0.5",
-            "--sample-header",
-            "X-Force-Sample",
-            "--propagation",
-            "b3,tracecontext",
-            "--span-name",
-            "path",
-            "--trace-response",
-            "off",
-        ])
-        .unwrap();
-        assert_eq!(cli.trace.sample_rate, 0.5);
-        assert_eq!(cli.trace.sample_header, "x-force-sample");
-        assert_eq!(
-            cli.trace.propagation,
-            vec![PropagationFormat::B3, PropagationFormat::TraceContext]
-        );
-        assert_eq!(cli.trace.span_name, SpanNaming::Path);
-        assert_eq!(cli.trace.trace_response, Toggle::Off);
-    }
-
-    #[test]
-    fn bad_values_are_rejected() {
-        for args in [
-            ["proxy", "--sample-rate", "1.5"],
-            ["proxy", "--sample-rate", "lots"],
-            ["proxy", "--sample-header", "bad header"],
-            ["proxy", "--propagation", "jaeger"],
-            ["proxy", "--span-name", "route"],
-            ["proxy", "--trace-response", "maybe"],
-        ] {
-            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
-        }
-    }
-
-    #[test]
-    fn help_documents_every_variable() {
-        use clap::CommandFactory;
-        let help = Cli::command().render_long_help().to_string();
-        for var in [
-            "MESHTRACE_SAMPLE_RATE",
-            "MESHTRACE_SAMPLE_HEADER",
-            "MESHTRACE_PROPAGATION",
-            "MESHTRACE_SPAN_NAME",
-            "MESHTRACE_TRACE_RESPONSE",
-        ] {
-            assert!(help.contains(var), "{var} missing from --help");
-        }
+        &self.state.metrics
     }
 }

@@ -16,7 +16,7 @@ const ID: &str = "{id}";
 const TRUNCATED: &str = "/...";
 
 /// How spans are named (`MESHTRACE_SPAN_NAME`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SpanNaming {
     /// `{METHOD} {templated path}`: identifiers replaced by `{id}`, query dropped.
     #[default]

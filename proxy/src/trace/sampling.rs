@@ -5,7 +5,11 @@
 //! [`ratio_sampled`], a pure function of the trace id, so every proxy that sees the same trace
 //! with the same rate reaches the same answer.
 
+use http::HeaderValue;
+
 use crate::span::TraceId;
+
+use super::TracerState;
 
 /// Why a request is (not) sampled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +37,16 @@ pub fn parse_rate(value: &[u8]) -> Option<f64> {
         return None;
     }
     Some(rate.clamp(0.0, 1.0))
+}
+
+/// The sample header's rate if it is a number; one that is not is counted and ignored.
+pub(super) fn sample_header_rate(tracer: &TracerState, value: &HeaderValue) -> Option<f64> {
+    let rate = parse_rate(value.as_bytes());
+    if rate.is_none() {
+        tracer.metrics.sample_header_invalid.inc();
+        tracing::debug!(header = %tracer.sample_header, "ignoring a non-numeric sample header");
+    }
+    rate
 }
 
 /// The deterministic trace-id ratio rule.

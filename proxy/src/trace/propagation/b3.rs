@@ -7,12 +7,9 @@
 //! the decision is taken, the trace starts here.
 
 use bytes::{BufMut, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderValue;
 
-use super::{
-    parse_lower_hex, put_hex, single_value, B3Forms, Outgoing, B3, X_B3_FLAGS, X_B3_PARENTSPANID,
-    X_B3_SAMPLED, X_B3_SPANID, X_B3_TRACEID,
-};
+use super::{parse_lower_hex, put_hex, Outgoing};
 use crate::span::{SpanId, TraceId};
 
 /// Ids carried by a B3 context.
@@ -30,27 +27,6 @@ pub struct B3Context {
     pub ids: Option<B3Ids>,
     pub sampled: Option<bool>,
     pub debug: bool,
-}
-
-/// Which B3 forms are present on the request, valid or not.
-pub fn arrived(headers: &HeaderMap) -> B3Forms {
-    B3Forms {
-        single: headers.contains_key(B3),
-        multi: [
-            X_B3_TRACEID,
-            X_B3_SPANID,
-            X_B3_PARENTSPANID,
-            X_B3_SAMPLED,
-            X_B3_FLAGS,
-        ]
-        .iter()
-        .any(|name| headers.contains_key(name)),
-    }
-}
-
-/// Reads the single `b3` header; `None` when missing, repeated or invalid.
-pub fn extract_single(headers: &HeaderMap) -> Option<B3Context> {
-    parse_single(single_value(headers, &B3).ok()??.as_bytes())
 }
 
 /// Parses `{trace}-{span}[-{state}[-{parent}]]` or a lone `{state}`.
@@ -86,18 +62,6 @@ pub fn parse_single(src: &[u8]) -> Option<B3Context> {
         }),
         sampled,
         debug,
-    })
-}
-
-/// Reads the `x-b3-*` headers; `None` when none is present, one repeats or one is invalid.
-pub fn extract_multi(headers: &HeaderMap) -> Option<B3Context> {
-    let get = |name: &HeaderName| single_value(headers, name);
-    multi_of(&MultiValues {
-        trace: get(&X_B3_TRACEID),
-        span: get(&X_B3_SPANID),
-        parent: get(&X_B3_PARENTSPANID),
-        sampled: get(&X_B3_SAMPLED),
-        flags: get(&X_B3_FLAGS),
     })
 }
 
@@ -202,7 +166,41 @@ pub fn write_single(buf: &mut BytesMut, out: &Outgoing<'_>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{single_value, to_hex};
     use super::*;
+    use http::header::{HeaderMap, HeaderName};
+
+    use super::super::{
+        B3Forms, B3, X_B3_FLAGS, X_B3_PARENTSPANID, X_B3_SAMPLED, X_B3_SPANID, X_B3_TRACEID,
+    };
+
+    /// Which B3 forms are present on the request, valid or not.
+    fn arrived(headers: &HeaderMap) -> B3Forms {
+        B3Forms {
+            single: headers.contains_key(B3),
+            multi: [
+                X_B3_TRACEID,
+                X_B3_SPANID,
+                X_B3_PARENTSPANID,
+                X_B3_SAMPLED,
+                X_B3_FLAGS,
+            ]
+            .iter()
+            .any(|name| headers.contains_key(name)),
+        }
+    }
+
+    /// Reads the `x-b3-*` headers; `None` when none is present, one repeats or one is invalid.
+    fn extract_multi(headers: &HeaderMap) -> Option<B3Context> {
+        let get = |name: &HeaderName| single_value(headers, name);
+        multi_of(&MultiValues {
+            trace: get(&X_B3_TRACEID),
+            span: get(&X_B3_SPANID),
+            parent: get(&X_B3_PARENTSPANID),
+            sampled: get(&X_B3_SAMPLED),
+            flags: get(&X_B3_FLAGS),
+        })
+    }
 
     const T128: &str = "80f198ee56343ba864fe8b2a57d3eff7";
     const T64: &str = "463ac35c9f6413ad";
@@ -217,18 +215,15 @@ mod tests {
     fn single_full_and_partial_forms() {
         let got = single(&format!("{T128}-{S}-1-{P}")).unwrap();
         let ids = got.ids.unwrap();
-        assert_eq!(super::super::to_hex(&ids.trace_id), T128);
-        assert_eq!(super::super::to_hex(&ids.span_id), S);
+        assert_eq!(to_hex(&ids.trace_id), T128);
+        assert_eq!(to_hex(&ids.span_id), S);
         assert!(!ids.trace_id_64);
         assert_eq!((got.sampled, got.debug), (Some(true), false));
 
         let got = single(&format!("{T64}-{S}")).unwrap();
         let ids = got.ids.unwrap();
         assert!(ids.trace_id_64);
-        assert_eq!(
-            super::super::to_hex(&ids.trace_id),
-            format!("{}{T64}", "0".repeat(16))
-        );
+        assert_eq!(to_hex(&ids.trace_id), format!("{}{T64}", "0".repeat(16)));
         assert_eq!(got.sampled, None, "absent state defers");
 
         assert_eq!(
@@ -305,7 +300,7 @@ mod tests {
             ("X-B3-Sampled", "1"),
         ])
         .unwrap();
-        assert_eq!(super::super::to_hex(&got.ids.unwrap().trace_id), T128);
+        assert_eq!(to_hex(&got.ids.unwrap().trace_id), T128);
         assert_eq!(got.sampled, Some(true));
 
         let got = multi(&[("x-b3-traceid", T64), ("x-b3-spanid", S)]).unwrap();

@@ -6,6 +6,8 @@
 //! survives a hop.
 
 pub mod b3;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod w3c;
 
 use bytes::{BufMut, BytesMut};
@@ -88,12 +90,12 @@ pub struct Extracted {
 
 /// One header's values as a scan of the request's headers saw them.
 #[derive(Clone, Copy, Debug, Default)]
-struct Seen<'a> {
+struct HeaderOccurrences<'a> {
     first: Option<&'a HeaderValue>,
     repeated: bool,
 }
 
-impl<'a> Seen<'a> {
+impl<'a> HeaderOccurrences<'a> {
     fn add(&mut self, value: &'a HeaderValue) {
         if self.first.is_none() {
             self.first = Some(value);
@@ -116,42 +118,42 @@ impl<'a> Seen<'a> {
     }
 }
 
-/// The propagation headers of a request, found in one pass over its headers. A request carries
+/// The propagation headers of a request, scanned in one pass over its headers. A request carries
 /// a handful of headers; visiting each once costs less than a hash lookup per propagation
 /// header name (nine of them, most absent).
 #[derive(Debug)]
-pub struct Found<'a> {
+pub struct ScannedHeaders<'a> {
     headers: &'a HeaderMap,
-    traceparent: Seen<'a>,
-    tracestate: Seen<'a>,
-    b3: Seen<'a>,
-    x_b3_traceid: Seen<'a>,
-    x_b3_spanid: Seen<'a>,
-    x_b3_parentspanid: Seen<'a>,
-    x_b3_sampled: Seen<'a>,
-    x_b3_flags: Seen<'a>,
+    traceparent: HeaderOccurrences<'a>,
+    tracestate: HeaderOccurrences<'a>,
+    b3: HeaderOccurrences<'a>,
+    x_b3_traceid: HeaderOccurrences<'a>,
+    x_b3_spanid: HeaderOccurrences<'a>,
+    x_b3_parentspanid: HeaderOccurrences<'a>,
+    x_b3_sampled: HeaderOccurrences<'a>,
+    x_b3_flags: HeaderOccurrences<'a>,
     /// The first value of the sample header the scan was asked to look for.
     sample: Option<&'a HeaderValue>,
-    /// Headers the span attributes read, found on the way (first values).
+    /// Headers the span attributes read, scanned on the way (first values).
     host: Option<&'a HeaderValue>,
     user_agent: Option<&'a HeaderValue>,
     content_type: Option<&'a HeaderValue>,
 }
 
-impl<'a> Found<'a> {
+impl<'a> ScannedHeaders<'a> {
     /// Scans `headers` for every propagation header and `sample_header`. A header named like
     /// the sample header is only that (the proxy removes it before reading propagation).
-    pub fn scan(headers: &'a HeaderMap, sample_header: Option<&HeaderName>) -> Found<'a> {
-        let mut found = Found {
+    pub fn scan(headers: &'a HeaderMap, sample_header: Option<&HeaderName>) -> ScannedHeaders<'a> {
+        let mut scanned = ScannedHeaders {
             headers,
-            traceparent: Seen::default(),
-            tracestate: Seen::default(),
-            b3: Seen::default(),
-            x_b3_traceid: Seen::default(),
-            x_b3_spanid: Seen::default(),
-            x_b3_parentspanid: Seen::default(),
-            x_b3_sampled: Seen::default(),
-            x_b3_flags: Seen::default(),
+            traceparent: HeaderOccurrences::default(),
+            tracestate: HeaderOccurrences::default(),
+            b3: HeaderOccurrences::default(),
+            x_b3_traceid: HeaderOccurrences::default(),
+            x_b3_spanid: HeaderOccurrences::default(),
+            x_b3_parentspanid: HeaderOccurrences::default(),
+            x_b3_sampled: HeaderOccurrences::default(),
+            x_b3_flags: HeaderOccurrences::default(),
             sample: None,
             host: None,
             user_agent: None,
@@ -159,35 +161,35 @@ impl<'a> Found<'a> {
         };
         for (name, value) in headers {
             if sample_header == Some(name) {
-                found.sample.get_or_insert(value);
+                scanned.sample.get_or_insert(value);
                 continue;
             }
             let seen = match name.as_str() {
-                "traceparent" => &mut found.traceparent,
-                "tracestate" => &mut found.tracestate,
-                "b3" => &mut found.b3,
-                "x-b3-traceid" => &mut found.x_b3_traceid,
-                "x-b3-spanid" => &mut found.x_b3_spanid,
-                "x-b3-parentspanid" => &mut found.x_b3_parentspanid,
-                "x-b3-sampled" => &mut found.x_b3_sampled,
-                "x-b3-flags" => &mut found.x_b3_flags,
+                "traceparent" => &mut scanned.traceparent,
+                "tracestate" => &mut scanned.tracestate,
+                "b3" => &mut scanned.b3,
+                "x-b3-traceid" => &mut scanned.x_b3_traceid,
+                "x-b3-spanid" => &mut scanned.x_b3_spanid,
+                "x-b3-parentspanid" => &mut scanned.x_b3_parentspanid,
+                "x-b3-sampled" => &mut scanned.x_b3_sampled,
+                "x-b3-flags" => &mut scanned.x_b3_flags,
                 "host" => {
-                    found.host.get_or_insert(value);
+                    scanned.host.get_or_insert(value);
                     continue;
                 }
                 "user-agent" => {
-                    found.user_agent.get_or_insert(value);
+                    scanned.user_agent.get_or_insert(value);
                     continue;
                 }
                 "content-type" => {
-                    found.content_type.get_or_insert(value);
+                    scanned.content_type.get_or_insert(value);
                     continue;
                 }
                 _ => continue,
             };
             seen.add(value);
         }
-        found
+        scanned
     }
 
     /// The first value of the sample header, if the scan looked for it and it is there.
@@ -334,7 +336,7 @@ impl<'a> Found<'a> {
 
 /// Reads the incoming context: the first valid of W3C, B3 single, B3 multi.
 pub fn extract(headers: &HeaderMap) -> Extracted {
-    Found::scan(headers, None).extract()
+    ScannedHeaders::scan(headers, None).extract()
 }
 
 /// The context written on a forwarded request.
@@ -405,11 +407,6 @@ fn remove(headers: &mut HeaderMap, bits: u8) {
     }
 }
 
-/// Removes every propagation header of every format.
-pub fn clear(headers: &mut HeaderMap) {
-    remove(headers, present(headers).0);
-}
-
 // traceparent + b3 single + x-b3-traceid/spanid/parentspanid, rounded up.
 const WRITE_BUFFER: usize = 192;
 
@@ -420,7 +417,7 @@ pub fn inject(headers: &mut HeaderMap, out: &Outgoing<'_>) {
 }
 
 /// [`inject`] into headers whose propagation headers are known to be `present` (as a
-/// [`Found::scan`] of them just said).
+/// [`ScannedHeaders::scan`] of them just said).
 pub fn inject_into(headers: &mut HeaderMap, out: &Outgoing<'_>, present: Present) {
     let present = present.0;
     // Headers about to be written replace their old values (`insert`); only the others are
@@ -503,13 +500,6 @@ pub(crate) fn put_hex(buf: &mut BytesMut, bytes: &[u8]) {
     }
 }
 
-/// Formats `bytes` as lowercase hex (tests, logs).
-pub fn to_hex(bytes: &[u8]) -> String {
-    let mut buf = BytesMut::with_capacity(bytes.len() * 2);
-    put_hex(&mut buf, bytes);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 fn lower_hex_digit(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -530,33 +520,10 @@ pub(crate) fn parse_lower_hex<const N: usize>(src: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// The only value of a header that must not repeat: `Err` when it appears more than once.
-pub(crate) fn single_value<'a>(
-    headers: &'a HeaderMap,
-    name: &HeaderName,
-) -> Result<Option<&'a HeaderValue>, ()> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(());
-    }
-    Ok(first)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::test_support::{header_map as headers, to_hex};
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
 
     const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
@@ -681,13 +648,13 @@ mod tests {
             ("content-type", "application/grpc"),
         ]);
         let sample = HeaderName::from_static("l5d-sample");
-        let found = Found::scan(&map, Some(&sample));
-        assert_eq!(found.sample().map(|v| v.as_bytes()), Some(&b"0.5"[..]));
-        assert_eq!(found.host().unwrap(), "svc:80");
-        assert_eq!(found.user_agent().unwrap(), "curl/8");
-        assert_eq!(found.content_type().unwrap(), "application/grpc");
-        assert_eq!(found.present(), Present(0b100_0011));
-        let got = found.extract();
+        let scanned = ScannedHeaders::scan(&map, Some(&sample));
+        assert_eq!(scanned.sample().map(|v| v.as_bytes()), Some(&b"0.5"[..]));
+        assert_eq!(scanned.host().unwrap(), "svc:80");
+        assert_eq!(scanned.user_agent().unwrap(), "curl/8");
+        assert_eq!(scanned.content_type().unwrap(), "application/grpc");
+        assert_eq!(scanned.present(), Present(0b100_0011));
+        let got = scanned.extract();
         assert_eq!(got.format, Some(Format::TraceContext));
         assert_eq!(
             got.parent.unwrap().trace_state,
@@ -696,14 +663,14 @@ mod tests {
         );
         // A sample header named like a propagation header is only the sample header.
         let sample = HeaderName::from_static("x-b3-sampled");
-        let found = Found::scan(&map, Some(&sample));
-        assert_eq!(found.sample().map(|v| v.as_bytes()), Some(&b"1"[..]));
-        assert!(!found.b3_arrived().multi);
+        let scanned = ScannedHeaders::scan(&map, Some(&sample));
+        assert_eq!(scanned.sample().map(|v| v.as_bytes()), Some(&b"1"[..]));
+        assert!(!scanned.b3_arrived().multi);
         // As if the sample header had been removed before reading propagation.
         let mut without = map.clone();
         without.remove(&sample);
-        assert_eq!(found.extract(), extract(&without));
-        assert_eq!(Found::scan(&map, None).present(), present(&map));
+        assert_eq!(scanned.extract(), extract(&without));
+        assert_eq!(ScannedHeaders::scan(&map, None).present(), present(&map));
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! or exceeds 32 members is dropped whole.
 
 use bytes::{BufMut, BytesMut};
-use http::header::{GetAll, HeaderMap, HeaderValue};
+use http::header::{GetAll, HeaderValue};
 
-use super::{parse_lower_hex, put_hex, single_value, KNOWN_FLAGS, TRACEPARENT, TRACESTATE};
+use super::{parse_lower_hex, put_hex, KNOWN_FLAGS};
 use crate::span::{SpanId, TraceId};
 
 /// The length of a version-00 `traceparent`.
@@ -25,12 +25,6 @@ pub struct TraceParent {
     pub parent_id: SpanId,
     /// As received, unknown bits included (they are cleared when written).
     pub flags: u8,
-}
-
-/// Reads the request's `traceparent`; `None` when missing, repeated or invalid.
-pub fn extract(headers: &HeaderMap) -> Option<TraceParent> {
-    let value = single_value(headers, &TRACEPARENT).ok()??;
-    parse_traceparent(value.as_bytes())
 }
 
 /// Parses one `traceparent` value.
@@ -85,18 +79,7 @@ pub fn traceparent_value(trace_id: &TraceId, span_id: &SpanId, flags: u8) -> Opt
     Some(value)
 }
 
-/// Reads the request's `tracestate` (call only when its `traceparent` was valid).
-///
-/// One field without empty members is kept byte for byte (no copy); several fields or empty
-/// members are rewritten as the members joined by `,`. `None` when absent, empty or invalid.
-pub fn extract_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
-    let mut fields = headers.get_all(TRACESTATE).iter();
-    let first = fields.next()?;
-    let repeated = fields.next().is_some();
-    tracestate_of(first, repeated.then(|| headers.get_all(TRACESTATE)))
-}
-
-/// [`extract_tracestate`] given the first `tracestate` field and, when there are several, all
+/// The request's `tracestate` given its first field and, when there are several, all
 /// of them (the scan that found the first one already knows whether it repeats).
 pub(crate) fn tracestate_of(
     first: &HeaderValue,
@@ -203,8 +186,28 @@ fn valid_value(value: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{header_map as map, single_value, to_hex};
     use super::*;
-    use http::HeaderName;
+    use http::header::HeaderMap;
+
+    use super::super::{TRACEPARENT, TRACESTATE};
+
+    /// Reads the request's `traceparent`; `None` when missing, repeated or invalid.
+    fn extract(headers: &HeaderMap) -> Option<TraceParent> {
+        let value = single_value(headers, &TRACEPARENT).ok()??;
+        parse_traceparent(value.as_bytes())
+    }
+
+    /// Reads the request's `tracestate` (call only when its `traceparent` was valid).
+    ///
+    /// One field without empty members is kept byte for byte (no copy); several fields or empty
+    /// members are rewritten as the members joined by `,`. `None` when absent, empty or invalid.
+    fn extract_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
+        let mut fields = headers.get_all(TRACESTATE).iter();
+        let first = fields.next()?;
+        let repeated = fields.next().is_some();
+        tracestate_of(first, repeated.then(|| headers.get_all(TRACESTATE)))
+    }
 
     const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
     const SPAN: &str = "b7ad6b7169203331";
@@ -221,8 +224,8 @@ mod tests {
     fn valid_version_00() {
         let got = parse(&tp("00", TRACE, SPAN, "01")).unwrap();
         assert_eq!(got.version, 0);
-        assert_eq!(super::super::to_hex(&got.trace_id), TRACE);
-        assert_eq!(super::super::to_hex(&got.parent_id), SPAN);
+        assert_eq!(to_hex(&got.trace_id), TRACE);
+        assert_eq!(to_hex(&got.parent_id), SPAN);
         assert_eq!(got.flags, 1);
         assert_eq!(parse(&tp("00", TRACE, SPAN, "00")).unwrap().flags, 0);
         assert_eq!(parse(&tp("00", TRACE, SPAN, "03")).unwrap().flags, 3);
@@ -296,17 +299,6 @@ mod tests {
         ] {
             assert!(parse(&bad).is_none(), "{bad:?}");
         }
-    }
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
     }
 
     #[test]

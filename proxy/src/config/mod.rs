@@ -1,18 +1,27 @@
-//! Run configuration: `MESHTRACE_*` environment variables mirrored by command-line flags.
+//! Every setting of `meshtrace-proxy`: the command line and the environment, read here once.
 //!
-//! Parsing is pure (no I/O) so that every knob and its default is unit-tested here; `app` only
-//! ever sees the typed [`Config`].
+//! `MESHTRACE_*` variables (for export, the standard `OTEL_*` ones) are mirrored by flags; the
+//! flag wins. This module holds the command line and `run`'s listeners, timeouts and logs;
+//! [`trace`], [`export`] and [`init`] hold the settings of those subsystems. Nothing outside
+//! `config` reads the environment or knows clap: the subsystems take the typed values built
+//! here. Parsing is pure (no I/O), so every knob and its default is unit-tested here.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::export::ExportArgs;
+pub mod export;
+pub mod init;
+pub mod trace;
+
+pub use export::ExportArgs;
+pub use init::{InitArgs, IptablesMode};
+pub use meshtrace_ports::PortList;
+pub use trace::{PropagationFormat, Toggle, TraceArgs};
+
 use crate::forward::head::HeadLimits;
 use crate::meta::Direction;
-use crate::trace::TraceArgs;
 
 /// Ports that skip protocol detection by default: server-speaks-first protocols (SMTP, MySQL,
 /// Galera, PostgreSQL, Redis, Elasticsearch transport, memcached), as in Linkerd.
@@ -20,6 +29,53 @@ pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 
 /// The default bound on a request or response head: 64 KiB (Envoy's is 60 KiB).
 pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+
+/// meshtrace sidecar proxy: forwards a pod's inbound and outbound traffic unchanged and traces
+/// every HTTP hop.
+///
+/// Every flag can also be set through the environment variable shown with it.
+#[derive(clap::Parser)]
+#[command(
+    name = "meshtrace-proxy",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    run: Config,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Run the proxy (the default when no subcommand is given).
+    Run(Box<Config>),
+    /// Program the pod's iptables rules that redirect traffic to the proxy (init container).
+    Init(InitArgs),
+}
+
+/// What the command line asks for.
+pub enum Invocation {
+    /// `meshtrace-proxy [run] [FLAGS]`.
+    Run(Box<Config>),
+    /// `meshtrace-proxy init [FLAGS]`.
+    Init(InitArgs),
+}
+
+impl Invocation {
+    /// Parses the process's arguments and environment; prints help, version or a usage error
+    /// and exits where clap does.
+    pub fn from_command_line() -> Invocation {
+        let cli = <Cli as clap::Parser>::parse();
+        match cli.command {
+            Some(Command::Init(args)) => Invocation::Init(args),
+            Some(Command::Run(config)) => Invocation::Run(config),
+            None => Invocation::Run(Box::new(cli.run)),
+        }
+    }
+}
 
 /// Everything `meshtrace-proxy run` can be told.
 #[derive(Clone, Debug, clap::Args)]
@@ -75,9 +131,9 @@ pub struct Config {
 
     /// Destination ports forwarded as opaque TCP without protocol detection, for
     /// server-speaks-first protocols: a comma-separated list of ports and ranges
-    /// (`25,3306,8000-8100`); empty for none.
+    /// (`25,3306,8000-8100`, ports 1-65535); empty for none.
     #[arg(long, env = "MESHTRACE_OPAQUE_PORTS", default_value = DEFAULT_OPAQUE_PORTS)]
-    pub opaque_ports: PortSet,
+    pub opaque_ports: PortList,
 
     /// Inbound: how long to wait for a TCP connection to the local application.
     #[arg(long, env = "MESHTRACE_INBOUND_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
@@ -171,7 +227,7 @@ impl Default for Config {
             http1_max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             opaque_ports: DEFAULT_OPAQUE_PORTS
                 .parse()
-                .unwrap_or_else(|_| PortSet::default()),
+                .unwrap_or_else(|_| PortList::default()),
             inbound_connect_timeout: Duration::from_secs(1),
             outbound_connect_timeout: Duration::from_secs(3),
             inbound_response_timeout: Duration::ZERO,
@@ -286,8 +342,6 @@ pub enum ParseError {
         "invalid duration {0:?}: expected a number with an optional unit (ms, s, m, h), e.g. 10s"
     )]
     Duration(String),
-    #[error("invalid port or port range {0:?}: expected e.g. 25 or 8000-8100")]
-    Port(String),
     #[error(
         "invalid listen address {0:?}: expected e.g. 0.0.0.0:4143 or [::]:4143, comma-separated"
     )]
@@ -311,63 +365,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, ParseError> {
         _ => return Err(invalid()),
     };
     Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| invalid())
-}
-
-/// A set of TCP ports, written as a comma-separated list of ports and inclusive ranges.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PortSet {
-    ranges: Vec<RangeInclusive<u16>>,
-}
-
-impl PortSet {
-    pub fn contains(&self, port: u16) -> bool {
-        self.ranges.iter().any(|range| range.contains(&port))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-}
-
-impl FromStr for PortSet {
-    type Err = ParseError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut ranges = Vec::new();
-        for item in text
-            .split(',')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-        {
-            let invalid = || ParseError::Port(item.to_string());
-            let port = |s: &str| s.trim().parse::<u16>().map_err(|_| invalid());
-            let range = match item.split_once('-') {
-                Some((low, high)) => port(low)?..=port(high)?,
-                None => port(item)?..=port(item)?,
-            };
-            if range.is_empty() {
-                return Err(invalid());
-            }
-            ranges.push(range);
-        }
-        Ok(PortSet { ranges })
-    }
-}
-
-impl fmt::Display for PortSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, range) in self.ranges.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            if range.start() == range.end() {
-                write!(f, "{}", range.start())?;
-            } else {
-                write!(f, "{}-{}", range.start(), range.end())?;
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -413,20 +410,6 @@ mod tests {
     }
 
     #[test]
-    fn port_sets() {
-        let ports: PortSet = "25, 3306,8000-8100".parse().unwrap();
-        assert!(ports.contains(25));
-        assert!(ports.contains(3306));
-        assert!(ports.contains(8000) && ports.contains(8050) && ports.contains(8100));
-        assert!(!ports.contains(8101) && !ports.contains(80));
-        assert_eq!(ports.to_string(), "25,3306,8000-8100");
-        assert!("".parse::<PortSet>().unwrap().is_empty());
-        assert!("70000".parse::<PortSet>().is_err());
-        assert!("90-80".parse::<PortSet>().is_err());
-        assert!("http".parse::<PortSet>().is_err());
-    }
-
-    #[test]
     fn flag_defaults_match_the_default_config() {
         // Guards the documented defaults against drifting apart from `Config::default()`.
         let parsed = Cli::try_parse_from(["meshtrace-proxy"]).unwrap().config;
@@ -461,5 +444,60 @@ mod tests {
         assert_eq!(outbound.response_timeout, Some(Duration::from_millis(500)));
         assert_eq!(outbound.connect_timeout, Duration::from_secs(3));
         assert_eq!(parsed.direction(Direction::Inbound).response_timeout, None);
+    }
+
+    /// Set in the environment of the child process that
+    /// [`a_flag_wins_over_its_environment_variable`] starts.
+    const CHILD: &str = "MESHTRACE_CONFIG_TEST_CHILD";
+
+    /// The process environment is shared by every test thread, so the variables are set only
+    /// in a child process: this test binary again, running this one test.
+    #[test]
+    fn a_flag_wins_over_its_environment_variable() {
+        if std::env::var_os(CHILD).is_some() {
+            return flag_wins_in_child();
+        }
+        let name = "config::tests::a_flag_wins_over_its_environment_variable";
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env("MESHTRACE_DETECT_TIMEOUT", "7s")
+            .env("MESHTRACE_OUTBOUND_CONNECT_TIMEOUT", "9s")
+            .env("MESHTRACE_SAMPLE_RATE", "0.25")
+            .env("MESHTRACE_OPAQUE_PORTS", "1-2")
+            .env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://from-env:4318")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn flag_wins_in_child() {
+        let config = Cli::try_parse_from([
+            "meshtrace-proxy",
+            "--detect-timeout=2s",
+            "--sample-rate=0.5",
+            "--opaque-ports=3",
+            "--otlp-protocol=grpc",
+        ])
+        .unwrap()
+        .config;
+        // Flags win over their variables...
+        assert_eq!(config.detect_timeout, Duration::from_secs(2));
+        assert_eq!(config.trace.sample_rate, 0.5);
+        assert_eq!(config.opaque_ports.to_string(), "3");
+        // ...variables without a flag still count...
+        let outbound = config.direction(Direction::Outbound);
+        assert_eq!(outbound.connect_timeout, Duration::from_secs(9));
+        // ...and a flag for the generic OTLP setting does not beat the per-signal variable.
+        let export = config.export.config().unwrap().on().unwrap();
+        assert_eq!(export.protocol, crate::export::Protocol::HttpProtobuf);
+        assert_eq!(export.endpoint, "http://from-env:4318/v1/traces");
     }
 }
