@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use super::connect::connect;
 use super::destination::explicit_targets;
 use super::error::ForwardError;
+use super::expect::ContinueGate;
 use super::hop_by_hop::{is_upgrade, strip_hop_by_hop};
 use super::loop_check::OwnListeners;
 use super::pool::{self, Affinity, Pool};
@@ -51,14 +52,14 @@ pub struct UpstreamSettings {
 /// upstream connections that client connection uses (see [`Affinity`]).
 pub struct Upstream<B> {
     client: Arc<UpstreamClient<B>>,
-    affinity: Arc<Affinity<B>>,
+    affinity: Arc<Affinity<ContinueGate<B>>>,
 }
 
 /// One direction's upstream client, shared by the [`Upstream`] handles of all its client
 /// connections.
 struct UpstreamClient<B> {
     settings: UpstreamSettings,
-    pool: Arc<Pool<B>>,
+    pool: Arc<Pool<ContinueGate<B>>>,
     resolver: Resolver,
     tunnels: Tunnels,
 }
@@ -117,7 +118,7 @@ where
     }
 
     /// The connection pool, for periodic eviction of idle connections.
-    pub fn pool(&self) -> &Arc<Pool<B>> {
+    pub fn pool(&self) -> &Arc<Pool<ContinueGate<B>>> {
         &self.client.pool
     }
 }
@@ -147,7 +148,7 @@ where
 {
     async fn forward(
         self: Arc<Self>,
-        affinity: Arc<Affinity<B>>,
+        affinity: Arc<Affinity<ContinueGate<B>>>,
         mut request: Request<B>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let meta = request.extensions().get::<Arc<ConnMeta>>();
@@ -179,6 +180,7 @@ where
         let upgrade = is_upgrade(request.headers());
         strip_hop_by_hop(request.headers_mut(), upgrade);
         let client_upgrade = (upgrade || is_connect).then(|| hyper::upgrade::on(&mut request));
+        let (request, expect) = ContinueGate::request(request);
 
         let send = async {
             if request.version() == Version::HTTP_2 {
@@ -193,6 +195,7 @@ where
                 .map_err(|_| ForwardError::ResponseTimeout(limit))??,
             None => send.await?,
         };
+        expect.final_response();
 
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS
             || (is_connect && response.status().is_success());
