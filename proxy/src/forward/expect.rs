@@ -4,7 +4,8 @@
 //! polled, and the upstream client polls it at once. So the forwarded body of such a request
 //! is held back by a [`ContinueGate`]: it does not poll the client's body until the upstream
 //! answers `100` (relayed to the client by that first poll), and never when the upstream
-//! answers with a final status first (the client then sees only that response). An upstream
+//! refuses first with a final non-2xx status (the client then sees only that response; a 2xx
+//! opens the gate: the application streams the body). An upstream
 //! that says nothing for [`CONTINUE_TIMEOUT`] gets the body anyway, as a client may send it
 //! after waiting (curl waits 1 s); the client then sees a `100 Continue` from the proxy.
 
@@ -52,10 +53,12 @@ impl Answer {
 pub struct ExpectAnswer(Option<Arc<Answer>>);
 
 impl ExpectAnswer {
-    /// The final response arrived: a gate still waiting never opens.
-    pub fn final_response(&self) {
+    /// The final response arrived with `status`. A 2xx before any `100` means the application
+    /// wants the body after all (it streams it, e.g. an echo): the gate opens, as curl sends
+    /// the body on a 2xx. Any other status refuses it: a gate still waiting never opens.
+    pub fn final_response(&self, status: StatusCode) {
         if let Some(answer) = &self.0 {
-            answer.set(FINAL);
+            answer.set(if status.is_success() { CONTINUE } else { FINAL });
         }
     }
 }

@@ -195,7 +195,7 @@ where
                 .map_err(|_| ForwardError::ResponseTimeout(limit))??,
             None => send.await?,
         };
-        expect.final_response();
+        expect.final_response(response.status());
 
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS
             || (is_connect && response.status().is_success());
