@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, PortList};
 use crate::detect;
 use crate::export::{self, ExporterHandle};
+use crate::forward::h2_head::H2HeadGuard;
 use crate::forward::head::{Exchanges, HeadGuard, HeadLimits};
 use crate::forward::{self, resolve::Resolver, ConnectionService, HttpStacks, StackParams};
 use crate::listen;
@@ -399,15 +400,16 @@ async fn handle_connection(
                 local_addr,
                 orig_dst,
             });
-            // HTTP/1 heads are bounded where they are read; h2 bounds its own.
+            // Request heads are bounded where they are read: HTTP/1 heads in time and size,
+            // h2 header blocks in time (h2 bounds their size itself).
             let idle_timeout = context.head_limits.idle_timeout.is_some();
             let exchanges =
                 (protocol == Protocol::Http1).then(|| Arc::new(Exchanges::new(idle_timeout)));
-            let io = match &exchanges {
-                Some(exchanges) => {
-                    io.guard_heads(HeadGuard::new(context.head_limits, exchanges.clone()))
-                }
-                None => io,
+            let limits = context.head_limits;
+            let io = match (&exchanges, limits.read_timeout) {
+                (Some(exchanges), _) => io.guard_heads(HeadGuard::new(limits, exchanges.clone())),
+                (None, Some(timeout)) => io.guard_h2_heads(H2HeadGuard::new(timeout)),
+                (None, None) => io,
             };
             let service = ConnectionService::new(context.stack.for_connection(), meta, exchanges);
             forward::serve_connection(protocol, io, service, watch, &context.head_limits).await;

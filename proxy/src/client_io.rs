@@ -11,6 +11,7 @@ use bytes::{Buf, Bytes};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::forward::h2_head::H2HeadGuard;
 use crate::forward::head::HeadGuard;
 
 pin_project_lite::pin_project! {
@@ -26,6 +27,8 @@ pin_project_lite::pin_project! {
         sent: Counter,
         // HTTP/1 only: bounds the request heads read through this stream.
         head: Option<HeadGuard>,
+        // h2 only: bounds how long a header block may stay open.
+        h2_head: Option<H2HeadGuard>,
     }
 }
 
@@ -38,7 +41,14 @@ impl<I> ClientIo<I> {
             received,
             sent,
             head: None,
+            h2_head: None,
         }
+    }
+
+    /// Ends the stream once an h2 header block stays open longer than `guard`'s timeout.
+    pub fn guard_h2_heads(mut self, guard: H2HeadGuard) -> Self {
+        self.h2_head = Some(guard);
+        self
     }
 
     /// Enforces `guard` (HTTP/1 request head limits) on the bytes read from now on, the
@@ -63,6 +73,9 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for ClientIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut this = self.project();
+        if this.h2_head.as_ref().is_some_and(H2HeadGuard::expired) {
+            return Poll::Ready(Ok(()));
+        }
         if let Some(head) = this.head.as_mut() {
             if let Some(cut) = head.poll_cut(cx, this.io.as_mut()) {
                 return cut;
@@ -86,6 +99,14 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for ClientIo<I> {
             }
             result
         };
+        if let Some(h2) = this.h2_head.as_mut() {
+            match result {
+                Poll::Ready(Ok(())) => h2.on_read(&buf.filled()[before..]),
+                Poll::Pending if h2.poll_expired(cx) => return Poll::Ready(Ok(())),
+                _ => {}
+            }
+            return result;
+        }
         let Some(head) = this.head.as_mut() else {
             return result;
         };

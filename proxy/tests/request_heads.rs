@@ -244,3 +244,65 @@ async fn h2_header_lists_are_bounded_by_the_same_limit() {
     assert!(refused.is_err() || refused.is_ok_and(|r| r.status() == 431));
     proxy.shutdown().await;
 }
+
+/// h2: a header block that never completes (HEADERS without END_HEADERS, no CONTINUATION)
+/// ends the connection after the head timeout, while an idle h2 connection between requests
+/// (a gRPC channel) stays open past it.
+#[tokio::test]
+async fn h2_header_blocks_that_never_complete_end_the_connection() {
+    use http::{Request, Version};
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = meshtrace_tests::upstream::HttpUpstream::start().await;
+    let proxy = common::start(Config {
+        http1_header_read_timeout: Duration::from_millis(300),
+        ..common::fixed_target(upstream.addr())
+    })
+    .await;
+
+    let stream = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    let (mut client, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for i in 0..2 {
+        let request = Request::get(format!("http://app.test/{i}"))
+            .version(Version::HTTP_2)
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = client
+            .send_request(request)
+            .await
+            .expect("idle h2 connection kept");
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+        tokio::time::sleep(IDLE).await;
+    }
+
+    let mut stalled = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    stalled
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    stalled
+        .write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+        .await
+        .unwrap(); // SETTINGS
+                   // HEADERS on stream 1, 3 bytes of header block, no END_HEADERS; no CONTINUATION follows.
+    stalled
+        .write_all(&[0, 0, 3, 0x1, 0x1, 0, 0, 0, 1, 0x82, 0x86, 0x84])
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut received)).await;
+    assert!(
+        closed.is_ok(),
+        "a stalled header block kept the connection open"
+    );
+    assert_eq!(upstream.requests().len(), 2);
+    proxy.shutdown().await;
+}

@@ -113,7 +113,8 @@ pub struct Config {
     /// How long an HTTP/1 client may take to send a request's head, counted from the head's
     /// first byte (nginx's `client_header_timeout`); a client that takes longer is answered
     /// `408` with `meshtrace-proxy-error: request_head_timeout` and the connection closed. Time
-    /// between requests does not count (see `MESHTRACE_HTTP1_IDLE_TIMEOUT`). `0`: unbounded.
+    /// between requests does not count (see `MESHTRACE_HTTP1_IDLE_TIMEOUT`). On h2, an open
+    /// header block older than this ends the connection. `0`: unbounded.
     #[arg(long, env = "MESHTRACE_HTTP1_HEADER_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub http1_header_read_timeout: Duration,
 

@@ -22,6 +22,7 @@ pub mod connection_service;
 pub mod destination;
 pub mod error;
 pub mod expect;
+pub mod h2_head;
 pub mod head;
 pub mod hop_by_hop;
 pub mod loop_check;
