@@ -353,29 +353,46 @@ pub struct EndScan {
 }
 
 impl EndScan {
-    /// Feeds the next bytes; `Some(n)`: the head ends after `bytes[..n]`.
+    /// Feeds the next bytes; `Some(n)`: the head ends after `bytes[..n]`. Jumps from line
+    /// ending to line ending (memchr), looking only at the bytes after each LF.
     pub fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
-        for (i, &byte) in bytes.iter().enumerate() {
-            match byte {
-                b'\n' => {
-                    if self.started && matches!(self.after_lf, Some(0) | Some(1)) {
-                        return Some(i + 1);
-                    }
-                    self.after_lf = Some(0);
-                }
-                b'\r' => {
-                    self.after_lf = match self.after_lf {
-                        Some(0) => Some(1),
-                        _ => None,
-                    }
-                }
-                _ => {
-                    self.started = true;
-                    self.after_lf = None;
-                }
+        let mut i = 0;
+        if !self.started {
+            i = bytes.iter().position(|b| !matches!(b, b'\r' | b'\n'))?;
+            self.started = true;
+            self.after_lf = None;
+        }
+        // A line ending split across reads: the bytes after its LF so far.
+        if let Some(seen) = self.after_lf.take() {
+            match self.after_empty_line(bytes, i, seen) {
+                Ok(end) => return Some(end),
+                Err(true) => return None,
+                Err(false) => {}
+            }
+        }
+        while let Some(lf) = memchr::memchr(b'\n', &bytes[i..]) {
+            i += lf + 1;
+            match self.after_empty_line(bytes, i, 0) {
+                Ok(end) => return Some(end),
+                Err(true) => return None,
+                Err(false) => {}
             }
         }
         None
+    }
+
+    /// Looks at `bytes[at..]`, which follow an LF and `seen` CRs: `Ok(end)` when they end the
+    /// head, `Err(true)` when they run out first (state kept), `Err(false)` for a field line.
+    fn after_empty_line(&mut self, bytes: &[u8], at: usize, seen: u8) -> Result<usize, bool> {
+        match (seen, bytes.get(at)) {
+            (_, Some(b'\n')) => Ok(at + 1),
+            (0, Some(b'\r')) => self.after_empty_line(bytes, at + 1, 1),
+            (_, None) => {
+                self.after_lf = Some(seen);
+                Err(true)
+            }
+            _ => Err(false),
+        }
     }
 }
 

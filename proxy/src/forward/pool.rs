@@ -19,7 +19,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::connect;
 use super::error::ForwardError;
-use super::server::MAX_HEADER_FIELDS;
 use super::streams::{self, ConnectionStreams};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -385,7 +384,6 @@ where
             .title_case_headers(false)
             // A response head past the limit is an upstream error, so a 502.
             .max_header_size(self.max_header_bytes)
-            .max_headers(MAX_HEADER_FIELDS)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ForwardError::upstream)?;
