@@ -21,7 +21,7 @@ pub use await_ready::AwaitReadyArgs;
 pub use export::ExportArgs;
 pub use init::{InitArgs, IptablesMode};
 pub use meshtrace_ports::PortList;
-pub use trace::{PropagationFormat, Toggle, TraceArgs};
+pub use trace::{PropagationFormat, TraceArgs, TraceResponse};
 
 use crate::forward::head::HeadLimits;
 use crate::meta::Direction;
@@ -138,6 +138,12 @@ pub struct Config {
     #[arg(long, env = "MESHTRACE_HTTP1_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = clap::value_parser!(u32).range(1024..))]
     pub http1_max_header_bytes: u32,
 
+    /// Most client connections each listener keeps open (each may hold an upstream connection
+    /// too); at the cap, or at the process's fd limit, idle connections are shed, oldest first,
+    /// to admit new clients. `0`: derived from the fd limit, (RLIMIT_NOFILE - 64) / 4.
+    #[arg(long, env = "MESHTRACE_MAX_CONNECTIONS", default_value = "0")]
+    pub max_connections: usize,
+
     /// Destination ports forwarded as opaque TCP without protocol detection, for
     /// server-speaks-first protocols: a comma-separated list of ports and ranges
     /// (`25,3306,8000-8100`, ports 1-65535); empty for none.
@@ -234,6 +240,7 @@ impl Default for Config {
             http1_header_read_timeout: Duration::from_secs(60),
             http1_idle_timeout: Duration::ZERO,
             http1_max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_connections: 0,
             opaque_ports: DEFAULT_OPAQUE_PORTS
                 .parse()
                 .unwrap_or_else(|_| PortList::default()),

@@ -10,12 +10,14 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::head::{ExchangeGuard, Exchanges};
 use super::BoxError;
+use crate::admission::{ConnSlot, InFlight};
 use crate::meta::ConnMeta;
 
 /// Connects hyper to one client connection's own stack. hyper calls its services through
 /// `&self`; tower's adapter for that clones the whole stack for every request, this one calls
 /// the connection's stack in place. It also puts the connection's [`ConnMeta`] into every
-/// request's extensions.
+/// request's extensions, and marks each request in flight on the connection's [`ConnSlot`]
+/// until its response body is done (a connection without one may be shed).
 ///
 /// The stack applies no backpressure (every layer is always ready), so readiness is checked
 /// without registering a waker, and a stack that is not ready fails the request rather than
@@ -27,14 +29,21 @@ use crate::meta::ConnMeta;
 pub struct ConnectionService<S> {
     stack: std::sync::Mutex<S>,
     meta: Arc<ConnMeta>,
+    slot: Arc<ConnSlot>,
     exchanges: Option<Arc<Exchanges>>,
 }
 
 impl<S> ConnectionService<S> {
-    pub fn new(stack: S, meta: Arc<ConnMeta>, exchanges: Option<Arc<Exchanges>>) -> Self {
+    pub fn new(
+        stack: S,
+        meta: Arc<ConnMeta>,
+        slot: Arc<ConnSlot>,
+        exchanges: Option<Arc<Exchanges>>,
+    ) -> Self {
         ConnectionService {
             stack: std::sync::Mutex::new(stack),
             meta,
+            slot,
             exchanges,
         }
     }
@@ -58,6 +67,7 @@ where
         let guard = self.exchanges.as_ref().map(Exchanges::begin);
         let connect = request.method() == Method::CONNECT;
         request.extensions_mut().insert(self.meta.clone());
+        let in_flight = Some(self.slot.request_started());
         // Only this connection's task calls it, so the lock is never contended.
         let mut stack = self
             .stack
@@ -72,6 +82,7 @@ where
         ExchangeFuture {
             inner,
             error,
+            in_flight,
             guard,
             connect,
         }
@@ -79,12 +90,14 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The stack's response future; hands the exchange's guard on to the response body.
+    /// The stack's response future; hands the request's [`InFlight`] mark and the exchange's
+    /// guard on to the response body.
     pub struct ExchangeFuture<F> {
         #[pin]
         inner: Option<F>,
         // Why the stack could not be called (`inner` is `None`).
         error: Option<BoxError>,
+        in_flight: Option<InFlight>,
         guard: Option<ExchangeGuard>,
         connect: bool,
     }
@@ -111,15 +124,22 @@ where
                 guard.upgraded();
             }
         }
-        Poll::Ready(Ok(response.map(|inner| ExchangeBody { inner, guard })))
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(response.map(|inner| ExchangeBody {
+            inner,
+            _in_flight: in_flight,
+            guard,
+        })))
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that ends its exchange when hyper drops it (after writing it).
+    /// A response body that keeps its request in flight and ends its exchange when hyper
+    /// drops it (after writing it).
     pub struct ExchangeBody<B> {
         #[pin]
         inner: B,
+        _in_flight: Option<InFlight>,
         guard: Option<ExchangeGuard>,
     }
 }

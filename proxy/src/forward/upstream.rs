@@ -21,6 +21,7 @@ use super::expect::ContinueGate;
 use super::hop_by_hop::{is_upgrade, strip_hop_by_hop};
 use super::loop_check::OwnListeners;
 use super::pool::{self, Affinity, Pool};
+use super::request_body::ClientBody;
 use super::resolve::Resolver;
 use super::tunnel::Tunnels;
 use super::BoxError;
@@ -52,14 +53,14 @@ pub struct UpstreamSettings {
 /// upstream connections that client connection uses (see [`Affinity`]).
 pub struct Upstream<B> {
     client: Arc<UpstreamClient<B>>,
-    affinity: Arc<Affinity<ContinueGate<B>>>,
+    affinity: Arc<Affinity<ContinueGate<ClientBody<B>>>>,
 }
 
 /// One direction's upstream client, shared by the [`Upstream`] handles of all its client
 /// connections.
 struct UpstreamClient<B> {
     settings: UpstreamSettings,
-    pool: Arc<Pool<ContinueGate<B>>>,
+    pool: Arc<Pool<ContinueGate<ClientBody<B>>>>,
     resolver: Resolver,
     tunnels: Tunnels,
 }
@@ -118,7 +119,7 @@ where
     }
 
     /// The connection pool, for periodic eviction of idle connections.
-    pub fn pool(&self) -> &Arc<Pool<ContinueGate<B>>> {
+    pub fn pool(&self) -> &Arc<Pool<ContinueGate<ClientBody<B>>>> {
         &self.client.pool
     }
 }
@@ -148,7 +149,7 @@ where
 {
     async fn forward(
         self: Arc<Self>,
-        affinity: Arc<Affinity<ContinueGate<B>>>,
+        affinity: Arc<Affinity<ContinueGate<ClientBody<B>>>>,
         mut request: Request<B>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let meta = request.extensions().get::<Arc<ConnMeta>>();
@@ -180,8 +181,7 @@ where
         let upgrade = is_upgrade(request.headers());
         strip_hop_by_hop(request.headers_mut(), upgrade);
         let client_upgrade = (upgrade || is_connect).then(|| hyper::upgrade::on(&mut request));
-        let (request, expect) = ContinueGate::request(request);
-
+        let (request, expect) = ContinueGate::request(request.map(ClientBody::new));
         let send = async {
             if request.version() == Version::HTTP_2 {
                 self.pool.send_h2(&affinity, targets, request).await
