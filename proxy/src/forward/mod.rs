@@ -23,6 +23,9 @@ pub mod connect;
 pub mod connection_service;
 pub mod destination;
 pub mod error;
+pub mod expect;
+pub mod h2_head;
+pub mod head;
 pub mod hop_by_hop;
 pub mod loop_check;
 pub mod pool;
@@ -109,6 +112,7 @@ pub fn http_stacks(params: &StackParams) -> HttpStacks {
             connect_timeout: params.settings.connect_timeout,
             response_timeout: params.settings.response_timeout,
             idle_timeout: params.settings.idle_timeout,
+            max_header_bytes: params.settings.max_header_bytes,
             own_listeners: params.own_listeners.clone(),
         },
         params.resolver.clone(),
