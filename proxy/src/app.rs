@@ -18,6 +18,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::admin::{self, AdminState};
 use crate::admission::{self, AcceptBackoff, Admission, ConnSlot, ShedReason};
+use crate::client_io::ClientIo;
 use crate::config::{Config, PortList};
 use crate::detect;
 use crate::export::{self, ExporterHandle};
@@ -98,37 +99,9 @@ impl Proxy {
         let tracer =
             Tracer::with_metrics(&config.trace, spans, TraceMetrics::register(&mut registry));
 
-        let bind = |name: &'static str, addr: SocketAddr| async move {
-            listen::bind(addr)
-                .await
-                .and_then(|listener| listener.local_addr().map(|local| (listener, local)))
-                .map_err(|source| AppError::Bind { name, addr, source })
-        };
-        let (admin_listener, admin_addr) = bind("admin", config.admin_addr).await?;
-
-        let (trigger, watch, drained) = shutdown::channel();
-        let ready = Arc::new(AtomicBool::new(false));
-        let admin_stop = CancellationToken::new();
-        let admin_state = AdminState {
-            registry: Arc::new(registry),
-            ready: ready.clone(),
-            shutdown: trigger.clone(),
-        };
-        tokio::spawn(admin::serve(
-            admin_listener,
-            admin_state,
-            admin_stop.clone().cancelled_owned(),
-        ));
-        let admin_guard = admin_stop.drop_guard();
-
-        let mut inbound_listeners = Vec::new();
-        for addr in config.inbound_addr.iter() {
-            inbound_listeners.push(bind("inbound", addr).await?);
-        }
-        let mut outbound_listeners = Vec::new();
-        for addr in config.outbound_addr.iter() {
-            outbound_listeners.push(bind("outbound", addr).await?);
-        }
+        let (admin_addr, admin) = start_admin(config.admin_addr, registry).await?;
+        let inbound_listeners = bind_all("inbound", config.inbound_addr.iter()).await?;
+        let outbound_listeners = bind_all("outbound", config.outbound_addr.iter()).await?;
         let bound_addrs = |listeners: &[(TcpListener, SocketAddr)]| -> Vec<SocketAddr> {
             listeners.iter().map(|(_, addr)| *addr).collect()
         };
@@ -164,7 +137,7 @@ impl Proxy {
                 own_listeners: own_listeners.clone(),
                 metrics: metrics.clone(),
                 resolver: resolver.clone(),
-                tunnels: watch.downgrade(),
+                tunnels: admin.watch.downgrade(),
                 tracer: tracer.clone(),
             });
             Arc::new(DirectionContext {
@@ -199,14 +172,75 @@ impl Proxy {
             inbound_addr,
             outbound_addr,
             admin_addr,
-            ready,
-            trigger,
-            watch,
-            drained,
+            ready: admin.ready,
+            trigger: admin.trigger,
+            watch: admin.watch,
+            drained: admin.drained,
             shutdown_grace: config.shutdown_grace,
-            _admin: admin_guard,
+            _admin: admin.guard,
         })
     }
+}
+
+/// What [`start_admin`] hands back: the admin server's handles and the shutdown channel it
+/// serves `POST /shutdown` through.
+struct AdminHandles {
+    ready: Arc<AtomicBool>,
+    trigger: Trigger,
+    watch: Watch,
+    drained: Drained,
+    guard: DropGuard,
+}
+
+/// Binds the admin listener and starts serving it (`/ready` answers 503 until the proxy runs).
+async fn start_admin(
+    addr: SocketAddr,
+    registry: Registry,
+) -> Result<(SocketAddr, AdminHandles), AppError> {
+    let (listener, admin_addr) = bind_listener("admin", addr).await?;
+    let (trigger, watch, drained) = shutdown::channel();
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
+    let state = AdminState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+        shutdown: trigger.clone(),
+    };
+    tokio::spawn(admin::serve(
+        listener,
+        state,
+        stop.clone().cancelled_owned(),
+    ));
+    let handles = AdminHandles {
+        ready,
+        trigger,
+        watch,
+        drained,
+        guard: stop.drop_guard(),
+    };
+    Ok((admin_addr, handles))
+}
+
+async fn bind_listener(
+    name: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), AppError> {
+    listen::bind(addr)
+        .await
+        .and_then(|listener| listener.local_addr().map(|local| (listener, local)))
+        .map_err(|source| AppError::Bind { name, addr, source })
+}
+
+/// Binds one listener per address of a direction (dual-stack pods have two).
+async fn bind_all(
+    name: &'static str,
+    addrs: impl Iterator<Item = SocketAddr>,
+) -> Result<Vec<(TcpListener, SocketAddr)>, AppError> {
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        listeners.push(bind_listener(name, addr).await?);
+    }
+    Ok(listeners)
 }
 
 async fn resolve_once(target: &str) -> Result<SocketAddr, AppError> {
@@ -389,22 +423,9 @@ async fn handle_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
-    let orig_dst = context
-        .fixed_target
-        .or_else(|| listen::original_dst(&stream));
-    if context.direction == Direction::Inbound && orig_dst.is_none() {
-        tracing::warn!(
-            %client_addr,
-            "inbound connection without an original destination and no MESHTRACE_INBOUND_TARGET; closing"
-        );
+    let Some(orig_dst) = original_destination(context, &stream, client_addr, local_addr) else {
         return;
-    }
-    if let Some(dst) = orig_dst {
-        if context.own_listeners.reached_by(dst, local_addr) {
-            tracing::warn!(%client_addr, %dst, direction, "destination is this proxy; closing to avoid a loop");
-            return;
-        }
-    }
+    };
 
     let mut io = context.metrics.count_bytes(stream);
     let opaque_port = orig_dst.is_some_and(|dst| context.opaque_ports.contains(dst.port()));
@@ -433,18 +454,7 @@ async fn handle_connection(
 
     match protocol {
         Protocol::Opaque => {
-            let Some(target) = orig_dst else {
-                tracing::info!(%client_addr, "explicit-mode connection is not HTTP; closing");
-                return;
-            };
-            match forward::tcp::forward(io, target, context.connect_timeout).await {
-                Ok((sent, received)) => {
-                    tracing::debug!(%client_addr, %target, sent, received, "opaque connection closed")
-                }
-                Err(error) => {
-                    tracing::info!(%client_addr, %target, %error, "opaque forwarding failed")
-                }
-            }
+            forward_opaque(io, orig_dst, client_addr, context.connect_timeout).await
         }
         Protocol::Http1 | Protocol::H2 => {
             let meta = Arc::new(ConnMeta {
@@ -453,24 +463,83 @@ async fn handle_connection(
                 local_addr,
                 orig_dst,
             });
-            // Request heads are bounded where they are read: HTTP/1 heads in time and size,
-            // h2 header blocks in time (h2 bounds their size itself).
-            let idle_timeout = context.head_limits.idle_timeout.is_some();
-            let exchanges =
-                (protocol == Protocol::Http1).then(|| Arc::new(Exchanges::new(idle_timeout)));
-            let limits = context.head_limits;
-            let io = match (&exchanges, limits.read_timeout) {
-                (Some(exchanges), _) => io.guard_heads(HeadGuard::new(limits, exchanges.clone())),
-                (None, Some(timeout)) => io.guard_h2_heads(H2HeadGuard::new(timeout)),
-                (None, None) => io,
-            };
-            let service = ConnectionService::new(
-                context.stack.for_connection(),
-                meta,
-                slot.clone(),
-                exchanges,
-            );
-            forward::serve_connection(protocol, io, service, watch, &context.head_limits).await;
+            serve_http(context, protocol, io, meta, slot, watch).await;
         }
     }
+}
+
+/// Where a transparent connection was going (`None` in explicit mode), or `None` in the outer
+/// option when the connection must be closed: inbound without a destination, or one that would
+/// loop back into this proxy.
+fn original_destination(
+    context: &DirectionContext,
+    stream: &TcpStream,
+    client_addr: SocketAddr,
+    local_addr: SocketAddr,
+) -> Option<Option<SocketAddr>> {
+    let direction = context.direction.as_str();
+    let orig_dst = context
+        .fixed_target
+        .or_else(|| listen::original_dst(stream));
+    if context.direction == Direction::Inbound && orig_dst.is_none() {
+        tracing::warn!(
+            %client_addr,
+            "inbound connection without an original destination and no MESHTRACE_INBOUND_TARGET; closing"
+        );
+        return None;
+    }
+    if let Some(dst) = orig_dst {
+        if context.own_listeners.reached_by(dst, local_addr) {
+            tracing::warn!(%client_addr, %dst, direction, "destination is this proxy; closing to avoid a loop");
+            return None;
+        }
+    }
+    Some(orig_dst)
+}
+
+/// Copies a connection that is not HTTP to its original destination.
+async fn forward_opaque(
+    io: ClientIo<TcpStream>,
+    orig_dst: Option<SocketAddr>,
+    client_addr: SocketAddr,
+    connect_timeout: Duration,
+) {
+    let Some(target) = orig_dst else {
+        tracing::info!(%client_addr, "explicit-mode connection is not HTTP; closing");
+        return;
+    };
+    match forward::tcp::forward(io, target, connect_timeout).await {
+        Ok((sent, received)) => {
+            tracing::debug!(%client_addr, %target, sent, received, "opaque connection closed")
+        }
+        Err(error) => tracing::info!(%client_addr, %target, %error, "opaque forwarding failed"),
+    }
+}
+
+/// Serves an HTTP/1 or h2 connection through the direction's stack.
+async fn serve_http(
+    context: &DirectionContext,
+    protocol: Protocol,
+    io: ClientIo<TcpStream>,
+    meta: Arc<ConnMeta>,
+    slot: &Arc<ConnSlot>,
+    watch: &Watch,
+) {
+    // Request heads are bounded where they are read: HTTP/1 heads in time and size,
+    // h2 header blocks in time (h2 bounds their size itself).
+    let idle_timeout = context.head_limits.idle_timeout.is_some();
+    let exchanges = (protocol == Protocol::Http1).then(|| Arc::new(Exchanges::new(idle_timeout)));
+    let limits = context.head_limits;
+    let io = match (&exchanges, limits.read_timeout) {
+        (Some(exchanges), _) => io.guard_heads(HeadGuard::new(limits, exchanges.clone())),
+        (None, Some(timeout)) => io.guard_h2_heads(H2HeadGuard::new(timeout)),
+        (None, None) => io,
+    };
+    let service = ConnectionService::new(
+        context.stack.for_connection(),
+        meta,
+        slot.clone(),
+        exchanges,
+    );
+    forward::serve_connection(protocol, io, service, watch, &context.head_limits).await;
 }

@@ -78,3 +78,22 @@ impl ErrorType for std::convert::Infallible {
         match *self {}
     }
 }
+
+/// Whether an HTTP/1.1 message asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &http::HeaderMap, option: &str) -> bool {
+    connection_options(headers).any(|o| o.eq_ignore_ascii_case(option))
+}
+
+pub(crate) fn connection_options(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|option| !option.is_empty())
+}

@@ -6,7 +6,6 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::parse_duration;
-use crate::trace::correlate::ContextInference;
 use crate::trace::SpanNaming;
 
 /// A propagation format named in `MESHTRACE_PROPAGATION`.
@@ -173,6 +172,18 @@ impl Default for TraceArgs {
             context_max_age: Duration::from_secs(60),
         }
     }
+}
+
+/// How much of the context inference runs (`MESHTRACE_CONTEXT_INFERENCE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContextInference {
+    /// No inference: an outbound request without trace context starts a new trace.
+    Off,
+    /// Only exact parents through request ids.
+    #[value(name = "request-id")]
+    RequestId,
+    /// Request ids, then the sole in-flight request, then links to the candidates.
+    Infer,
 }
 
 /// The values of `MESHTRACE_SPAN_NAME`, so that `trace` needs no clap.

@@ -3,24 +3,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Whether an HTTP/1.1 message asks to switch protocols (`Connection: upgrade` + `Upgrade`).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
-}
-
-fn connection_has(headers: &HeaderMap, option: &str) -> bool {
-    connection_options(headers).any(|o| o.eq_ignore_ascii_case(option))
-}
-
-fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .filter(|option| !option.is_empty())
-}
+use crate::meta::connection_options;
+pub use crate::meta::is_upgrade;
 
 /// Removes the hop-by-hop fields of RFC 9110 §7.6.1: those named by `Connection`, then
 /// `Connection`, `Proxy-Connection`, `Keep-Alive`, `TE` (except `trailers`, which the proxy

@@ -38,24 +38,13 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
+pub use crate::config::trace::ContextInference;
 use crate::span::{SpanId, TraceId};
 
 /// `meshtrace.context.source`: how an outbound SERVER span's parent was found ([`Source`]).
 pub const ATTR_SOURCE: &str = "meshtrace.context.source";
 /// `meshtrace.context.candidates`: how many inbound requests could have been the parent.
 pub const ATTR_CANDIDATES: &str = "meshtrace.context.candidates";
-
-/// How much of the context inference runs (`MESHTRACE_CONTEXT_INFERENCE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ContextInference {
-    /// No inference: an outbound request without trace context starts a new trace.
-    Off,
-    /// Only exact parents through request ids.
-    #[value(name = "request-id")]
-    RequestId,
-    /// Request ids, then the sole in-flight request, then links to the candidates.
-    Infer,
-}
 
 /// How an outbound SERVER span's parent was found (`meshtrace.context.source`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

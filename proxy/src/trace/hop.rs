@@ -21,7 +21,7 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::{HeaderValue, Method};
 
-use crate::forward::hop_by_hop::is_upgrade;
+use crate::meta::is_upgrade;
 use crate::meta::{ConnMeta, Direction};
 use crate::span::{AttrValue, Links, SpanId, SpanKind, TraceId};
 
