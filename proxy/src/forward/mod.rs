@@ -21,6 +21,7 @@ pub mod connect;
 pub mod connection_service;
 pub mod destination;
 pub mod error;
+pub mod h1;
 pub mod hop_by_hop;
 pub mod loop_check;
 pub mod pool;
