@@ -11,8 +11,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use meshtrace_proxy::forward::h1::head::Limits;
-use meshtrace_proxy::forward::h1::stream::{frame_requests, StreamEnd};
+use meshtrace_proxy::forward::h1::head::{parse_response, Limits, Method};
+use meshtrace_proxy::forward::h1::stream::{chunked_content, frame_requests, StreamEnd};
+use meshtrace_proxy::forward::h1::{response_body, BodyFraming};
 use meshtrace_proxy::meta::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -215,6 +216,139 @@ async fn codec_accepts_nothing_hyper_refuses_and_frames_what_it_accepts_as_hyper
                 ours.len(),
                 hyper.len()
             ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+}
+
+// ---- responses: the codec against hyper's HTTP/1 client ------------------------------------
+
+/// The codec's reading of one response to a `method` request: (status, content) when it framed
+/// a complete response, else the refusal's error type (or `incomplete`).
+fn codec_response(method: Method, raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let mut fields = Vec::new();
+    let head = match parse_response(raw, &Limits::default(), &mut fields) {
+        Ok(Some(head)) => head,
+        Ok(None) => return Err("incomplete".into()),
+        Err(error) => return Err(error.error_type().into()),
+    };
+    let rest = &raw[head.end..];
+    let content = match response_body(method, &head) {
+        BodyFraming::None => Vec::new(),
+        BodyFraming::CloseDelimited => rest.to_vec(),
+        BodyFraming::Length(n) => rest.get(..n as usize).ok_or("incomplete")?.to_vec(),
+        BodyFraming::Chunked => match chunked_content(rest, &Limits::default()) {
+            Ok(Some((content, _))) => content,
+            Ok(None) => return Err("incomplete".into()),
+            Err(error) => return Err(error.error_type().into()),
+        },
+    };
+    Ok((head.status, content))
+}
+
+/// What hyper's client made of `raw` as the response to a `method` request.
+async fn hyper_client_reads(method: Method, raw: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let raw = raw.to_vec();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let _ = stream.write_all(&raw).await;
+        let _ = stream.shutdown().await;
+    });
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<Bytes>,
+    >(hyper_util::rt::TokioIo::new(stream))
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let method = if method == Method::Head {
+        "HEAD"
+    } else {
+        "GET"
+    };
+    let request = Request::builder()
+        .method(method)
+        .uri("/")
+        .header("host", "a")
+        .body(Default::default())
+        .unwrap();
+    let read = async {
+        let response = sender.send_request(request).await.ok()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, body.to_vec()))
+    };
+    // A safety net against a hung client, not a timing assertion.
+    let answer = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("hyper client hung");
+    server.abort();
+    answer
+}
+
+/// (name, the request method, the response bytes, the codec's expected reading).
+type ResponseCase = (
+    &'static str,
+    Method,
+    &'static str,
+    Result<(u16, &'static str), &'static str>,
+);
+
+fn response_corpus() -> Vec<ResponseCase> {
+    use Method::{Head, Other};
+    vec![
+        ("content-length", Other, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", Ok((200, "hello"))),
+        ("repeated Set-Cookie", Other, "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Multi: x\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n", Ok((200, ""))),
+        ("chunked with trailer", Other, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n5\r\npedia\r\n0\r\nX-T: 1\r\n\r\n", Ok((200, "Wikipedia"))),
+        ("close-delimited", Other, "HTTP/1.1 200 OK\r\n\r\nuntil close", Ok((200, "until close"))),
+        ("HTTP/1.0 close-delimited", Other, "HTTP/1.0 200 OK\r\n\r\nold", Ok((200, "old"))),
+        ("no reason phrase", Other, "HTTP/1.1 404 \r\nContent-Length: 1\r\n\r\nx", Ok((404, "x"))),
+        ("204 has no body", Other, "HTTP/1.1 204 No Content\r\n\r\n", Ok((204, ""))),
+        ("304 ignores Content-Length", Other, "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", Ok((304, ""))),
+        ("HEAD ignores Content-Length", Head, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", Ok((200, ""))),
+        ("CL.TE", Other, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Err("content_length_with_transfer_encoding")),
+        ("TE not ending in chunked", Other, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nbody", Err("invalid_transfer_encoding")),
+        ("TE xchunked", Other, "HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", Err("invalid_transfer_encoding")),
+        ("TE in HTTP/1.0", Other, "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Err("transfer_encoding_http10")),
+        ("CL differing", Other, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy", Err("repeated_content_length")),
+        ("CL invalid", Other, "HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nx", Err("invalid_content_length")),
+        ("LF-only", Other, "HTTP/1.1 200 OK\nContent-Length: 1\n\nx", Err("invalid_line_ending")),
+        ("obs-fold", Other, "HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 1\r\n\r\nx", Err("invalid_field")),
+        ("space before colon", Other, "HTTP/1.1 200 OK\r\nContent-Length : 1\r\n\r\nx", Err("invalid_field")),
+        ("chunk size overflow", Other, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nx\r\n0\r\n\r\n", Err("chunk_size_overflow")),
+        ("bare LF in chunked body", Other, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n0\r\n\r\n", Err("invalid_chunk_line_ending")),
+        ("truncated content-length body", Other, "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort", Err("incomplete")),
+    ]
+}
+
+#[tokio::test]
+async fn codec_reads_no_response_hyper_refuses_and_frames_what_it_accepts_as_hyper_does() {
+    let mut disagreements = Vec::new();
+    for (name, method, raw, expected) in response_corpus() {
+        let ours = codec_response(method, raw.as_bytes());
+        let expected = expected
+            .map(|(s, b)| (s, b.as_bytes().to_vec()))
+            .map_err(String::from);
+        if ours != expected {
+            disagreements.push(format!(
+                "{name}: codec read {ours:?}, the case expects {expected:?}"
+            ));
+        }
+        let hyper = hyper_client_reads(method, raw.as_bytes()).await;
+        if let Ok(accepted) = &ours {
+            if hyper.as_ref() != Some(accepted) {
+                disagreements.push(format!(
+                    "{name}: codec read {accepted:?}, hyper's client {hyper:?}"
+                ));
+            }
         }
     }
     assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));

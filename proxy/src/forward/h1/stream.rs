@@ -76,7 +76,12 @@ fn body(
     }
 }
 
-fn chunked_content(input: &[u8], limits: &Limits) -> Result<Option<(Vec<u8>, usize)>, ChunkError> {
+/// A chunked body at the front of `input`: its content and its length on the wire, `None`
+/// if cut short.
+pub fn chunked_content(
+    input: &[u8],
+    limits: &Limits,
+) -> Result<Option<(Vec<u8>, usize)>, ChunkError> {
     let mut decoder = ChunkedDecoder::new(limits.max_head_bytes);
     let (mut content, mut at) = (Vec::new(), 0);
     loop {
