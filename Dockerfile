@@ -17,18 +17,20 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p meshtrace-proxy -p meshtrace-injector \
     && cargo build --release --locked -p meshtrace-examples --bin sample-service \
     && mkdir -p /out \
-    && cp target/release/meshtrace-proxy target/release/meshtrace-injector \
-        target/release/sample-service /out/
+    && cp target/release/meshtrace-proxy target/release/meshtrace-cni \
+        target/release/meshtrace-injector target/release/sample-service /out/
 
-# The proxy, and its init step (`meshtrace-proxy init`, which needs iptables). bash is used by the
-# postStart hook that holds app containers until the proxy is ready on pre-1.29 clusters.
+# The proxy, its init step (`meshtrace-proxy init`, which needs iptables), its postStart hook
+# (`meshtrace-proxy await-ready`, no shell needed) and the CNI plugin with its installer
+# (`meshtrace-cni install`, run by manifests/cni/; the plugin itself runs on the node and uses the
+# node's iptables).
 FROM debian:${DEBIAN_RELEASE}-slim AS proxy
 # Debian's stable archive only carries the current security-patched version: pinning would break.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends iptables ca-certificates \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=build /out/meshtrace-proxy /usr/local/bin/meshtrace-proxy
+COPY --from=build /out/meshtrace-proxy /out/meshtrace-cni /usr/local/bin/
 # The proxy's identity (iptables lets its own traffic through by this uid); the init container
 # runs as root through its securityContext.
 USER 2102:2102

@@ -34,6 +34,13 @@ pub mod keys {
     pub const PROXY_MEMORY_LIMIT: &str = "meshtrace.io/proxy-memory-limit";
     pub const NATIVE_SIDECAR: &str = "meshtrace.io/native-sidecar";
     pub const LOG_LEVEL: &str = "meshtrace.io/log-level";
+    /// `off`, `request-id` or `infer`: how the proxy finds a parent for outbound requests that
+    /// carry no trace context (MESHTRACE_CONTEXT_INFERENCE).
+    pub const CONTEXT_INFERENCE: &str = "meshtrace.io/context-inference";
+    /// Request-id header name, or `none` (MESHTRACE_REQUEST_ID_HEADER).
+    pub const REQUEST_ID_HEADER: &str = "meshtrace.io/request-id-header";
+    /// The namespace label Pod Security Admission enforces.
+    pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 }
 
 /// Why a configuration value was refused.
@@ -275,6 +282,143 @@ impl FromStr for StrictBool {
     }
 }
 
+/// `MESHTRACE_CONTEXT_INFERENCE` of the proxy: how an outbound request without trace context
+/// finds its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextInference {
+    Off,
+    RequestId,
+    Infer,
+}
+
+impl FromStr for ContextInference {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            "request-id" => Ok(Self::RequestId),
+            "infer" => Ok(Self::Infer),
+            other => Err(invalid(format!(
+                "context inference {other:?} is not \"off\", \"request-id\" or \"infer\""
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for ContextInference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::RequestId => "request-id",
+            Self::Infer => "infer",
+        })
+    }
+}
+
+/// `MESHTRACE_REQUEST_ID_HEADER` of the proxy: an HTTP field name (RFC 9110 token), or `none`.
+/// Kept as written, lowercased (field names are case-insensitive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestIdHeader(String);
+
+impl FromStr for RequestIdHeader {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "none" {
+            return Ok(RequestIdHeader(s.to_owned()));
+        }
+        match http::HeaderName::from_bytes(s.as_bytes()) {
+            Ok(name) if !s.is_empty() => Ok(RequestIdHeader(name.as_str().to_owned())),
+            _ => Err(invalid(format!(
+                "request id header {s:?} is not an HTTP field name (or \"none\")"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for RequestIdHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Pod Security Standards level, as the `pod-security.kubernetes.io/enforce` label spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum PodSecurityLevel {
+    Privileged,
+    Baseline,
+    Restricted,
+}
+
+impl PodSecurityLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Privileged => "privileged",
+            Self::Baseline => "baseline",
+            Self::Restricted => "restricted",
+        }
+    }
+
+    /// The level a namespace label value enforces. Pod Security Admission evaluates a value it
+    /// cannot parse as `restricted`, so this does too.
+    pub fn from_label(value: &str) -> Self {
+        match value {
+            "privileged" => Self::Privileged,
+            "baseline" => Self::Baseline,
+            _ => Self::Restricted,
+        }
+    }
+}
+
+/// A Kubernetes `major.minor` version, as `/version` reports it or the operator configures it
+/// (`1.28`, `v1.28.3`, GKE's minor `28+`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KubeVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl KubeVersion {
+    /// From `/version`'s `major` and `minor` strings (the minor may carry a suffix).
+    pub fn from_parts(major: &str, minor: &str) -> Option<Self> {
+        let number = |s: &str| -> Option<u32> {
+            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        };
+        Some(KubeVersion {
+            major: number(major)?,
+            minor: number(minor)?,
+        })
+    }
+
+    /// Sidecar containers (init containers with `restartPolicy: Always`) are on by default
+    /// from 1.29.
+    pub fn has_native_sidecars(self) -> bool {
+        self >= KubeVersion {
+            major: 1,
+            minor: 29,
+        }
+    }
+}
+
+impl FromStr for KubeVersion {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let trimmed = s.trim().trim_start_matches('v');
+        let mut parts = trimmed.split('.');
+        let parsed = match (parts.next(), parts.next()) {
+            (Some(major), Some(minor)) => KubeVersion::from_parts(major, minor),
+            _ => None,
+        };
+        parsed.ok_or_else(|| invalid(format!("{s:?} is not a Kubernetes version like 1.28")))
+    }
+}
+
+impl fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
 /// How the proxy container is added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NativeSidecarMode {
@@ -375,6 +519,10 @@ pub struct ProxySettings {
     /// `Some` when an annotation forces the mode; `None` defers to the injector's mode.
     pub native_sidecar: Option<bool>,
     pub log_level: LogLevel,
+    /// Only from annotations: unset leaves the proxy's own default.
+    pub context_inference: Option<ContextInference>,
+    /// Only from annotations: unset leaves the proxy's own default.
+    pub request_id_header: Option<RequestIdHeader>,
 }
 
 /// Where a value came from, for warnings.
@@ -455,6 +603,8 @@ impl ProxySettings {
                 .map(|b| b.0),
             log_level: pick(keys::LOG_LEVEL, pod, namespace, &mut w)
                 .unwrap_or_else(|| defaults.proxy_log_level.clone()),
+            context_inference: pick(keys::CONTEXT_INFERENCE, pod, namespace, &mut w),
+            request_id_header: pick(keys::REQUEST_ID_HEADER, pod, namespace, &mut w),
         };
         (settings, w)
     }
@@ -528,6 +678,49 @@ pub struct Cli {
 
     #[command(flatten)]
     pub proxy: ProxyDefaults,
+
+    #[command(flatten)]
+    pub cluster: ClusterSettings,
+}
+
+/// What the injector assumes about the cluster it serves.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterSettings {
+    /// CNI mode: the meshtrace-cni plugin (manifests/cni/) programs each meshed pod's iptables
+    /// rules, so no `meshtrace-init` container (and no NET_ADMIN) is injected.
+    #[arg(long, env = "MESHTRACE_CNI", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub cni: bool,
+
+    /// Kubernetes version of the API server (`1.28`) instead of reading `/version`.
+    #[arg(long, env = "MESHTRACE_KUBERNETES_VERSION")]
+    pub kubernetes_version: Option<KubeVersion>,
+
+    /// Seconds between re-reads of the API server's `/version` (an upgraded control plane
+    /// gains native sidecars without restarting the injector).
+    #[arg(long, env = "MESHTRACE_VERSION_REFRESH_SECONDS", default_value_t = 600)]
+    pub version_refresh_seconds: u64,
+
+    /// Pod Security level enforced in namespaces without a `pod-security.kubernetes.io/enforce`
+    /// label (the `defaults.enforce` of the API server's PodSecurity AdmissionConfiguration).
+    #[arg(
+        long,
+        env = "MESHTRACE_POD_SECURITY_DEFAULT",
+        value_enum,
+        default_value = "privileged"
+    )]
+    pub pod_security_default: PodSecurityLevel,
+}
+
+impl Default for ClusterSettings {
+    /// The flags' defaults.
+    fn default() -> Self {
+        ClusterSettings {
+            cni: false,
+            kubernetes_version: None,
+            version_refresh_seconds: 600,
+            pod_security_default: PodSecurityLevel::Privileged,
+        }
+    }
 }
 
 #[cfg(test)]

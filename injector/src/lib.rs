@@ -12,5 +12,6 @@ pub mod config;
 pub mod metrics;
 pub mod namespaces;
 pub mod patch;
+pub mod pod_security;
 pub mod review;
 pub mod server;

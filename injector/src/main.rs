@@ -102,7 +102,8 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let client = kube::Client::try_default().await?;
-    let cluster = KubeCluster::spawn(client.clone());
+    let refresh = Duration::from_secs(cli.cluster.version_refresh_seconds.max(1));
+    let cluster = KubeCluster::spawn_with_refresh(client.clone(), refresh);
 
     let resolver = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => {
@@ -144,13 +145,19 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     };
     let webhook_listener = bind(cli.listen).await?;
     let metrics_listener = bind(cli.metrics_listen).await?;
-    tracing::info!(webhook = %cli.listen, metrics = %cli.metrics_listen, mesh_namespace = %cli.namespace, "serving");
+    tracing::info!(webhook = %cli.listen, metrics = %cli.metrics_listen, mesh_namespace = %cli.namespace, cni = cli.cluster.cni, "serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let webhook = Arc::new(Webhook::new(cluster, cli.proxy, cli.namespace, metrics));
+    let webhook = Arc::new(Webhook::with_cluster_settings(
+        cluster,
+        cli.proxy,
+        cli.cluster,
+        cli.namespace,
+        metrics,
+    ));
     let webhook_server = server::serve_webhook(
         webhook_listener,
         tls,

@@ -2,12 +2,13 @@
 //!
 //! Namespace metadata is kept by a watch-backed reflector so an admission costs no API call; a
 //! namespace the cache has not seen yet (startup, a namespace created a moment ago) is read with
-//! one direct GET. The version is read once and cached: it decides native sidecars and does not
-//! change under a running injector in practice (an upgrade restarts the webhook's pods long
-//! before it matters, and a regular container works everywhere anyway).
+//! one direct GET. The version decides native sidecars; it is read on first use and re-read
+//! every `--version-refresh-seconds`, so an upgraded control plane is noticed without a restart
+//! (a failed re-read keeps the last known version).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -15,10 +16,10 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
-use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
-use crate::review::{Cluster, ClusterError};
+use crate::config::KubeVersion;
+use crate::review::{Cluster, ClusterError, NamespaceMeta};
 
 /// Aborts the reflector task when the last cache handle goes away.
 #[derive(Debug)]
@@ -69,50 +70,78 @@ impl NamespaceCache {
         self.store.wait_until_ready().await.is_ok()
     }
 
+    /// The namespace's annotations and labels, from the cache or, on a miss, the API.
+    pub async fn metadata(&self, name: &str) -> Result<NamespaceMeta, ClusterError> {
+        let meta = match self.store.get(&ObjectRef::new(name)) {
+            Some(cached) => cached.metadata.clone(),
+            None => {
+                tracing::debug!(
+                    namespace = name,
+                    "namespace not cached; reading it from the API"
+                );
+                match self.api.get_metadata_opt(name).await? {
+                    Some(meta) => meta.metadata,
+                    None => return Err(ClusterError::NamespaceNotFound(name.to_owned())),
+                }
+            }
+        };
+        Ok(NamespaceMeta {
+            annotations: meta.annotations.unwrap_or_default(),
+            labels: meta.labels.unwrap_or_default(),
+        })
+    }
+
     /// The namespace's annotations, from the cache or, on a miss, the API.
     pub async fn annotations(&self, name: &str) -> Result<BTreeMap<String, String>, ClusterError> {
-        if let Some(cached) = self.store.get(&ObjectRef::new(name)) {
-            return Ok(cached.metadata.annotations.clone().unwrap_or_default());
-        }
-        tracing::debug!(
-            namespace = name,
-            "namespace not cached; reading it from the API"
-        );
-        match self.api.get_metadata_opt(name).await? {
-            Some(meta) => Ok(meta.metadata.annotations.unwrap_or_default()),
-            None => Err(ClusterError::NamespaceNotFound(name.to_owned())),
-        }
+        self.metadata(name).await.map(|meta| meta.annotations)
     }
 }
 
 /// Kubernetes >= 1.29 (native sidecars on by default) from `/version`'s major and minor strings
 /// (minor may carry a suffix, e.g. GKE's `29+`).
 pub fn supports_native_sidecars(major: &str, minor: &str) -> Result<bool, ClusterError> {
-    let number = |s: &str| -> Option<u32> {
-        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
-    };
-    match (number(major), number(minor)) {
-        (Some(major), Some(minor)) => Ok(major > 1 || (major == 1 && minor >= 29)),
-        _ => Err(ClusterError::Version(format!("{major}.{minor}"))),
-    }
+    KubeVersion::from_parts(major, minor)
+        .map(KubeVersion::has_native_sidecars)
+        .ok_or_else(|| ClusterError::Version(format!("{major}.{minor}")))
 }
 
-/// The real cluster: namespace cache plus the API server's version, read once.
+/// The real cluster: namespace cache plus the API server's version, re-read every `refresh`.
 #[derive(Clone)]
 pub struct KubeCluster {
     namespaces: NamespaceCache,
     client: Client,
-    native_sidecars: Arc<OnceCell<bool>>,
+    refresh: Duration,
+    /// The last version read, and when.
+    native_sidecars: Arc<Mutex<Option<(bool, Instant)>>>,
 }
 
 impl KubeCluster {
     pub fn spawn(client: Client) -> Self {
+        Self::spawn_with_refresh(client, Duration::from_secs(600))
+    }
+
+    /// Like [`KubeCluster::spawn`], re-reading `/version` when the last read is older than
+    /// `refresh`.
+    pub fn spawn_with_refresh(client: Client, refresh: Duration) -> Self {
         KubeCluster {
             namespaces: NamespaceCache::spawn(client.clone()),
             client,
-            native_sidecars: Arc::new(OnceCell::new()),
+            refresh,
+            native_sidecars: Arc::new(Mutex::new(None)),
         }
+    }
+
+    fn cached_version(&self) -> Option<(bool, Instant)> {
+        *self
+            .native_sidecars
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn read_version(&self) -> Result<bool, ClusterError> {
+        let info = self.client.apiserver_version().await?;
+        tracing::info!(version = %info.git_version, "read the API server version");
+        supports_native_sidecars(&info.major, &info.minor)
     }
 
     pub fn namespaces(&self) -> &NamespaceCache {
@@ -121,23 +150,36 @@ impl KubeCluster {
 }
 
 impl Cluster for KubeCluster {
-    async fn namespace_annotations(
-        &self,
-        namespace: &str,
-    ) -> Result<BTreeMap<String, String>, ClusterError> {
-        self.namespaces.annotations(namespace).await
+    async fn namespace(&self, namespace: &str) -> Result<NamespaceMeta, ClusterError> {
+        self.namespaces.metadata(namespace).await
     }
 
     async fn supports_native_sidecars(&self) -> Result<bool, ClusterError> {
-        // A failed read is not cached: the next admission tries again.
-        self.native_sidecars
-            .get_or_try_init(|| async {
-                let info = self.client.apiserver_version().await?;
-                tracing::info!(version = %info.git_version, "read the API server version");
-                supports_native_sidecars(&info.major, &info.minor)
-            })
-            .await
-            .copied()
+        let cached = self.cached_version();
+        if let Some((native, read_at)) = cached {
+            if read_at.elapsed() < self.refresh {
+                return Ok(native);
+            }
+        }
+        match self.read_version().await {
+            Ok(native) => {
+                *self
+                    .native_sidecars
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                    Some((native, Instant::now()));
+                Ok(native)
+            }
+            // A failed re-read keeps the last known answer; a failed first read is not cached,
+            // so the next admission tries again.
+            Err(err) => match cached {
+                Some((native, _)) => {
+                    tracing::warn!(error = %err, "cannot re-read the API server version; keeping the last one");
+                    Ok(native)
+                }
+                None => Err(err),
+            },
+        }
     }
 }
 

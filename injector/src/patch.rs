@@ -3,7 +3,7 @@
 //!
 //! Only fields every supported Kubernetes version (1.24+) knows are written, except
 //! `restartPolicy: Always` on an init container, which is only used in native-sidecar mode
-//! (1.29+, or forced by annotation).
+//! (1.29+).
 
 use std::collections::BTreeMap;
 
@@ -26,15 +26,24 @@ pub const PROXY_UID: i64 = 2102;
 /// `kubectl logs`/`exec` default: the app, not the proxy that became the first container.
 const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 
+/// Where the proxy image keeps the binary (Dockerfile).
+pub const PROXY_BINARY: &str = "/usr/local/bin/meshtrace-proxy";
+
 /// Blocks the app containers until the proxy is ready when the proxy is a regular container: the
-/// kubelet starts the next container only after this postStart hook returns. Uses bash's
-/// `/dev/tcp` so the proxy image needs no HTTP client; gives up (and the kubelet restarts the
-/// proxy) after two minutes.
-const AWAIT_READY_SCRIPT: &str = "for _ in $(seq 1 120); do \
-if exec 3<>/dev/tcp/127.0.0.1/4191; then \
-printf 'GET /ready HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3; read -r status <&3; exec 3<&-; \
-case \"$status\" in *' 200 '*) exit 0;; esac; fi 2>/dev/null; sleep 1; done; \
-echo 'meshtrace-proxy not ready after 120s' >&2; exit 1";
+/// kubelet starts the next container only after this postStart hook returns. The proxy's own
+/// `await-ready` polls `/ready` on the admin port, so the image needs no shell; it gives up
+/// (and the kubelet restarts the proxy) after two minutes.
+const AWAIT_READY_TIMEOUT: &str = "2m";
+
+/// How the pod's traffic reaches the proxy, and in which form the proxy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Form {
+    /// Native sidecar (init container with `restartPolicy: Always`, 1.29+) rather than a regular
+    /// first container.
+    pub native_sidecar: bool,
+    /// The meshtrace CNI plugin programs the pod's iptables rules: no `meshtrace-init`.
+    pub cni: bool,
+}
 
 fn pointer(tokens: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(tokens.iter().copied())
@@ -111,14 +120,14 @@ fn value_env(name: &str, value: impl Into<String>) -> Value {
     json!({"name": name, "value": value.into()})
 }
 
-fn proxy_env(pod: &Pod, settings: &ProxySettings) -> Value {
+fn proxy_env(pod: &Pod, settings: &ProxySettings) -> Vec<Value> {
     let workload = workload_name(pod);
     let inbound_ports = app_inbound_ports(pod)
         .iter()
         .map(u16::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    json!([
+    [
         field_env("MESHTRACE_POD_NAME", "metadata.name"),
         field_env("MESHTRACE_POD_NAMESPACE", "metadata.namespace"),
         field_env("MESHTRACE_NODE_NAME", "spec.nodeName"),
@@ -129,16 +138,36 @@ fn proxy_env(pod: &Pod, settings: &ProxySettings) -> Value {
         value_env("MESHTRACE_SAMPLE_RATE", settings.sample_rate.to_string()),
         value_env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
-            settings.collector_endpoint.to_string()
+            settings.collector_endpoint.to_string(),
         ),
         value_env(
             "OTEL_EXPORTER_OTLP_PROTOCOL",
-            settings.collector_protocol.to_string()
+            settings.collector_protocol.to_string(),
         ),
         value_env("MESHTRACE_OPAQUE_PORTS", settings.opaque_ports.to_string()),
         value_env("MESHTRACE_INBOUND_PORTS", inbound_ports),
         value_env("MESHTRACE_LOG", settings.log_level.to_string()),
-    ])
+        value_env(
+            "MESHTRACE_CONTEXT_INFERENCE",
+            settings
+                .context_inference
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+        ),
+        value_env(
+            "MESHTRACE_REQUEST_ID_HEADER",
+            settings
+                .request_id_header
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        ),
+    ]
+    .into_iter()
+    // An empty value is not "unset" to the proxy (an empty MESHTRACE_OPAQUE_PORTS would replace
+    // its default list with nothing): leave settings without a value out.
+    .filter(|env| env.get("value").is_none_or(|v| v != ""))
+    .collect()
 }
 
 fn proxy_resources(settings: &ProxySettings) -> Value {
@@ -196,7 +225,9 @@ fn proxy_container(pod: &Pod, settings: &ProxySettings, native_sidecar: bool) ->
         container["startupProbe"] = admin_probe("/ready", 1, 120);
     } else {
         container["lifecycle"] = json!({
-            "postStart": {"exec": {"command": ["/bin/bash", "-c", AWAIT_READY_SCRIPT]}}
+            "postStart": {"exec": {"command": [
+                PROXY_BINARY, "await-ready", "--timeout", AWAIT_READY_TIMEOUT
+            ]}}
         });
     }
     container
@@ -242,66 +273,88 @@ fn init_container(settings: &ProxySettings) -> Value {
     })
 }
 
-/// The patch meshing `pod`. `native_sidecar` picks the proxy's form (decided by the caller from
-/// the annotation and the API server's version).
+/// The patch meshing `pod` in `form`.
 ///
 /// Native sidecar: `meshtrace-init`, then the proxy, run before any existing init container (so
 /// their traffic is proxied too). Regular container: `meshtrace-init` runs after the existing
 /// init containers (nothing would serve their redirected traffic) and the proxy becomes the first
-/// container.
-pub fn build(pod: &Pod, settings: &ProxySettings, native_sidecar: bool) -> Patch {
+/// container. CNI mode: no `meshtrace-init` (the plugin programs the rules before any container
+/// starts), and the effective skip ports are written onto the pod, where the plugin reads them.
+pub fn build(pod: &Pod, settings: &ProxySettings, form: Form) -> Patch {
     let mut ops = Vec::new();
     let spec = pod.spec.as_ref();
+    annotations(pod, settings, form, &mut ops);
 
-    let mut added_annotations = BTreeMap::from([
-        (keys::INJECTED.to_owned(), "true".to_owned()),
-        (keys::PROXY_VERSION.to_owned(), settings.version.clone()),
-    ]);
-    let existing_annotations = pod.metadata.annotations.as_ref();
-    if !native_sidecar {
-        let app = spec
-            .and_then(|s| s.containers.first())
-            .map(|c| c.name.clone());
-        let already_set =
-            existing_annotations.is_some_and(|a| a.contains_key(DEFAULT_CONTAINER_ANNOTATION));
-        if let Some(app) = app.filter(|_| !already_set) {
-            added_annotations.insert(DEFAULT_CONTAINER_ANNOTATION.to_owned(), app);
-        }
-    }
-    match existing_annotations {
-        None => ops.push(add(&["metadata", "annotations"], json!(added_annotations))),
-        Some(_) => {
-            for (key, value) in added_annotations {
-                ops.push(add(&["metadata", "annotations", &key], json!(value)));
-            }
+    if !form.cni {
+        let xtables = json!({"name": XTABLES_VOLUME, "emptyDir": {}});
+        match spec.and_then(|s| s.volumes.as_ref()) {
+            None => ops.push(add(&["spec", "volumes"], json!([xtables]))),
+            Some(_) => ops.push(add(&["spec", "volumes", "-"], xtables)),
         }
     }
 
-    let xtables = json!({"name": XTABLES_VOLUME, "emptyDir": {}});
-    match spec.and_then(|s| s.volumes.as_ref()) {
-        None => ops.push(add(&["spec", "volumes"], json!([xtables]))),
-        Some(_) => ops.push(add(&["spec", "volumes", "-"], xtables)),
-    }
-
-    let init = init_container(settings);
-    let proxy = proxy_container(pod, settings, native_sidecar);
+    let init = (!form.cni).then(|| init_container(settings));
+    let proxy = proxy_container(pod, settings, form.native_sidecar);
     let has_init_containers = spec.and_then(|s| s.init_containers.as_ref()).is_some();
-    if native_sidecar {
+    if form.native_sidecar {
+        let first: Vec<Value> = init.into_iter().chain([proxy]).collect();
         if has_init_containers {
-            ops.push(add(&["spec", "initContainers", "0"], proxy));
-            ops.push(add(&["spec", "initContainers", "0"], init));
+            for container in first.into_iter().rev() {
+                ops.push(add(&["spec", "initContainers", "0"], container));
+            }
         } else {
-            ops.push(add(&["spec", "initContainers"], json!([init, proxy])));
+            ops.push(add(&["spec", "initContainers"], json!(first)));
         }
     } else {
-        if has_init_containers {
-            ops.push(add(&["spec", "initContainers", "-"], init));
-        } else {
-            ops.push(add(&["spec", "initContainers"], json!([init])));
+        match (init, has_init_containers) {
+            (Some(init), true) => ops.push(add(&["spec", "initContainers", "-"], init)),
+            (Some(init), false) => ops.push(add(&["spec", "initContainers"], json!([init]))),
+            (None, _) => {}
         }
         ops.push(add(&["spec", "containers", "0"], proxy));
     }
     Patch(ops)
+}
+
+/// `meshtrace.io/injected`, the proxy version, `kubectl`'s default container (regular-container
+/// form), and in CNI mode the effective skip ports.
+fn annotations(pod: &Pod, settings: &ProxySettings, form: Form, ops: &mut Vec<PatchOperation>) {
+    let mut added = BTreeMap::from([
+        (keys::INJECTED.to_owned(), "true".to_owned()),
+        (keys::PROXY_VERSION.to_owned(), settings.version.clone()),
+    ]);
+    let existing = pod.metadata.annotations.as_ref();
+    if !form.native_sidecar {
+        let app = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .map(|c| c.name.clone());
+        let already_set = existing.is_some_and(|a| a.contains_key(DEFAULT_CONTAINER_ANNOTATION));
+        if let Some(app) = app.filter(|_| !already_set) {
+            added.insert(DEFAULT_CONTAINER_ANNOTATION.to_owned(), app);
+        }
+    }
+    if form.cni {
+        // The plugin sees only the pod: give it the values resolved over the namespace and the
+        // injector's defaults (replacing the pod's own value, which is the same when valid).
+        for (key, ports) in [
+            (keys::SKIP_INBOUND_PORTS, &settings.skip_inbound_ports),
+            (keys::SKIP_OUTBOUND_PORTS, &settings.skip_outbound_ports),
+        ] {
+            if !ports.is_empty() || existing.is_some_and(|a| a.contains_key(key)) {
+                added.insert(key.to_owned(), ports.to_string());
+            }
+        }
+    }
+    match existing {
+        None => ops.push(add(&["metadata", "annotations"], json!(added))),
+        Some(_) => {
+            for (key, value) in added {
+                ops.push(add(&["metadata", "annotations", &key], json!(value)));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -373,7 +426,11 @@ mod tests {
             json!({"metadata": {"annotations": {"a": "b"}}, "spec": {"containers": [{"name": "app"}]}}),
         );
         let settings = crate::config::tests_support::settings();
-        let patch = build(&p, &settings, true);
+        let form = Form {
+            native_sidecar: true,
+            cni: false,
+        };
+        let patch = build(&p, &settings, form);
         let paths: Vec<String> = patch.0.iter().map(|op| op.path().to_string()).collect();
         assert!(
             paths.contains(&"/metadata/annotations/meshtrace.io~1injected".to_owned()),

@@ -15,9 +15,12 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::DynamicObject;
 use tracing::Instrument;
 
-use crate::config::{keys, NativeSidecarMode, ProxyDefaults, ProxySettings};
+use crate::config::{
+    keys, ClusterSettings, NativeSidecarMode, PodSecurityLevel, ProxyDefaults, ProxySettings,
+};
 use crate::metrics::Metrics;
-use crate::patch;
+use crate::patch::{self, Form};
+use crate::pod_security;
 
 /// Why a pod was allowed unchanged; the label of `meshtrace_injector_pods_skipped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,11 @@ pub enum SkipReason {
     OptedOut,
     /// Neither the pod nor its namespace asks for injection.
     NotEnabled,
+    /// The patch would break the namespace's enforced Pod Security level.
+    PodSecurity,
+    /// A Job-like pod (`restartPolicy` Never/OnFailure) on a server without native sidecars: a
+    /// regular proxy container would keep it from ever completing.
+    RunToCompletion,
 }
 
 impl SkipReason {
@@ -48,6 +56,8 @@ impl SkipReason {
             SkipReason::InvalidAnnotation => "invalid_annotation",
             SkipReason::OptedOut => "opted_out",
             SkipReason::NotEnabled => "not_enabled",
+            SkipReason::PodSecurity => "pod_security",
+            SkipReason::RunToCompletion => "run_to_completion",
         }
     }
 }
@@ -63,35 +73,47 @@ pub enum ClusterError {
     Version(String),
 }
 
+/// What the webhook reads of a namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceMeta {
+    pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// What the webhook needs to know about the cluster. The real one is
 /// [`crate::namespaces::KubeCluster`]; tests and offline use [`StaticCluster`].
 pub trait Cluster: Send + Sync + 'static {
-    /// The namespace's annotations.
-    fn namespace_annotations(
+    /// The namespace's annotations and labels.
+    fn namespace(
         &self,
         namespace: &str,
-    ) -> impl Future<Output = Result<BTreeMap<String, String>, ClusterError>> + Send;
+    ) -> impl Future<Output = Result<NamespaceMeta, ClusterError>> + Send;
 
     /// Whether the API server supports native sidecars (Kubernetes >= 1.29).
     fn supports_native_sidecars(&self) -> impl Future<Output = Result<bool, ClusterError>> + Send;
 }
 
-/// A fixed cluster: known namespaces and a fixed native-sidecar support.
+/// A fixed cluster: known namespaces (annotations, and labels for some) and a fixed
+/// native-sidecar support.
 #[derive(Debug, Clone, Default)]
 pub struct StaticCluster {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
     pub native_sidecars: bool,
 }
 
 impl Cluster for StaticCluster {
-    async fn namespace_annotations(
-        &self,
-        namespace: &str,
-    ) -> Result<BTreeMap<String, String>, ClusterError> {
-        self.namespaces
+    async fn namespace(&self, namespace: &str) -> Result<NamespaceMeta, ClusterError> {
+        let annotations = self
+            .namespaces
             .get(namespace)
             .cloned()
-            .ok_or_else(|| ClusterError::NamespaceNotFound(namespace.to_owned()))
+            .ok_or_else(|| ClusterError::NamespaceNotFound(namespace.to_owned()))?;
+        let labels = self.labels.get(namespace).cloned().unwrap_or_default();
+        Ok(NamespaceMeta {
+            annotations,
+            labels,
+        })
     }
 
     async fn supports_native_sidecars(&self) -> Result<bool, ClusterError> {
@@ -184,8 +206,31 @@ pub enum BadReview {
 pub struct Webhook<C> {
     cluster: C,
     defaults: ProxyDefaults,
+    settings: ClusterSettings,
     mesh_namespace: String,
     metrics: Arc<Metrics>,
+}
+
+/// Whether a pod runs to completion (a Job's pod): its containers are not restarted after a
+/// successful exit.
+pub fn runs_to_completion(pod: &Pod) -> bool {
+    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref());
+    matches!(policy, Some("Never") | Some("OnFailure"))
+}
+
+/// Why a run-to-completion pod is not meshed, and how to mesh it anyway.
+fn run_to_completion_warning(pod: &Pod) -> String {
+    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref());
+    format!(
+        "meshtrace: proxy not injected: this pod runs to completion (restartPolicy {}) and the \
+         proxy would be a regular container (no native sidecars before Kubernetes 1.29, or {}=false), \
+         which would keep it running forever; to mesh it, annotate the pod itself {}=enabled and \
+         have the job end the proxy with POST http://127.0.0.1:{}/shutdown when it is done",
+        policy.unwrap_or_default(),
+        keys::NATIVE_SIDECAR,
+        keys::INJECT,
+        patch::ADMIN_PORT,
+    )
 }
 
 impl<C: Cluster> Webhook<C> {
@@ -195,9 +240,21 @@ impl<C: Cluster> Webhook<C> {
         mesh_namespace: String,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let settings = ClusterSettings::default();
+        Self::with_cluster_settings(cluster, defaults, settings, mesh_namespace, metrics)
+    }
+
+    pub fn with_cluster_settings(
+        cluster: C,
+        defaults: ProxyDefaults,
+        settings: ClusterSettings,
+        mesh_namespace: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             cluster,
             defaults,
+            settings,
             mesh_namespace,
             metrics,
         }
@@ -277,36 +334,51 @@ impl<C: Cluster> Webhook<C> {
             Ok(opt_in) => opt_in,
             Err((reason, warning)) => return self.skip(response, reason, warning),
         };
-        let namespace_annotations = match self.cluster.namespace_annotations(namespace).await {
-            Ok(annotations) => annotations,
+        let namespace_meta = match self.cluster.namespace(namespace).await {
+            Ok(meta) => meta,
             Err(err) => {
                 let msg = format!("cannot read namespace {namespace:?}: {err}");
                 return self.fail_open(response, "namespace_lookup", msg);
             }
         };
         if pod_opt_in.is_none() {
-            if let Err((reason, warning)) = decide_from_namespace(&namespace_annotations) {
+            if let Err((reason, warning)) = decide_from_namespace(&namespace_meta.annotations) {
                 return self.skip(response, reason, warning);
             }
         }
 
+        self.inject(response, &pod, pod_opt_in, &namespace_meta)
+            .await
+    }
+
+    /// The pod is to be meshed: resolve its settings, pick the proxy's form, and patch it,
+    /// unless it runs to completion without native sidecars or the patch would break the
+    /// namespace's Pod Security level.
+    async fn inject(
+        &self,
+        response: AdmissionResponse,
+        pod: &Pod,
+        pod_opt_in: Option<bool>,
+        namespace_meta: &NamespaceMeta,
+    ) -> AdmissionResponse {
         let empty = BTreeMap::new();
         let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-        let (settings, warnings) =
-            ProxySettings::resolve(pod_annotations, &namespace_annotations, &self.defaults);
-        let native_sidecar = match (settings.native_sidecar, self.defaults.native_sidecar) {
-            (Some(forced), _) => forced,
-            (None, NativeSidecarMode::True) => true,
-            (None, NativeSidecarMode::False) => false,
-            (None, NativeSidecarMode::Auto) => self.cluster.supports_native_sidecars().await.unwrap_or_else(|err| {
-                // A regular container works on every version: degrade, don't fail.
-                self.metrics.error("version_lookup");
-                tracing::warn!(error = %err, "API server version unknown; injecting the proxy as a regular container");
-                false
-            }),
-        };
+        let (settings, mut warnings) =
+            ProxySettings::resolve(pod_annotations, &namespace_meta.annotations, &self.defaults);
+        let native_sidecar = self.native_sidecar(&settings, &mut warnings).await;
+        if !native_sidecar && runs_to_completion(pod) && pod_opt_in != Some(true) {
+            let warning = run_to_completion_warning(pod);
+            return self.skip(response, SkipReason::RunToCompletion, Some(warning));
+        }
 
-        let patch = patch::build(&pod, &settings, native_sidecar);
+        let form = Form {
+            native_sidecar,
+            cni: self.settings.cni,
+        };
+        let patch = patch::build(pod, &settings, form);
+        if let Some(warning) = self.pod_security_refusal(pod, &patch, namespace_meta) {
+            return self.skip(response, SkipReason::PodSecurity, Some(warning));
+        }
         let mut response = match response.clone().with_patch(patch) {
             Ok(patched) => patched,
             Err(err) => {
@@ -325,12 +397,101 @@ impl<C: Cluster> Webhook<C> {
         }
         self.metrics.injected.inc();
         tracing::info!(
-            workload = %patch::workload_name(&pod),
+            workload = %patch::workload_name(pod),
             native_sidecar,
+            cni = self.settings.cni,
             version = %settings.version,
             "injecting the proxy"
         );
         response
+    }
+
+    /// Whether the API server supports native sidecars: the configured version, else
+    /// `/version` (cached). Unknown counts as no: a regular container works everywhere.
+    async fn server_has_native_sidecars(&self) -> Option<bool> {
+        if let Some(version) = self.settings.kubernetes_version {
+            return Some(version.has_native_sidecars());
+        }
+        match self.cluster.supports_native_sidecars().await {
+            Ok(native) => Some(native),
+            Err(err) => {
+                self.metrics.error("version_lookup");
+                tracing::warn!(error = %err, "API server version unknown; injecting the proxy as a regular container");
+                None
+            }
+        }
+    }
+
+    /// The proxy's form: the annotation, else the injector's mode; a native sidecar asked for
+    /// by annotation on a server without them would make the pod invalid, so it is ignored
+    /// with a warning there.
+    async fn native_sidecar(&self, settings: &ProxySettings, warnings: &mut Vec<String>) -> bool {
+        match (settings.native_sidecar, self.defaults.native_sidecar) {
+            (Some(false), _) => false,
+            (Some(true), _) => match self.server_has_native_sidecars().await {
+                Some(true) => true,
+                known => {
+                    let server = match (known, self.settings.kubernetes_version) {
+                        (_, Some(version)) => format!("Kubernetes {version}"),
+                        (Some(false), None) => "older than Kubernetes 1.29".to_owned(),
+                        _ => "of an unknown version".to_owned(),
+                    };
+                    warnings.push(format!(
+                        "meshtrace: ignored annotation {}=\"true\": the API server is {server}, \
+                         without native sidecar containers; the proxy is a regular container",
+                        keys::NATIVE_SIDECAR
+                    ));
+                    false
+                }
+            },
+            (None, NativeSidecarMode::True) => true,
+            (None, NativeSidecarMode::False) => false,
+            (None, NativeSidecarMode::Auto) => {
+                self.server_has_native_sidecars().await.unwrap_or(false)
+            }
+        }
+    }
+
+    /// A warning when the patched pod would break the namespace's enforced Pod Security level
+    /// in a way the pod alone does not.
+    fn pod_security_refusal(
+        &self,
+        pod: &Pod,
+        patch: &json_patch::Patch,
+        namespace: &NamespaceMeta,
+    ) -> Option<String> {
+        let level = namespace
+            .labels
+            .get(keys::POD_SECURITY_ENFORCE)
+            .map(|value| PodSecurityLevel::from_label(value))
+            .unwrap_or(self.settings.pod_security_default);
+        if level == PodSecurityLevel::Privileged {
+            return None;
+        }
+        let patched = serde_json::to_value(pod).ok().and_then(|mut value| {
+            json_patch::patch(&mut value, patch).ok()?;
+            serde_json::from_value::<Pod>(value).ok()
+        });
+        let added = match patched {
+            Some(patched) => pod_security::added_violations(pod, &patched, level),
+            None => vec!["the patched pod could not be evaluated".to_owned()],
+        };
+        if added.is_empty() {
+            return None;
+        }
+        let fix = if self.settings.cni {
+            "make the pod's own spec compliant, or relax the namespace's level"
+        } else {
+            "install the meshtrace CNI plugin (manifests/cni/) and run the injector with --cni, \
+             which needs no privileged init container, or label the namespace \
+             pod-security.kubernetes.io/enforce=privileged"
+        };
+        Some(format!(
+            "meshtrace: proxy not injected: the namespace enforces Pod Security \"{}\" and the \
+             injected pod would break it ({}); to mesh this pod, {fix}",
+            level.as_str(),
+            added.join("; ")
+        ))
     }
 
     fn skip(

@@ -47,14 +47,16 @@ fn cluster(native_sidecars: bool) -> StaticCluster {
             ),
         ]),
         native_sidecars,
+        ..StaticCluster::default()
     }
 }
 
 fn webhook_with(cluster: StaticCluster, args: &[&str]) -> Webhook<StaticCluster> {
     let cli = Cli::parse_from(std::iter::once("meshtrace-injector").chain(args.iter().copied()));
-    Webhook::new(
+    Webhook::with_cluster_settings(
         cluster,
         cli.proxy,
+        cli.cluster,
         cli.namespace,
         Arc::new(Metrics::default()),
     )
@@ -310,7 +312,7 @@ async fn replicaset_pod_in_annotated_namespace_gets_a_native_sidecar() {
             "http://otel-collector.observability.svc.cluster.local:4317",
         ),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ("MESHTRACE_OPAQUE_PORTS", ""),
+        // No MESHTRACE_OPAQUE_PORTS: an empty value would replace the proxy's default list.
         ("MESHTRACE_INBOUND_PORTS", "8080,9090,9100"),
         ("MESHTRACE_LOG", "info"),
     ]
@@ -384,9 +386,17 @@ async fn older_clusters_get_a_regular_first_container_with_a_poststart_hook() {
         .post_start
         .as_ref()
         .unwrap();
+    // The proxy's own await-ready: the image needs no shell.
     let command = hook.exec.as_ref().unwrap().command.clone().unwrap();
-    assert_eq!(&command[..2], ["/bin/bash", "-c"]);
-    assert!(command[2].contains("/dev/tcp/127.0.0.1/4191") && command[2].contains("GET /ready"));
+    assert_eq!(
+        command,
+        [
+            "/usr/local/bin/meshtrace-proxy",
+            "await-ready",
+            "--timeout",
+            "2m"
+        ]
+    );
     let default =
         &p.metadata.annotations.as_ref().unwrap()["kubectl.kubernetes.io/default-container"];
     assert_eq!(default, "checkout");
@@ -682,28 +692,44 @@ fn the_known_fields_check_catches_a_misspelled_field() {
 /// The test fails when a golden file is stale; `MESHTRACE_BLESS=1` rewrites them.
 #[tokio::test]
 async fn golden_injected_pods_are_up_to_date() {
-    let cases = [
+    let cases: [(&str, bool, &[&str], &str); 5] = [
         (
             "01-create-pod-from-replicaset.json",
             true,
+            &[],
             "pod-01-native-sidecar.json",
         ),
         (
             "01-create-pod-from-replicaset.json",
             false,
+            &[],
             "pod-01-regular-container.json",
         ),
         (
             "07-create-pod-opt-in-statefulset.json",
             true,
+            &[],
             "pod-07-regular-container.json",
+        ),
+        (
+            "01-create-pod-from-replicaset.json",
+            true,
+            &["--cni"],
+            "pod-01-cni-native-sidecar.json",
+        ),
+        (
+            "07-create-pod-opt-in-statefulset.json",
+            true,
+            &["--cni"],
+            "pod-07-cni-regular-container.json",
         ),
     ];
     let bless = std::env::var_os("MESHTRACE_BLESS").is_some();
     let mut stale = Vec::new();
-    for (input, native, golden) in cases {
+    for (input, native, args, golden) in cases {
         let request = fixture_json(input);
-        let response = respond(&webhook(native), &serde_json::to_vec(&request).unwrap()).await;
+        let webhook = webhook_with(cluster(native), args);
+        let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
         let mut pod = apply(&request, &response);
         // The pod as stored: named, without managedFields and nulls.
         let metadata = pod["metadata"].as_object_mut().unwrap();
@@ -728,5 +754,289 @@ async fn golden_injected_pods_are_up_to_date() {
     assert!(
         stale.is_empty(),
         "stale golden pods {stale:?}: rerun with MESHTRACE_BLESS=1"
+    );
+}
+
+fn skipped_count(webhook: &Webhook<StaticCluster>, reason: &'static str) -> u64 {
+    let label = meshtrace_injector::metrics::ReasonLabel { reason };
+    webhook.metrics().skipped.get_or_create(&label).get()
+}
+
+fn warnings_of(response: &Value) -> Vec<String> {
+    serde_json::from_value(response["warnings"].clone()).unwrap_or_default()
+}
+
+/// `shop` (injection enabled) with `pod-security.kubernetes.io/enforce=<level>`.
+fn cluster_enforcing(level: &str, native_sidecars: bool) -> StaticCluster {
+    let mut cluster = cluster(native_sidecars);
+    cluster.labels.insert(
+        "shop".into(),
+        annotations(&[("pod-security.kubernetes.io/enforce", level)]),
+    );
+    cluster
+}
+
+#[tokio::test]
+async fn pod_security_baseline_refuses_the_init_container_so_the_pod_is_left_alone() {
+    let request = fixture_json("01-create-pod-from-replicaset.json");
+    for level in ["baseline", "restricted", "no-such-level"] {
+        let webhook = webhook_with(cluster_enforcing(level, true), &[]);
+        let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+        assert_eq!(response["allowed"], true, "{level}");
+        assert!(response.get("patch").is_none(), "{level}: patched");
+        let warnings = warnings_of(&response);
+        assert_eq!(warnings.len(), 1, "{level}: {warnings:?}");
+        // Why (the level, the capability) and what to do (CNI mode).
+        let expected_level = if level == "baseline" {
+            "baseline"
+        } else {
+            "restricted"
+        };
+        assert!(
+            warnings[0].contains(&format!("Pod Security \"{expected_level}\""))
+                && warnings[0].contains("NET_ADMIN")
+                && warnings[0].contains("--cni"),
+            "{level}: {warnings:?}"
+        );
+        assert_eq!(skipped_count(&webhook, "pod_security"), 1, "{level}");
+        assert_eq!(webhook.metrics().injected.get(), 0);
+    }
+    // privileged, or no label: injected as before.
+    for cluster in [cluster_enforcing("privileged", true), cluster(true)] {
+        let webhook = webhook_with(cluster, &[]);
+        let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+        assert!(response.get("patch").is_some());
+    }
+    // The cluster-wide default of the PodSecurity admission configuration, for unlabelled
+    // namespaces.
+    let webhook = webhook_with(cluster(true), &["--pod-security-default=baseline"]);
+    let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+    assert!(response.get("patch").is_none());
+    assert_eq!(skipped_count(&webhook, "pod_security"), 1);
+}
+
+#[tokio::test]
+async fn cni_mode_injects_no_init_container_and_passes_baseline_and_restricted() {
+    let mut request = fixture_json("01-create-pod-from-replicaset.json");
+    // An application spec that is itself restricted-compliant.
+    let compliant = serde_json::json!({
+        "runAsNonRoot": true, "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}});
+    for c in request["request"]["object"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+    {
+        c["securityContext"] = compliant.clone();
+    }
+    for (level, native) in [
+        ("baseline", true),
+        ("restricted", true),
+        ("restricted", false),
+    ] {
+        let webhook = webhook_with(cluster_enforcing(level, native), &["--cni"]);
+        let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+        assert!(
+            response.get("warnings").is_none(),
+            "{level}/{native}: {response}"
+        );
+        let patched = apply(&request, &response);
+        assert_only_known_fields(&patched);
+        let p = pod(&patched);
+        let spec = p.spec.as_ref().unwrap();
+        let all: Vec<&str> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert!(all.contains(&"meshtrace-proxy"), "{all:?}");
+        assert!(!all.contains(&"meshtrace-init"), "{all:?}");
+        assert!(
+            !spec
+                .volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == "meshtrace-xtables"),
+            "no iptables lock volume without the init container"
+        );
+        let level = meshtrace_injector::config::PodSecurityLevel::from_label(level);
+        let violations = meshtrace_injector::pod_security::violations(&p, level);
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+}
+
+#[tokio::test]
+async fn cni_mode_writes_the_effective_skip_ports_onto_the_pod() {
+    let request = fixture_json("07-create-pod-opt-in-statefulset.json");
+    let mut cluster = cluster(true);
+    // The namespace's skip-inbound ports reach the pod; the pod's own outbound list stays.
+    let payments = cluster.namespaces.get_mut("payments").unwrap();
+    payments.insert("meshtrace.io/skip-inbound-ports".into(), "22".into());
+    let webhook = webhook_with(cluster, &["--cni"]);
+    let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+    let p = pod(&apply(&request, &response));
+    let annotations = p.metadata.annotations.unwrap();
+    assert_eq!(annotations["meshtrace.io/skip-inbound-ports"], "22");
+    assert_eq!(
+        annotations["meshtrace.io/skip-outbound-ports"],
+        "5432,9000-9100"
+    );
+    let init_names: Vec<String> = p
+        .spec
+        .unwrap()
+        .init_containers
+        .into_iter()
+        .flatten()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(init_names, ["migrate"], "existing init containers only");
+}
+
+#[tokio::test]
+async fn native_sidecar_annotation_is_ignored_with_a_warning_on_older_servers() {
+    let mut request = fixture_json("01-create-pod-from-replicaset.json");
+    request["request"]["object"]["metadata"]["annotations"] =
+        serde_json::json!({"meshtrace.io/native-sidecar": "true"});
+    let cases: [(StaticCluster, &[&str], &str); 3] = [
+        (cluster(false), &[], "older than Kubernetes 1.29"),
+        (
+            cluster(true),
+            &["--kubernetes-version=1.28"],
+            "Kubernetes 1.28",
+        ),
+        (
+            cluster(false),
+            &["--native-sidecar=true"],
+            "older than Kubernetes 1.29",
+        ),
+    ];
+    for (cluster, args, says) in cases {
+        let webhook = webhook_with(cluster, args);
+        let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+        let warnings = warnings_of(&response);
+        assert!(
+            warnings.len() == 1
+                && warnings[0].contains("meshtrace.io/native-sidecar")
+                && warnings[0].contains(says),
+            "{args:?}: {warnings:?}"
+        );
+        let patched = apply(&request, &response);
+        assert_only_known_fields(&patched);
+        let spec = pod(&patched).spec.unwrap();
+        assert_eq!(spec.containers[0].name, "meshtrace-proxy", "{args:?}");
+        assert!(spec
+            .init_containers
+            .iter()
+            .flatten()
+            .all(|c| c.restart_policy.is_none()));
+    }
+    // 1.29+: honored, silently.
+    let webhook = webhook_with(cluster(false), &["--kubernetes-version=v1.29.4"]);
+    let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+    assert!(response.get("warnings").is_none(), "{response}");
+    let spec = pod(&apply(&request, &response)).spec.unwrap();
+    assert_eq!(
+        spec.init_containers.unwrap()[1].restart_policy.as_deref(),
+        Some("Always")
+    );
+}
+
+/// A bare Job-like pod in `shop` with `restartPolicy` and the pod's own annotations.
+fn job_pod(restart_policy: &str, pod_annotations: Value) -> Value {
+    let mut request = fixture_json("01-create-pod-from-replicaset.json");
+    let object = &mut request["request"]["object"];
+    object["spec"]["restartPolicy"] = restart_policy.into();
+    object["metadata"]["annotations"] = pod_annotations;
+    request
+}
+
+#[tokio::test]
+async fn jobs_without_native_sidecars_are_only_meshed_when_the_pod_opts_in() {
+    for policy in ["Never", "OnFailure"] {
+        let request = job_pod(policy, serde_json::json!({}));
+        let webhook = webhook(false);
+        let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+        assert!(response.get("patch").is_none(), "{policy}");
+        let warnings = warnings_of(&response);
+        assert!(
+            warnings.len() == 1
+                && warnings[0].contains("meshtrace.io/inject=enabled")
+                && warnings[0].contains("/shutdown"),
+            "{warnings:?}"
+        );
+        assert_eq!(skipped_count(&webhook, "run_to_completion"), 1);
+
+        // The pod's own opt-in: a regular proxy container.
+        let request = job_pod(
+            policy,
+            serde_json::json!({"meshtrace.io/inject": "enabled"}),
+        );
+        let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+        let spec = pod(&apply(&request, &response)).spec.unwrap();
+        assert_eq!(spec.containers[0].name, "meshtrace-proxy");
+
+        // Native sidecars end with the job: meshed normally.
+        let request = job_pod(policy, serde_json::json!({}));
+        let native = webhook_with(cluster(true), &[]);
+        let response = respond(&native, &serde_json::to_vec(&request).unwrap()).await;
+        assert!(response.get("warnings").is_none());
+        let spec = pod(&apply(&request, &response)).spec.unwrap();
+        assert_eq!(
+            spec.init_containers.unwrap()[1].restart_policy.as_deref(),
+            Some("Always")
+        );
+    }
+    // restartPolicy Always (Deployments): not a job.
+    let request = job_pod("Always", serde_json::json!({}));
+    let response = respond(&webhook(false), &serde_json::to_vec(&request).unwrap()).await;
+    assert!(response.get("patch").is_some());
+}
+
+#[tokio::test]
+async fn context_inference_annotations_reach_the_proxy_pod_first() {
+    let mut request = fixture_json("01-create-pod-from-replicaset.json");
+    request["request"]["object"]["metadata"]["annotations"] = serde_json::json!({
+        "meshtrace.io/context-inference": "request-id",
+    });
+    let mut annotated = cluster(true);
+    let shop = annotated.namespaces.get_mut("shop").unwrap();
+    shop.insert("meshtrace.io/context-inference".into(), "off".into());
+    shop.insert(
+        "meshtrace.io/request-id-header".into(),
+        "X-Correlation-ID".into(),
+    );
+    let webhook = webhook_with(annotated, &[]);
+    let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+    assert!(response.get("warnings").is_none(), "{response}");
+    let spec = pod(&apply(&request, &response)).spec.unwrap();
+    let vars = env(container(
+        spec.init_containers.as_ref().unwrap(),
+        "meshtrace-proxy",
+    ));
+    assert_eq!(vars["MESHTRACE_CONTEXT_INFERENCE"], "request-id");
+    assert_eq!(vars["MESHTRACE_REQUEST_ID_HEADER"], "x-correlation-id");
+
+    // Invalid values: a warning each, and the proxy keeps its own defaults (no env entry).
+    request["request"]["object"]["metadata"]["annotations"] = serde_json::json!({
+        "meshtrace.io/context-inference": "guess",
+        "meshtrace.io/request-id-header": "x request id",
+    });
+    let webhook = webhook_with(cluster(true), &[]);
+    let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+    let warnings = warnings_of(&response);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    let spec = pod(&apply(&request, &response)).spec.unwrap();
+    let vars = env(container(
+        spec.init_containers.as_ref().unwrap(),
+        "meshtrace-proxy",
+    ));
+    assert!(
+        !vars.contains_key("MESHTRACE_CONTEXT_INFERENCE"),
+        "{vars:?}"
+    );
+    assert!(
+        !vars.contains_key("MESHTRACE_REQUEST_ID_HEADER"),
+        "{vars:?}"
     );
 }

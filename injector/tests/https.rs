@@ -55,6 +55,7 @@ fn shop_cluster() -> StaticCluster {
             BTreeMap::from([("meshtrace.io/inject".to_owned(), "enabled".to_owned())]),
         )]),
         native_sidecars: true,
+        ..StaticCluster::default()
     }
 }
 
@@ -170,6 +171,34 @@ async fn http1(
     )
 }
 
+/// `GET /metrics` on the plain metrics port.
+async fn scrape(metrics_addr: SocketAddr) -> String {
+    within("metrics", async {
+        let tcp = TcpStream::connect(metrics_addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let request = Request::get("/metrics")
+            .header(http::header::HOST, "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        String::from_utf8(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap()
+    })
+    .await
+}
+
 fn patched_response(body: &[u8]) -> Value {
     let review: Value = serde_json::from_slice(body).unwrap();
     review["response"].clone()
@@ -233,30 +262,7 @@ async fn bootstrapped_https_webhook_answers_reviews_over_http1() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Counted on the plain metrics port.
-    let metrics = within("metrics", async {
-        let tcp = TcpStream::connect(running.metrics_addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let request = Request::get("/metrics")
-            .header(http::header::HOST, "localhost")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        String::from_utf8(
-            response
-                .into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
-        .unwrap()
-    })
-    .await;
+    let metrics = scrape(running.metrics_addr).await;
     assert!(
         metrics.contains("meshtrace_injector_pods_seen_total 2"),
         "{metrics}"
@@ -455,4 +461,88 @@ async fn whole_chain_against_the_local_kubernetes_api() {
     assert_eq!(proxy_op["value"]["name"], "meshtrace-proxy");
     assert!(proxy_op["value"].get("restartPolicy").is_none());
     assert!(api.requests().iter().any(|r| r.starts_with("GET /version")));
+}
+
+/// Pod Security labels and an old server's version, both read from the local API: a pod the
+/// baseline level would refuse is left alone, a Job is not meshed, a native-sidecar annotation is
+/// ignored; each with a warning, and the skips counted on the metrics port.
+#[tokio::test]
+async fn pod_security_and_an_old_server_through_the_local_kubernetes_api() {
+    let enabled = BTreeMap::from([("meshtrace.io/inject".to_owned(), "enabled".to_owned())]);
+    let api = support::FakeApiServer::start(support::State {
+        listed: BTreeMap::from([
+            ("shop".to_owned(), enabled.clone()),
+            ("jobs".to_owned(), enabled),
+        ]),
+        labels: BTreeMap::from([(
+            "shop".to_owned(),
+            BTreeMap::from([(
+                "pod-security.kubernetes.io/enforce".to_owned(),
+                "baseline".to_owned(),
+            )]),
+        )]),
+        resource_version: 1,
+        minor_version: "28".to_owned(),
+        ..support::State::default()
+    })
+    .await;
+    let (boot, resolver) = bootstrapped();
+    let running = start(KubeCluster::spawn(api.client()), resolver, 1024 * 1024).await;
+    let roots = [boot.ca_der.clone()];
+    let base: Value =
+        serde_json::from_slice(&fixture("01-create-pod-from-replicaset.json")).unwrap();
+    let in_namespace = |namespace: &str, edit: &dyn Fn(&mut Value)| {
+        let mut review = base.clone();
+        review["request"]["namespace"] = namespace.into();
+        review["request"]["object"]["metadata"]["namespace"] = namespace.into();
+        edit(&mut review["request"]["object"]);
+        serde_json::to_vec(&review).unwrap()
+    };
+    let cases: [(Vec<u8>, bool, &str); 3] = [
+        (
+            in_namespace("shop", &|_| {}),
+            false,
+            "Pod Security \"baseline\"",
+        ),
+        (
+            in_namespace("jobs", &|pod| pod["spec"]["restartPolicy"] = "Never".into()),
+            false,
+            "runs to completion",
+        ),
+        (
+            in_namespace("jobs", &|pod| {
+                pod["metadata"]["annotations"] =
+                    serde_json::json!({"meshtrace.io/native-sidecar": "true"})
+            }),
+            true,
+            "ignored annotation meshtrace.io/native-sidecar",
+        ),
+    ];
+    for (review, patched, warning) in cases {
+        let (status, body) = within(
+            "review",
+            http1(running.addr, &roots, "POST", "/inject", review),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let response = patched_response(&body);
+        assert_eq!(response["allowed"], true);
+        assert_eq!(response.get("patch").is_some(), patched, "{response}");
+        let warnings: Vec<String> =
+            serde_json::from_value(response["warnings"].clone()).unwrap_or_default();
+        let warnings = warnings.join("\n");
+        assert!(warnings.contains(warning), "{warning}: {warnings}");
+        if patched {
+            let patch = decoded_patch(&response);
+            assert!(
+                patch.iter().any(|op| op["path"] == "/spec/containers/0"),
+                "a regular container on 1.28"
+            );
+        }
+    }
+    let metrics = scrape(running.metrics_addr).await;
+    for reason in ["pod_security", "run_to_completion"] {
+        let line = format!("meshtrace_injector_pods_skipped_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 }

@@ -143,6 +143,46 @@ async fn watch_events_update_the_cache() {
 }
 
 #[tokio::test]
+async fn namespace_labels_come_with_the_annotations() {
+    let mut state = namespaces_state();
+    for name in ["shop", "fresh"] {
+        state.labels.insert(
+            name.to_owned(),
+            annotations(&[("pod-security.kubernetes.io/enforce", "baseline")]),
+        );
+    }
+    let server = FakeApiServer::start(state).await;
+    let cluster = KubeCluster::spawn(server.client());
+    within("cache ready", cluster.namespaces().ready()).await;
+    // From the cache (listed) and from a direct GET (not listed yet).
+    for name in ["shop", "fresh"] {
+        let meta = cluster.namespace(name).await.unwrap();
+        assert_eq!(
+            meta.labels["pod-security.kubernetes.io/enforce"], "baseline",
+            "{name}"
+        );
+    }
+    assert_eq!(
+        cluster.namespace("shop").await.unwrap().annotations["meshtrace.io/inject"],
+        "enabled"
+    );
+}
+
+#[tokio::test]
+async fn server_version_is_re_read_after_the_refresh_interval() {
+    let state = State {
+        minor_version: "28".to_owned(),
+        ..namespaces_state()
+    };
+    let server = FakeApiServer::start(state).await;
+    let cluster = KubeCluster::spawn_with_refresh(server.client(), Duration::ZERO);
+    assert!(!cluster.supports_native_sidecars().await.unwrap());
+    // The control plane is upgraded under a running injector.
+    server.state.lock().unwrap().minor_version = "29".to_owned();
+    assert!(cluster.supports_native_sidecars().await.unwrap());
+}
+
+#[tokio::test]
 async fn server_version_is_read_once() {
     for (minor, native) in [("30", true), ("28", false), ("29+", true)] {
         let state = State {

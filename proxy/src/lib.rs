@@ -7,7 +7,9 @@
 
 pub mod admin;
 pub mod app;
+pub mod await_ready;
 pub mod client_io;
+pub mod cni;
 pub mod config;
 pub mod detect;
 pub mod export;

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use meshtrace_proxy::app::Proxy;
+use meshtrace_proxy::await_ready;
 use meshtrace_proxy::config::{Config, Invocation, LogFormat};
 use meshtrace_proxy::init;
 
@@ -14,6 +15,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("meshtrace-proxy init: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Invocation::AwaitReady(args) => match await_ready::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("meshtrace-proxy await-ready: {error}");
                 ExitCode::FAILURE
             }
         },

@@ -39,6 +39,22 @@ pub struct State {
     pub concurrent_edit: Option<Edit>,
     pub resource_version: u64,
     pub minor_version: String,
+    /// Labels of namespaces (listed or not), by name.
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// [`namespace_meta`] with the labels `state` has for the namespace.
+fn namespace_meta_in(
+    state: &State,
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+    rv: u64,
+) -> Value {
+    let mut meta = namespace_meta(name, annotations, rv);
+    if let Some(labels) = state.labels.get(name) {
+        meta["metadata"]["labels"] = json!(labels);
+    }
+    meta
 }
 
 pub struct FakeApiServer {
@@ -181,7 +197,7 @@ async fn handle(
                 .listed
                 .iter()
                 .map(|(name, annotations)| {
-                    namespace_meta(name, annotations, state.resource_version)
+                    namespace_meta_in(&state, name, annotations, state.resource_version)
                 })
                 .collect();
             json_response(
@@ -199,7 +215,7 @@ async fn handle(
             {
                 Some(annotations) => json_response(
                     StatusCode::OK,
-                    &namespace_meta(name, annotations, state.resource_version),
+                    &namespace_meta_in(&state, name, annotations, state.resource_version),
                 ),
                 None => not_found("namespaces", name),
             }

@@ -9,10 +9,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod await_ready;
+pub mod cni;
 pub mod export;
 pub mod init;
 pub mod trace;
 
+pub use await_ready::AwaitReadyArgs;
 pub use export::ExportArgs;
 pub use init::{InitArgs, IptablesMode};
 pub use meshtrace_ports::PortList;
@@ -48,6 +51,8 @@ enum Command {
     Run(Box<Config>),
     /// Program the pod's iptables rules that redirect traffic to the proxy (init container).
     Init(InitArgs),
+    /// Wait until this pod's proxy reports ready on its admin port (postStart hook).
+    AwaitReady(AwaitReadyArgs),
 }
 
 /// What the command line asks for.
@@ -56,6 +61,8 @@ pub enum Invocation {
     Run(Box<Config>),
     /// `meshtrace-proxy init [FLAGS]`.
     Init(InitArgs),
+    /// `meshtrace-proxy await-ready [--timeout 2m]`.
+    AwaitReady(AwaitReadyArgs),
 }
 
 impl Invocation {
@@ -65,6 +72,7 @@ impl Invocation {
         let cli = <Cli as clap::Parser>::parse();
         match cli.command {
             Some(Command::Init(args)) => Invocation::Init(args),
+            Some(Command::AwaitReady(args)) => Invocation::AwaitReady(args),
             Some(Command::Run(config)) => Invocation::Run(config),
             None => Invocation::Run(Box::new(cli.run)),
         }
