@@ -205,7 +205,7 @@ pub fn parse_request(
         &buf[start..],
         &mut slots[..limits.max_fields.min(MAX_FIELDS)],
     );
-    let Some(len) = complete(parsed, buf.len() - start, limits)? else {
+    let Some(len) = complete(parsed, start, buf.len(), limits)? else {
         return Ok(None);
     };
     let end = start + len;
@@ -249,7 +249,7 @@ pub fn parse_response(
         &buf[start..],
         &mut slots[..limits.max_fields.min(MAX_FIELDS)],
     );
-    let Some(len) = complete(parsed, buf.len() - start, limits)? else {
+    let Some(len) = complete(parsed, start, buf.len(), limits)? else {
         return Ok(None);
     };
     let end = start + len;
@@ -279,14 +279,16 @@ fn skip_empty_lines(buf: &[u8]) -> usize {
     at
 }
 
-/// The head's length once complete and within the limits.
+/// The head's length once complete and within the limits. The skipped empty lines before it
+/// (`skipped` bytes) count towards the limit, so that they cannot grow a buffer without bound.
 fn complete(
     parsed: httparse::Result<usize>,
+    skipped: usize,
     available: usize,
     limits: &Limits,
 ) -> Result<Option<usize>, HeadError> {
     match parsed {
-        Ok(httparse::Status::Complete(len)) if len > limits.max_head_bytes => {
+        Ok(httparse::Status::Complete(len)) if skipped + len > limits.max_head_bytes => {
             Err(HeadError::HeadTooLarge)
         }
         Ok(httparse::Status::Complete(len)) => Ok(Some(len)),

@@ -45,14 +45,35 @@ pub use self::head::{
 };
 pub use self::pool::{HeadBuf, HeadPool};
 
-/// Fuzz body for request heads: never panics, and what it accepts lies within the input.
+/// Prefixes checked one by one up to here, then sparsely (quadratic cost otherwise).
+const DENSE_PREFIXES: usize = 512;
+
+/// Fuzz body for request heads: never panics; an accepted head lies within the input, holds
+/// no bare CR/LF or NUL and no CL+TE, and every shorter prefix of it asks for more bytes
+/// (nothing is decided before the head is complete); framing a stream never panics.
 pub fn fuzz_request_head(data: &[u8]) {
     let mut fields = Vec::new();
     if let Ok(Some(head)) = parse_request(data, &Limits::default(), &mut fields) {
         assert!(head.start <= head.end && head.end <= data.len());
         assert!(head.target.end as usize <= head.end);
         assert!(fields.iter().all(|f| f.value.end as usize <= head.end));
+        let lines = &data[head.start..head.end];
+        assert!(lines.ends_with(b"\r\n\r\n") && !lines.contains(&0));
+        let crlf = lines.windows(2).filter(|w| w == b"\r\n").count();
+        let lf = lines.iter().filter(|b| **b == b'\n').count();
+        let cr = lines.iter().filter(|b| **b == b'\r').count();
+        assert!(crlf == lf && crlf == cr, "only CRLF line ends");
+        assert!(!(head.body.chunked && head.body.content_length.is_some()));
         let _ = request_body(&head);
+        let prefixes = (0..head.end).filter(|&end| end <= DENSE_PREFIXES || end % 61 == 0);
+        for end in prefixes {
+            let partial = parse_request(&data[..end], &Limits::default(), &mut fields);
+            assert_eq!(
+                partial,
+                Ok(None),
+                "prefix of {end} bytes of an accepted head"
+            );
+        }
     }
     let _ = stream::frame_requests(data, &Limits::default());
 }

@@ -75,6 +75,14 @@ fn rfc9112_2_2_partial_heads_ask_for_more() {
 fn rfc9112_2_2_empty_lines_before_the_request_line_are_skipped() {
     let head = accepted("\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(head.start, 4);
+    // They count towards the head limit: endless empty lines do not grow a buffer forever.
+    let limits = Limits {
+        max_head_bytes: 64,
+        max_fields: 10,
+    };
+    let empty_lines = "\r\n".repeat(32);
+    let parsed = parse_request(empty_lines.as_bytes(), &limits, &mut Vec::new());
+    assert_eq!(parsed, Err(HeadError::HeadTooLarge));
 }
 
 #[test]
