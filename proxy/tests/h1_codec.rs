@@ -209,6 +209,11 @@ async fn codec_accepts_nothing_hyper_refuses_and_frames_what_it_accepts_as_hyper
                 )),
             }
         }
+        if let Verdict::Refused(n, why) = verdict {
+            if hyper.get(n).is_some_and(|(status, _)| *status == 200) {
+                eprintln!("codec stricter than hyper: {name} ({why})");
+            }
+        }
         let complete = matches!(verdict, Verdict::Clean(_) | Verdict::Closed(_));
         if complete && hyper.len() != ours.len() {
             disagreements.push(format!(
@@ -343,6 +348,9 @@ async fn codec_reads_no_response_hyper_refuses_and_frames_what_it_accepts_as_hyp
             ));
         }
         let hyper = hyper_client_reads(method, raw.as_bytes()).await;
+        if let (Err(why), Some(_)) = (&ours, &hyper) {
+            eprintln!("codec stricter than hyper's client: {name} ({why})");
+        }
         if let Ok(accepted) = &ours {
             if hyper.as_ref() != Some(accepted) {
                 disagreements.push(format!(

@@ -701,3 +701,56 @@ fn fuzz_bodies_hold_on_samples() {
         super::fuzz_response_head(sample);
     }
 }
+
+#[test]
+fn every_refusal_has_its_own_stable_error_type() {
+    let heads = [
+        HeadError::HeadTooLarge,
+        HeadError::TooManyFields,
+        HeadError::StartLine,
+        HeadError::Version,
+        HeadError::FieldSyntax,
+        HeadError::LineEnding,
+        HeadError::Target,
+        HeadError::Userinfo,
+        HeadError::HostMissing,
+        HeadError::HostRepeated,
+        HeadError::HostInvalid,
+        HeadError::HostMismatch,
+        HeadError::ContentLengthInvalid,
+        HeadError::ContentLengthRepeated,
+        HeadError::ContentLengthWithTransferEncoding,
+        HeadError::TransferEncodingInvalid,
+        HeadError::TransferEncodingHttp10,
+        HeadError::TransferCodingUnknown,
+    ];
+    let bodies = [
+        ChunkError::Size,
+        ChunkError::SizeOverflow,
+        ChunkError::Extension,
+        ChunkError::LineTooLong,
+        ChunkError::ExtensionsTooLarge,
+        ChunkError::LineEnding,
+        ChunkError::Trailer,
+        ChunkError::TrailersTooLarge,
+    ];
+    let mut names: Vec<&str> = heads.iter().map(|e| e.error_type()).collect();
+    names.extend(bodies.iter().map(|e| e.error_type()));
+    for name in &names {
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()),
+            "{name}"
+        );
+    }
+    let count = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), count, "error types are distinct");
+    for error in heads {
+        assert!(
+            [400, 431, 501, 505].contains(&error.status().as_u16()),
+            "{error:?}"
+        );
+    }
+}
