@@ -147,6 +147,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Verdict)> {
         ("TE by obs-fold", "POST / HTTP/1.1\r\nHost: a\r\nX: y\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(), Refused(0, "invalid_field")),
         ("TE folded value", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n".into(), Refused(0, "invalid_field")),
         ("TE with vertical tab", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n".into(), Refused(0, "invalid_field")),
+        ("TE spelled Transfer_Encoding", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer_Encoding: chunked\r\n\r\n0\r\n\r\n".into(), Refused(0, "framing_field_alias")),
         ("TE in HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(), Refused(0, "transfer_encoding_http10")),
         // Content-Length variants
         ("CL duplicate equal", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc".into(), Refused(0, "repeated_content_length")),
@@ -323,6 +324,7 @@ fn response_corpus() -> Vec<ResponseCase> {
         ("TE not ending in chunked", Other, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nbody", Err("invalid_transfer_encoding")),
         ("TE xchunked", Other, "HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", Err("invalid_transfer_encoding")),
         ("TE in HTTP/1.0", Other, "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Err("transfer_encoding_http10")),
+        ("CL spelled Content_Length", Other, "HTTP/1.1 200 OK\r\nContent_Length: 1\r\n\r\nx", Err("framing_field_alias")),
         ("CL differing", Other, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy", Err("repeated_content_length")),
         ("CL invalid", Other, "HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nx", Err("invalid_content_length")),
         ("LF-only", Other, "HTTP/1.1 200 OK\nContent-Length: 1\n\nx", Err("invalid_line_ending")),

@@ -44,6 +44,8 @@ pub enum HeadError {
     TransferEncodingHttp10,
     #[error("transfer coding this proxy does not implement")]
     TransferCodingUnknown,
+    #[error("Content_Length or Transfer_Encoding: a framing field spelled with an underscore")]
+    FramingFieldAlias,
 }
 
 impl HeadError {
@@ -83,6 +85,7 @@ impl ErrorType for HeadError {
             HeadError::TransferEncodingInvalid => "invalid_transfer_encoding",
             HeadError::TransferEncodingHttp10 => "transfer_encoding_http10",
             HeadError::TransferCodingUnknown => "unknown_transfer_coding",
+            HeadError::FramingFieldAlias => "framing_field_alias",
         }
     }
 }

@@ -210,7 +210,7 @@ pub fn parse_request(
     };
     let end = start + len;
     check_line_endings(&buf[start..end])?;
-    record_fields(buf, req.headers, fields);
+    record_fields(buf, req.headers, fields)?;
     let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::StartLine);
     };
@@ -254,7 +254,7 @@ pub fn parse_response(
     };
     let end = start + len;
     check_line_endings(&buf[start..end])?;
-    record_fields(buf, res.headers, fields);
+    record_fields(buf, res.headers, fields)?;
     let (Some(minor), Some(status)) = (res.version, res.code) else {
         return Err(HeadError::StartLine);
     };
@@ -330,13 +330,38 @@ fn version(minor: u8) -> Result<Version, HeadError> {
     }
 }
 
-fn record_fields(buf: &[u8], parsed: &[httparse::Header<'_>], fields: &mut Vec<Field>) {
+fn record_fields(
+    buf: &[u8],
+    parsed: &[httparse::Header<'_>],
+    fields: &mut Vec<Field>,
+) -> Result<(), HeadError> {
     fields.clear();
-    fields.extend(parsed.iter().map(|header| Field {
-        name: Span::of(buf, header.name.as_bytes()),
-        value: Span::of(buf, trim_ows(header.value)),
-        kind: FieldKind::of(header.name.as_bytes()),
-    }));
+    for header in parsed {
+        let kind = FieldKind::of(header.name.as_bytes());
+        if kind == FieldKind::Other && is_framing_alias(header.name.as_bytes()) {
+            return Err(HeadError::FramingFieldAlias);
+        }
+        fields.push(Field {
+            name: Span::of(buf, header.name.as_bytes()),
+            value: Span::of(buf, trim_ows(header.value)),
+            kind,
+        });
+    }
+    Ok(())
+}
+
+/// `Content_Length` / `Transfer_Encoding`: legal field names (`_` is a tchar), but servers that
+/// map `_` to `-` (CGI-style header maps) would read them as framing fields this proxy ignored,
+/// the next hop framing the message differently: a smuggling shape, refused.
+fn is_framing_alias(name: &[u8]) -> bool {
+    let alias = |framing: &[u8]| {
+        name.len() == framing.len()
+            && name
+                .iter()
+                .zip(framing)
+                .all(|(n, f)| n.eq_ignore_ascii_case(f) || (*n == b'_' && *f == b'-'))
+    };
+    alias(b"content-length") || alias(b"transfer-encoding")
 }
 
 /// Without leading and trailing SP / HTAB (RFC 9110 §5.5 OWS).

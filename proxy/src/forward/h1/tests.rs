@@ -394,6 +394,23 @@ fn rfc9112_6_3_item_4_transfer_encoding_must_end_in_chunked() {
 }
 
 #[test]
+fn rfc9110_5_1_framing_fields_spelled_with_underscores_are_refused() {
+    refused(
+        "POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\n",
+        HeadError::FramingFieldAlias,
+    );
+    refused(
+        "POST / HTTP/1.1\r\nHost: a\r\nTRANSFER_encoding: chunked\r\n\r\n",
+        HeadError::FramingFieldAlias,
+    );
+    assert_eq!(
+        response("HTTP/1.1 200 OK\r\nContent_Length: 0\r\n\r\n"),
+        Err(HeadError::FramingFieldAlias)
+    );
+    accepted("GET / HTTP/1.1\r\nHost: a\r\nX_Other_Field: 1\r\n\r\n");
+}
+
+#[test]
 fn rfc9112_6_1_an_unknown_transfer_coding_is_501() {
     refused(
         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: br, chunked\r\n\r\n",
@@ -723,6 +740,7 @@ fn every_refusal_has_its_own_stable_error_type() {
         HeadError::TransferEncodingInvalid,
         HeadError::TransferEncodingHttp10,
         HeadError::TransferCodingUnknown,
+        HeadError::FramingFieldAlias,
     ];
     let bodies = [
         ChunkError::Size,
