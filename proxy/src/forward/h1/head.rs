@@ -9,7 +9,8 @@
 //! every line ends in CRLF, with no bare CR, bare LF or NUL anywhere in the head (§2.2: a
 //! recipient *may* accept a bare LF; this proxy forwards the bytes as received, so it refuses
 //! them rather than let the next hop read the head differently); no whitespace between a field
-//! name and its colon, no obs-fold (§5.1, §5.2, both refused by `httparse`); the head fits
+//! name and its colon, no obs-fold (§5.1, §5.2, both refused by `httparse`), no framing field
+//! spelled with an underscore (`Content_Length`, see `is_framing_alias`); the head fits
 //! `max_head_bytes` and `max_fields` (431); the request-target has the form its method allows
 //! (§3.2), without userinfo (RFC 9110 §4.2.4); Host per §3.2; Content-Length and
 //! Transfer-Encoding per §6.1–§6.3 and RFC 9110 §8.6 (see [`body_fields`]).
@@ -27,7 +28,8 @@ pub const MAX_FIELDS: usize = 1_000;
 /// Bounds of one head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Bytes from the start line's first byte to the blank line's LF, inclusive.
+    /// Bytes from the start line's first byte to the blank line's LF, inclusive, plus any empty
+    /// lines skipped before a request-line.
     pub max_head_bytes: usize,
     /// Field lines; at most [`MAX_FIELDS`].
     pub max_fields: usize,
