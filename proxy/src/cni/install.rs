@@ -169,16 +169,10 @@ fn kubeconfig(args: &InstallArgs) -> Result<Option<Map<String, Value>>, InstallE
     };
     let ca_path = args.service_account_dir.join("ca.crt");
     let ca = std::fs::read(&ca_path).map_err(io(&ca_path))?;
-    let server = args.server.clone().unwrap_or_else(|| {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST").unwrap_or_default();
-        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        format!("https://{host}:{port}")
-    });
+    let server = args
+        .server
+        .clone()
+        .unwrap_or_else(crate::config::cni::in_cluster_server);
     let mut cluster = json!({"server": server});
     if !ca.is_empty() {
         cluster["certificate-authority-data"] =
