@@ -17,9 +17,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::admin::{self, AdminState};
+use crate::admission::{self, AcceptBackoff, Admission, ConnSlot, ShedReason};
 use crate::config::{Config, PortList};
 use crate::detect;
 use crate::export::{self, ExporterHandle};
+use crate::fd_limit;
 use crate::forward::{self, resolve::Resolver, ConnectionService, HttpStacks, StackParams};
 use crate::listen;
 use crate::meta::{ConnMeta, Direction, Protocol};
@@ -126,6 +128,11 @@ impl Proxy {
             None => None,
         };
 
+        let max_connections = match config.max_connections {
+            0 => fd_limit::default_max_connections(fd_limit::soft_limit()),
+            set => set,
+        };
+        tracing::info!(max_connections, "connection cap per listener");
         let resolver = Resolver::from_system();
         let direction = |direction: Direction, fixed_target: Option<SocketAddr>| {
             let metrics = metrics.direction(direction);
@@ -147,6 +154,7 @@ impl Proxy {
                 header_read_timeout: (!config.http1_header_read_timeout.is_zero())
                     .then_some(config.http1_header_read_timeout),
                 opaque_ports: config.opaque_ports.clone(),
+                max_connections,
                 connect_timeout: settings.connect_timeout,
                 metrics,
                 stack,
@@ -267,41 +275,81 @@ struct DirectionContext {
     /// `None`: HTTP/1 clients may take as long as they like between requests.
     header_read_timeout: Option<Duration>,
     opaque_ports: PortList,
+    /// `MESHTRACE_MAX_CONNECTIONS`, resolved.
+    max_connections: usize,
     connect_timeout: Duration,
     metrics: DirectionMetrics,
     stack: HttpStacks,
 }
 
+/// Accepts connections until shutdown, within the listener's connection cap: a new client at
+/// the cap, or a failed accept for lack of descriptors, sheds an idle connection to make room
+/// (see [`admission`]); with none to shed, the new client waits until one ends or becomes
+/// idle. Failed accepts back off (5 ms doubling to 1 s), with one warning per interval.
 async fn accept_loop(listener: TcpListener, context: Arc<DirectionContext>, watch: Watch) {
+    let direction = context.direction;
+    let mut admission = Admission::new(context.max_connections, direction, context.metrics.clone());
+    let mut backoff = AcceptBackoff::default();
     let signaled = watch.signaled();
     tokio::pin!(signaled);
-    loop {
-        tokio::select! {
+    'accepting: loop {
+        let accepted = tokio::select! {
             _ = &mut signaled => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, client)) => {
-                    let context = context.clone();
-                    let watch = watch.clone();
-                    tokio::spawn(async move {
-                        handle_connection(&context, stream, client, &watch).await;
-                        drop(watch);
-                    });
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, client) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                if admission::is_resource_exhaustion(&error) {
+                    admission.shed_one(ShedReason::FdLimit);
                 }
-                Err(error) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(direction = context.direction.as_str(), %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                let delay = backoff.failed(direction, &error);
+                tokio::select! {
+                    _ = &mut signaled => break,
+                    _ = tokio::time::sleep(delay) => continue,
                 }
-            },
+            }
+        };
+        backoff.succeeded();
+        while admission.is_full() && !admission.shed_one(ShedReason::MaxConnections) {
+            tokio::select! {
+                _ = &mut signaled => break 'accepting,
+                _ = admission.connection_ended() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        let slot = admission.admit();
+        let context = context.clone();
+        let watch = watch.clone();
+        tokio::spawn(async move {
+            serve_admitted(&context, stream, client, slot, &watch).await;
+            drop(watch);
+        });
+    }
+    tracing::debug!(direction = direction.as_str(), "stopped accepting");
+}
+
+/// Serves an admitted connection until it ends or is shed.
+async fn serve_admitted(
+    context: &DirectionContext,
+    stream: TcpStream,
+    client_addr: SocketAddr,
+    slot: Arc<ConnSlot>,
+    watch: &Watch,
+) {
+    tokio::select! {
+        () = handle_connection(context, stream, client_addr, &slot, watch) => {}
+        () = slot.shed() => {
+            tracing::debug!(%client_addr, direction = context.direction.as_str(), "connection shed");
         }
     }
-    tracing::debug!(direction = context.direction.as_str(), "stopped accepting");
 }
 
 async fn handle_connection(
     context: &DirectionContext,
     stream: TcpStream,
     client_addr: SocketAddr,
+    slot: &Arc<ConnSlot>,
     watch: &Watch,
 ) {
     let direction = context.direction.as_str();
@@ -330,22 +378,27 @@ async fn handle_connection(
     }
 
     let mut io = context.metrics.count_bytes(stream);
-    let (protocol, prefix) =
-        if orig_dst.is_some_and(|dst| context.opaque_ports.contains(dst.port())) {
-            (Protocol::Opaque, bytes::Bytes::new())
-        } else {
-            tokio::select! {
-                detected = detect::detect(&mut io, context.detect_timeout) => match detected {
-                    Ok(detected) => detected,
-                    Err(error) => {
-                        tracing::debug!(%client_addr, %error, "connection failed during detection");
-                        return;
-                    }
-                },
-                _ = watch.signaled() => return,
-            }
-        };
+    let opaque_port = orig_dst.is_some_and(|dst| context.opaque_ports.contains(dst.port()));
+    let (protocol, prefix) = if opaque_port {
+        (Protocol::Opaque, bytes::Bytes::new())
+    } else {
+        tokio::select! {
+            detected = detect::detect(&mut io, context.detect_timeout) => match detected {
+                Ok(detected) => detected,
+                Err(error) => {
+                    tracing::debug!(%client_addr, %error, "connection failed during detection");
+                    return;
+                }
+            },
+            _ = watch.signaled() => return,
+        }
+    };
     context.metrics.connection_detected(protocol);
+    match protocol {
+        // Detected with nothing read: the client was silent until the detect timeout.
+        Protocol::Opaque => slot.set_opaque(!opaque_port && prefix.is_empty()),
+        Protocol::Http1 | Protocol::H2 => slot.set_http(),
+    }
     tracing::debug!(%client_addr, ?orig_dst, direction, protocol = protocol.as_str(), "accepted");
     let io = io.replay(prefix);
 
@@ -371,7 +424,8 @@ async fn handle_connection(
                 local_addr,
                 orig_dst,
             });
-            let service = ConnectionService::new(context.stack.for_connection(), meta);
+            let service =
+                ConnectionService::new(context.stack.for_connection(), meta, slot.clone());
             forward::serve_connection(protocol, io, service, watch, context.header_read_timeout)
                 .await;
         }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod await_ready;
 pub mod client_io;
@@ -13,6 +14,7 @@ pub mod cni;
 pub mod config;
 pub mod detect;
 pub mod export;
+pub mod fd_limit;
 pub mod forward;
 pub mod init;
 pub mod listen;

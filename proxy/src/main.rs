@@ -34,6 +34,7 @@ fn run(config: Config) -> ExitCode {
         eprintln!("meshtrace-proxy: invalid MESHTRACE_LOG: {error}");
         return ExitCode::FAILURE;
     }
+    raise_fd_limit();
     // The multi-thread scheduler even for one worker: its LIFO slot runs the task a request just
     // woke (the other side of the exchange) next, while its data is still in cache. The
     // current-thread scheduler queues it behind every other ready connection, which cost 30%
@@ -76,6 +77,25 @@ fn run(config: Config) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Raises the soft fd limit to the hard one (every connection costs a descriptor) and logs both.
+fn raise_fd_limit() {
+    let show = |limit: Option<u64>| limit.map_or("unlimited".to_string(), |n| n.to_string());
+    let (limits, error) = meshtrace_proxy::fd_limit::raise_to_hard();
+    let (before, soft, hard) = (
+        show(limits.soft_before),
+        show(limits.soft),
+        show(limits.hard),
+    );
+    match error {
+        None => {
+            tracing::info!(soft_before = %before, soft = %soft, hard = %hard, "file descriptor limit")
+        }
+        Some(error) => {
+            tracing::warn!(%error, soft = %soft, hard = %hard, "cannot raise the file descriptor limit")
+        }
+    }
 }
 
 fn init_logging(config: &Config) -> Result<(), tracing_subscriber::filter::ParseError> {

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use crate::admission::ShedReason;
 use crate::client_io::ClientIo;
 use crate::meta::{Direction, Protocol};
 
@@ -41,8 +42,15 @@ struct FlowLabels {
     flow: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    direction: &'static str,
+    reason: &'static str,
+}
+
 const STATUS_CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
 const PROTOCOLS: [Protocol; 3] = [Protocol::Http1, Protocol::H2, Protocol::Opaque];
+const SHED_REASONS: [ShedReason; 2] = [ShedReason::MaxConnections, ShedReason::FdLimit];
 
 fn latency_histogram() -> LatencyHistogram {
     LatencyHistogram::default()
@@ -56,6 +64,7 @@ pub struct ProxyMetrics {
     open_connections: Family<DirectionLabels, Gauge>,
     connections: Family<ProtocolLabels, Counter>,
     bytes: Family<FlowLabels, Counter>,
+    shed: Family<ShedLabels, Counter>,
 }
 
 impl ProxyMetrics {
@@ -68,6 +77,7 @@ impl ProxyMetrics {
             open_connections: Family::default(),
             connections: Family::default(),
             bytes: Family::default(),
+            shed: Family::default(),
         };
         registry.register(
             "requests",
@@ -93,6 +103,11 @@ impl ProxyMetrics {
             "bytes",
             "Bytes exchanged with clients (received from / sent to them), all protocols",
             metrics.bytes.clone(),
+        );
+        registry.register(
+            "connections_shed",
+            "Client connections closed to admit new ones, by direction and the limit reached (max_connections, fd_limit)",
+            metrics.shed.clone(),
         );
         metrics
     }
@@ -127,7 +142,16 @@ impl ProxyMetrics {
         };
         let bytes_received = self.bytes.get_or_create(&flow("received")).clone();
         let bytes_sent = self.bytes.get_or_create(&flow("sent")).clone();
+        let shed_by_reason = SHED_REASONS.map(|reason| {
+            let labels = ShedLabels {
+                direction: dir,
+                reason: reason.as_str(),
+            };
+            let counter = self.shed.get_or_create(&labels).clone();
+            counter
+        });
         DirectionMetrics(std::sync::Arc::new(DirectionHandles {
+            shed_by_reason,
             requests_by_class,
             request_duration,
             open_connections,
@@ -145,6 +169,7 @@ pub struct DirectionMetrics(std::sync::Arc<DirectionHandles>);
 
 #[derive(Debug)]
 struct DirectionHandles {
+    shed_by_reason: [Counter; 2],
     requests_by_class: [Counter; 6],
     request_duration: LatencyHistogram,
     open_connections: Gauge,
@@ -169,6 +194,12 @@ impl DirectionMetrics {
     pub fn connection_detected(&self, protocol: Protocol) {
         let index = PROTOCOLS.iter().position(|p| *p == protocol).unwrap_or(2);
         self.0.connections_by_protocol[index].inc();
+    }
+
+    /// Counts a connection shed by admission control.
+    pub fn connection_shed(&self, reason: ShedReason) {
+        let index = SHED_REASONS.iter().position(|r| *r == reason).unwrap_or(0);
+        self.0.shed_by_reason[index].inc();
     }
 
     /// Counts the connection as open until the guard is dropped.

@@ -381,7 +381,8 @@ async fn requests_for_the_proxy_itself_are_refused() {
         response.header("meshtrace-proxy-error").as_deref(),
         Some("loop_detected")
     );
-    let response = exchange(proxy.outbound, b"GET / HTTP/1.1\r\n\r\n").await;
+    // HTTP/1.0 may omit Host (HTTP/1.1 may not: `missing_host`), and then names nothing.
+    let response = exchange(proxy.outbound, b"GET / HTTP/1.0\r\n\r\n").await;
     assert_eq!(response.status(), 400);
     assert_eq!(
         response.header("meshtrace-proxy-error").as_deref(),
@@ -522,4 +523,154 @@ async fn a_client_that_goes_away_cancels_the_upstream_request() {
         "the upstream connection stayed open after the client went away"
     );
     proxy.shutdown().await;
+}
+
+/// RFC 9112 §3.2 and RFC 9110 §4.2.4: requests whose Host is missing, repeated, or not the
+/// absolute-form target's authority, and targets with userinfo, are answered 400 by the proxy
+/// (with `meshtrace-proxy-error`) and sent nowhere, in both modes; they count as 4xx.
+#[tokio::test]
+async fn requests_with_an_ambiguous_host_are_refused_and_forwarded_nowhere() {
+    let upstream = RawHttpUpstream::start(OK).await;
+    let proxy = common::start(common::fixed_target(upstream.addr())).await;
+    let authority = upstream.addr().to_string();
+    let port = upstream.addr().port();
+    let explicit = [
+        (
+            format!("GET /a HTTP/1.1\r\nHost: localhost:{port}\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
+            "duplicate_host",
+        ),
+        (
+            format!("GET http://{authority}/ HTTP/1.1\r\nHost: other.example\r\n\r\n"),
+            "host_mismatch",
+        ),
+        (
+            format!("GET http://{authority}/ HTTP/1.1\r\n\r\n"),
+            "missing_host",
+        ),
+        (
+            format!("GET http://user:pw@{authority}/ HTTP/1.1\r\nHost: {authority}\r\n\r\n"),
+            "userinfo",
+        ),
+    ];
+    for (request, error) in &explicit {
+        let response = exchange(proxy.outbound, request.as_bytes()).await;
+        assert_eq!(response.status(), 400, "{request}");
+        assert_eq!(
+            response.header("meshtrace-proxy-error").as_deref(),
+            Some(*error)
+        );
+    }
+    let inbound = [
+        ("GET / HTTP/1.1\r\nX: y\r\n\r\n", "missing_host"),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "duplicate_host",
+        ),
+    ];
+    for (request, error) in inbound {
+        let response = exchange(proxy.inbound, request.as_bytes()).await;
+        assert_eq!(response.status(), 400, "{request}");
+        assert_eq!(
+            response.header("meshtrace-proxy-error").as_deref(),
+            Some(error)
+        );
+    }
+    assert_eq!(upstream.connections(), 0, "nothing was forwarded");
+
+    // A well-formed request still goes through afterwards.
+    let response = exchange(proxy.inbound, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(response.status(), 200);
+    let text = common::metrics_text(proxy.admin).await;
+    for (direction, refused) in [("outbound", 4.0), ("inbound", 2.0)] {
+        let series = format!(
+            "meshtrace_proxy_requests_total{{direction=\"{direction}\",status_class=\"4xx\"}}"
+        );
+        assert_eq!(
+            common::metric_value(&text, &series),
+            Some(refused),
+            "{text}"
+        );
+    }
+    proxy.shutdown().await;
+}
+
+/// A client's invalid chunked body (size overflow, bare LF in a chunk extension, a 100 KB chunk
+/// extension) is the client's fault: 400 with `meshtrace-proxy-error: invalid_request_body`
+/// when the upstream has not answered yet, counted as a 4xx, and recorded with that
+/// `error.type` on both spans, never as the upstream's failure.
+#[tokio::test]
+async fn an_invalid_chunked_request_body_is_the_clients_error() {
+    use meshtrace_proxy::span::SpanSink;
+    let upstream = RawHttpUpstream::start(OK).await;
+    let (sink, queue) = SpanSink::bounded(64);
+    let bound = meshtrace_proxy::app::Proxy::new(common::fixed_target(upstream.addr()))
+        .with_span_sink(sink)
+        .bind()
+        .await
+        .unwrap();
+    let (inbound, admin, trigger) = (
+        bound.inbound_addr(),
+        bound.admin_addr(),
+        bound.shutdown_trigger(),
+    );
+    let run = tokio::spawn(bound.run(std::future::pending()));
+
+    let long_extension = format!("5;ext={}\r\nhello\r\n0\r\n\r\n", "x".repeat(100_000));
+    let bodies = [
+        "ffffffffffffffffff\r\nhello\r\n0\r\n\r\n".to_string(),
+        "5;a=b\nc\r\nhello\r\n0\r\n\r\n".to_string(),
+        long_extension,
+    ];
+    for body in &bodies {
+        let request = format!(
+            "POST /upload HTTP/1.1\r\nHost: app\r\nl5d-sample: 1\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+        );
+        let mut client = RawClient::connect(inbound).await;
+        client.send(request.as_bytes()).await;
+        let response = client.read_response().await;
+        assert_eq!(response.status(), 400, "{}", &body[..20]);
+        assert_eq!(
+            response.header("meshtrace-proxy-error").as_deref(),
+            Some("invalid_request_body")
+        );
+    }
+
+    let text = common::metrics_text(admin).await;
+    let series = |class: &str| {
+        format!("meshtrace_proxy_requests_total{{direction=\"inbound\",status_class=\"{class}\"}}")
+    };
+    assert_eq!(
+        common::metric_value(&text, &series("4xx")),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        common::metric_value(&text, &series("5xx")),
+        Some(0.0),
+        "{text}"
+    );
+
+    trigger.trigger();
+    run.await.unwrap();
+    let mut spans = Vec::new();
+    while spans.len() < 6 {
+        let span = tokio::time::timeout(Duration::from_secs(10), queue.recv())
+            .await
+            .expect("six spans")
+            .expect("six spans");
+        spans.push(span);
+    }
+    for span in &spans {
+        let error_type = span
+            .attributes
+            .iter()
+            .find(|(key, _)| *key == "error.type")
+            .and_then(|(_, value)| span.text_of(value).map(|text| text.into_owned()));
+        assert_eq!(
+            error_type.as_deref(),
+            Some("invalid_request_body"),
+            "{:?} span",
+            span.kind
+        );
+    }
 }

@@ -14,7 +14,7 @@ use meshtrace_proxy::export::ExporterHandle;
 use meshtrace_proxy::trace::TraceArgs;
 use meshtrace_tests::client::{exchange, RawResponse};
 use meshtrace_tests::otlp::{OtlpReceiver, ReceivedSpan, ReceiverProtocol};
-use meshtrace_tests::upstream::HttpUpstream;
+use meshtrace_tests::upstream::{HttpUpstream, RawHttpUpstream};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
@@ -207,11 +207,8 @@ async fn one_hop_yields_four_chained_spans_with_resources_and_attributes() {
             header(&seen[0].headers, "x-b3-spanid"),
             Some(hex(&in_client.span.span_id).as_str())
         );
-        // The proxy that started the trace tells the client.
-        let traceresponse = response.header("traceresponse").expect("traceresponse");
-        let (tr_trace, tr_span, _) = traceparent(&traceresponse);
-        assert_eq!(tr_trace, hex(&trace_id));
-        assert_eq!(tr_span, hex(&out_server.span.span_id));
+        // The client asked for nothing (no sample header): its response is not changed.
+        assert_eq!(response.header("traceresponse"), None);
 
         // Attributes.
         let callee = mesh.inbound.inbound;
@@ -284,6 +281,71 @@ async fn one_hop_yields_four_chained_spans_with_resources_and_attributes() {
         }
         mesh.shutdown().await;
     }
+}
+
+/// What the application answers, byte for byte: mixed-case names, an order no library would
+/// choose, a `Date` (which a proxy may legitimately refresh) and hop-by-hop fields.
+const APP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nX-App-Header: MiXeD Case\r\nContent-Type: text/plain; charset=utf-8\r\ncache-control: no-store\r\nDate: Sat, 21 Nov 2026 12:00:00 GMT\r\nKeep-Alive: timeout=5\r\nVary: Accept-Encoding, X-Other\r\nContent-Length: 19\r\n\r\nhello from the app\n";
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and `Date`: the only fields a proxy may change.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "date",
+];
+
+/// A response head's lines without the hop-by-hop fields and `Date`.
+fn end_to_end_head(response: &RawResponse) -> String {
+    response
+        .head_str()
+        .split_inclusive("\r\n")
+        .filter(|line| {
+            let name = line.split(':').next().unwrap_or_default();
+            !HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn responses_are_byte_identical_unless_the_client_sent_a_sample_header() {
+    let app = RawHttpUpstream::start(APP_RESPONSE).await;
+    // Every request is sampled: recording a trace does not change the response either.
+    let mesh = Mesh::start(ReceiverProtocol::Http, app.addr(), trace_args(1.0)).await;
+    let direct = exchange(
+        app.addr(),
+        b"GET /orders/7 HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    app.next_request().await;
+    assert_eq!(direct.status(), 200, "{}", direct.head_str());
+    let caller_context = "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n";
+    // Started by the caller's proxy, or joined from the client's context.
+    for headers in ["", caller_context] {
+        let meshed = mesh.get("/orders/7", headers).await;
+        app.next_request().await;
+        assert_eq!(
+            end_to_end_head(&meshed),
+            end_to_end_head(&direct),
+            "{headers:?}"
+        );
+        assert_eq!(meshed.body, direct.body);
+    }
+    // A sample header asks for the trace: `traceresponse` is then the only addition.
+    let asked = mesh.get("/orders/7", "l5d-sample: 1\r\n").await;
+    app.next_request().await;
+    let traceresponse = asked.header("traceresponse").expect("traceresponse");
+    traceparent(&traceresponse);
+    let without: String = end_to_end_head(&asked)
+        .split_inclusive("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with("traceresponse:"))
+        .collect();
+    assert_eq!(without, end_to_end_head(&direct));
+    mesh.shutdown().await;
 }
 
 impl Mesh {
@@ -444,8 +506,8 @@ async fn invalid_traceparent_restarts_the_trace_and_drops_tracestate() {
     assert!(out_server.span.parent_span_id.is_empty(), "a new root");
     assert_eq!(hex(&out_server.span.trace_id), trace_id);
     assert_eq!(out_server.span.trace_state, "");
-    // The restarting proxy tells the client which trace it started.
-    assert!(response.header("traceresponse").is_some());
+    // The client sent no sample header: the response is not changed.
+    assert!(response.header("traceresponse").is_none());
     mesh.shutdown().await;
 }
 
@@ -683,5 +745,136 @@ async fn grpc_error_status_marks_every_span_as_error() {
         let span_status = s.span.status.clone().unwrap_or_default();
         assert_eq!(span_status.code, StatusCode::Error as i32, "{s:#?}");
     }
+    mesh.shutdown().await;
+}
+
+/// Every span of a gRPC call that ended without a response ends in error with `code` as its
+/// `rpc.grpc.status_code`.
+fn assert_grpc_ended_with(spans: &[ReceivedSpan], code: tonic::Code) {
+    for s in spans {
+        assert_eq!(string_attr(s, "rpc.method").as_deref(), Some("Wait"));
+        assert_eq!(
+            int_attr(s, "rpc.grpc.status_code"),
+            Some(code as i64),
+            "{s:#?}"
+        );
+        assert!(string_attr(s, "error.type").is_some(), "{s:#?}");
+        let span_status = s.span.status.clone().unwrap_or_default();
+        assert_eq!(span_status.code, StatusCode::Error as i32, "{s:#?}");
+    }
+}
+
+#[tokio::test]
+async fn grpc_call_cancelled_by_the_client_records_cancelled() {
+    use meshtrace_tests::grpc;
+
+    // Without a deadline, and well before one.
+    for timeout in [None, Some(Duration::from_secs(600))] {
+        let server = grpc::GrpcServer::start().await;
+        let mesh = Mesh::start(ReceiverProtocol::Http, server.addr(), trace_args(1.0)).await;
+        let channel = grpc::channel(mesh.outbound.outbound, mesh.inbound.inbound).await;
+        let call = tokio::spawn(grpc::wait(channel, timeout));
+        server.wait_called().await;
+        // The client gives up: its stream is reset with RST_STREAM(CANCEL).
+        call.abort();
+        assert_grpc_ended_with(&mesh.hop_spans().await, tonic::Code::Cancelled);
+        mesh.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn grpc_call_past_its_deadline_records_deadline_exceeded() {
+    use meshtrace_tests::grpc;
+
+    let server = grpc::GrpcServer::start().await;
+    let mesh = Mesh::start(ReceiverProtocol::Http, server.addr(), trace_args(1.0)).await;
+    let channel = grpc::channel(mesh.outbound.outbound, mesh.inbound.inbound).await;
+    let deadline = Duration::from_millis(500);
+    // The server ignores `grpc-timeout`; the client enforces its deadline as gRPC clients do:
+    // when it passes, the client stops waiting and resets the stream.
+    // (tonic's channel enforces the `grpc-timeout` it sends itself, and reports `Cancelled`.)
+    let call = tokio::time::timeout(deadline, grpc::wait(channel, Some(deadline))).await;
+    assert!(!matches!(call, Ok(Ok(()))), "Wait never answers");
+    server.wait_called().await;
+    assert_grpc_ended_with(&mesh.hop_spans().await, tonic::Code::DeadlineExceeded);
+    mesh.shutdown().await;
+}
+
+/// A gRPC server that starts answering every call (headers, one `CountReply`) and, once told
+/// to, cancels it with `RST_STREAM(CANCEL)`.
+async fn cancelling_grpc_server(cancel: std::sync::Arc<tokio::sync::Notify>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    let cancel = cancel.clone();
+                    tokio::spawn(async move {
+                        let head = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .expect("response");
+                        let Ok(mut send) = respond.send_response(head, false) else {
+                            return;
+                        };
+                        // One length-prefixed message: CountReply { i: 1 }.
+                        let message = bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01]);
+                        let _ = send.send_data(message, false);
+                        cancel.notified().await;
+                        send.send_reset(h2::Reason::CANCEL);
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn grpc_call_the_server_cancels_records_cancelled() {
+    use meshtrace_tests::grpc::{CountReply, CountRequest, COUNT_PATH};
+
+    let cancel = std::sync::Arc::new(tokio::sync::Notify::new());
+    let server = cancelling_grpc_server(cancel.clone()).await;
+    let mesh = Mesh::start(ReceiverProtocol::Http, server, trace_args(1.0)).await;
+    let channel =
+        meshtrace_tests::grpc::channel(mesh.outbound.outbound, mesh.inbound.inbound).await;
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.expect("ready");
+    let mut replies = client
+        .server_streaming(
+            tonic::Request::new(CountRequest { n: 2 }),
+            http::uri::PathAndQuery::from_static(COUNT_PATH),
+            tonic_prost::ProstCodec::<CountRequest, CountReply>::default(),
+        )
+        .await
+        .expect("response headers")
+        .into_inner();
+    let first = replies.message().await.expect("first reply");
+    assert_eq!(first, Some(CountReply { i: 1 }));
+    // The server cancels the call mid-stream.
+    cancel.notify_one();
+    let status = replies.message().await.expect_err("the server cancelled");
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+
+    let [_, _, _, callee_client] = mesh.hop_spans().await;
+    assert_eq!(
+        int_attr(&callee_client, "rpc.grpc.status_code"),
+        Some(tonic::Code::Cancelled as i64),
+        "{callee_client:#?}"
+    );
+    assert_eq!(
+        int_attr(&callee_client, "http.response.status_code"),
+        Some(200)
+    );
+    let span_status = callee_client.span.status.clone().unwrap_or_default();
+    assert_eq!(span_status.code, StatusCode::Error as i32);
     mesh.shutdown().await;
 }

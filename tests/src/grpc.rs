@@ -1,13 +1,16 @@
-//! A tiny gRPC service (unary `Echo`, server-streaming `Count`) without code generation: prost
-//! messages derived by hand, tonic's generic server/client machinery, served by hyper.
+//! A tiny gRPC service (unary `Echo`, server-streaming `Count`, unary `Wait` that never
+//! answers) without code generation: prost messages derived by hand, tonic's generic
+//! server/client machinery, served by hyper.
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Mutex};
 use tonic::codec::Streaming;
 use tonic::server::{Grpc, ServerStreamingService, UnaryService};
 use tonic::transport::Channel;
@@ -16,6 +19,8 @@ use tonic_prost::ProstCodec;
 
 pub const ECHO_PATH: &str = "/meshtrace.test.Test/Echo";
 pub const COUNT_PATH: &str = "/meshtrace.test.Test/Count";
+/// Never answers (ignoring any `grpc-timeout`): the client cancels or its deadline passes.
+pub const WAIT_PATH: &str = "/meshtrace.test.Test/Wait";
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EchoRequest {
@@ -74,34 +79,58 @@ impl ServerStreamingService<CountRequest> for Count {
     }
 }
 
-/// Serves `Echo` and `Count` over h2 on 127.0.0.1 port 0.
+/// Tells the test that a `Wait` call arrived, then never answers it.
+struct Wait(mpsc::UnboundedSender<()>);
+
+impl UnaryService<EchoRequest> for Wait {
+    type Response = EchoReply;
+    type Future = std::future::Pending<Result<Response<EchoReply>, Status>>;
+
+    fn call(&mut self, _request: Request<EchoRequest>) -> Self::Future {
+        let _ = self.0.send(());
+        std::future::pending()
+    }
+}
+
+/// Serves `Echo`, `Count` and `Wait` over h2 on 127.0.0.1 port 0.
 pub struct GrpcServer {
     addr: SocketAddr,
+    waiting: Mutex<mpsc::UnboundedReceiver<()>>,
 }
 
 impl GrpcServer {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let (waits, waiting) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                let waits = waits.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
-                        |request: http::Request<hyper::body::Incoming>| async move {
-                            let response = match request.uri().path() {
-                                ECHO_PATH => {
-                                    Grpc::new(ProstCodec::<EchoReply, EchoRequest>::default())
-                                        .unary(Echo, request)
-                                        .await
-                                }
-                                COUNT_PATH => {
-                                    Grpc::new(ProstCodec::<CountReply, CountRequest>::default())
-                                        .server_streaming(Count, request)
-                                        .await
-                                }
-                                _ => Status::unimplemented("no such method").into_http(),
-                            };
-                            Ok::<_, Infallible>(response)
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let waits = waits.clone();
+                            async move {
+                                let response = match request.uri().path() {
+                                    ECHO_PATH => {
+                                        Grpc::new(ProstCodec::<EchoReply, EchoRequest>::default())
+                                            .unary(Echo, request)
+                                            .await
+                                    }
+                                    COUNT_PATH => {
+                                        Grpc::new(ProstCodec::<CountReply, CountRequest>::default())
+                                            .server_streaming(Count, request)
+                                            .await
+                                    }
+                                    WAIT_PATH => {
+                                        Grpc::new(ProstCodec::<EchoReply, EchoRequest>::default())
+                                            .unary(Wait(waits), request)
+                                            .await
+                                    }
+                                    _ => Status::unimplemented("no such method").into_http(),
+                                };
+                                Ok::<_, Infallible>(response)
+                            }
                         },
                     );
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -111,11 +140,24 @@ impl GrpcServer {
                 });
             }
         });
-        GrpcServer { addr }
+        GrpcServer {
+            addr,
+            waiting: Mutex::new(waiting),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Waits (up to [`PATIENCE`](crate::upstream::PATIENCE)) until the next `Wait` call has
+    /// reached the server.
+    pub async fn wait_called(&self) {
+        let mut waiting = self.waiting.lock().await;
+        tokio::time::timeout(crate::upstream::PATIENCE, waiting.recv())
+            .await
+            .expect("no Wait call reached the server in time")
+            .expect("server stopped");
     }
 }
 
@@ -175,4 +217,28 @@ pub async fn count(channel: Channel, n: u32) -> Result<Vec<u32>, Status> {
         seen.push(reply.i);
     }
     Ok(seen)
+}
+
+/// Calls `Wait`, which never answers, sending `grpc-timeout` when `timeout` is given. The call
+/// only ends when the caller drops it (a cancellation, or the deadline as a client enforces it).
+pub async fn wait(channel: Channel, timeout: Option<Duration>) -> Result<(), Status> {
+    let mut client = tonic::client::Grpc::new(channel);
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut request = Request::new(EchoRequest {
+        message: "wait".into(),
+    });
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    client
+        .unary(
+            request,
+            PathAndQuery::from_static(WAIT_PATH),
+            ProstCodec::<EchoRequest, EchoReply>::default(),
+        )
+        .await?;
+    Ok(())
 }

@@ -19,7 +19,7 @@ pub use await_ready::AwaitReadyArgs;
 pub use export::ExportArgs;
 pub use init::{InitArgs, IptablesMode};
 pub use meshtrace_ports::PortList;
-pub use trace::{PropagationFormat, Toggle, TraceArgs};
+pub use trace::{PropagationFormat, TraceArgs, TraceResponse};
 
 use crate::meta::Direction;
 
@@ -118,6 +118,12 @@ pub struct Config {
     #[arg(long, env = "MESHTRACE_HTTP1_HEADER_READ_TIMEOUT", default_value = "0", value_parser = parse_duration)]
     pub http1_header_read_timeout: Duration,
 
+    /// Most client connections each listener keeps open (each may hold an upstream connection
+    /// too); at the cap, or at the process's fd limit, idle connections are shed, oldest first,
+    /// to admit new clients. `0`: derived from the fd limit, (RLIMIT_NOFILE - 64) / 4.
+    #[arg(long, env = "MESHTRACE_MAX_CONNECTIONS", default_value = "0")]
+    pub max_connections: usize,
+
     /// Destination ports forwarded as opaque TCP without protocol detection, for
     /// server-speaks-first protocols: a comma-separated list of ports and ranges
     /// (`25,3306,8000-8100`, ports 1-65535); empty for none.
@@ -210,6 +216,7 @@ impl Default for Config {
             inbound_target: None,
             detect_timeout: Duration::from_secs(10),
             http1_header_read_timeout: Duration::ZERO,
+            max_connections: 0,
             opaque_ports: DEFAULT_OPAQUE_PORTS
                 .parse()
                 .unwrap_or_else(|_| PortList::default()),

@@ -19,11 +19,17 @@ pub enum PropagationFormat {
     B3Multi,
 }
 
-/// An on/off switch.
+/// When a proxy answers with a `traceresponse` header (`MESHTRACE_TRACE_RESPONSE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Toggle {
+pub enum TraceResponse {
+    /// Only when this proxy applied a sample header from the request: the client asked for a
+    /// trace, so it gets its id. Other responses pass unchanged.
     #[value(alias = "true", alias = "1")]
     On,
+    /// Also whenever this proxy started the trace (every request entering the mesh without
+    /// a context gets one).
+    Always,
+    /// Never.
     #[value(alias = "false", alias = "0")]
     Off,
 }
@@ -75,15 +81,16 @@ pub struct TraceArgs {
     )]
     pub span_name: SpanNaming,
 
-    /// Add a `traceresponse: 00-{trace-id}-{span-id}-{flags}` response header when this
-    /// proxy started the trace or applied the sample header (`on`|`off`).
+    /// When to add a `traceresponse: 00-{trace-id}-{span-id}-{flags}` response header:
+    /// `on` = only when this proxy applied a sample header from the request, `always` = also
+    /// whenever this proxy started the trace, `off` = never.
     #[arg(
         long = "trace-response",
         env = "MESHTRACE_TRACE_RESPONSE",
         value_enum,
-        default_value_t = Toggle::On
+        default_value_t = TraceResponse::On
     )]
-    pub trace_response: Toggle,
+    pub trace_response: TraceResponse,
 }
 
 impl Default for TraceArgs {
@@ -93,7 +100,7 @@ impl Default for TraceArgs {
             sample_header: HeaderName::from_static("l5d-sample"),
             propagation: vec![PropagationFormat::TraceContext, PropagationFormat::B3Multi],
             span_name: SpanNaming::Template,
-            trace_response: Toggle::On,
+            trace_response: TraceResponse::On,
         }
     }
 }
@@ -186,7 +193,21 @@ mod tests {
             vec![PropagationFormat::B3, PropagationFormat::TraceContext]
         );
         assert_eq!(cli.trace.span_name, SpanNaming::Path);
-        assert_eq!(cli.trace.trace_response, Toggle::Off);
+        assert_eq!(cli.trace.trace_response, TraceResponse::Off);
+    }
+
+    #[test]
+    fn trace_response_takes_on_always_off() {
+        for (value, want) in [
+            ("on", TraceResponse::On),
+            ("always", TraceResponse::Always),
+            ("off", TraceResponse::Off),
+            ("true", TraceResponse::On),
+            ("0", TraceResponse::Off),
+        ] {
+            let cli = Cli::try_parse_from(["proxy", "--trace-response", value]).unwrap();
+            assert_eq!(cli.trace.trace_response, want, "{value}");
+        }
     }
 
     #[test]

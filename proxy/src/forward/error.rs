@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Empty};
 
+use super::request_body::ClientBodyError;
 use crate::meta::{ErrorType, PROXY_ERROR_HEADER};
 
 /// Everything that can go wrong between receiving a request and receiving the upstream's
@@ -52,6 +53,41 @@ pub enum ForwardError {
     InvalidTarget(String),
     #[error("destination {0} is this proxy; refusing to loop")]
     Loop(SocketAddr),
+    #[error("invalid request: {0}")]
+    InvalidHost(HostError),
+    /// The client's request body broke off or broke its framing before the upstream answered.
+    #[error("{source}")]
+    ClientBody {
+        incomplete: bool,
+        source: hyper::Error,
+    },
+}
+
+/// How a request's `Host` and target fail RFC 9112 §3.2 (see [`super::validate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("an HTTP/1.1 request without Host")]
+    Missing,
+    #[error("more than one Host")]
+    Several,
+    #[error("a Host that is not host[:port]")]
+    Invalid,
+    #[error("a Host that differs from the absolute-form target's authority")]
+    Mismatch,
+    #[error("userinfo in the target or Host")]
+    Userinfo,
+}
+
+impl HostError {
+    pub fn error_type(self) -> &'static str {
+        match self {
+            HostError::Missing => "missing_host",
+            HostError::Several => "duplicate_host",
+            HostError::Invalid => "invalid_host",
+            HostError::Mismatch => "host_mismatch",
+            HostError::Userinfo => "userinfo",
+        }
+    }
 }
 
 impl ForwardError {
@@ -69,6 +105,15 @@ impl ForwardError {
 
     /// Classifies an error from an upstream HTTP exchange.
     pub fn upstream(error: hyper::Error) -> Self {
+        let client_body = std::iter::successors(std::error::Error::source(&error), |e| e.source())
+            .find_map(|cause| cause.downcast_ref::<ClientBodyError>());
+        if let Some(client_body) = client_body {
+            let incomplete = client_body.is_incomplete();
+            return ForwardError::ClientBody {
+                incomplete,
+                source: error,
+            };
+        }
         if error.is_closed() || error.is_incomplete_message() || error.is_canceled() {
             return ForwardError::Reset(error);
         }
@@ -116,17 +161,30 @@ impl ErrorType for ForwardError {
             ForwardError::NoDestination => "no_destination",
             ForwardError::InvalidTarget(_) => "invalid_target",
             ForwardError::Loop(_) => "loop_detected",
+            ForwardError::InvalidHost(error) => error.error_type(),
+            ForwardError::ClientBody {
+                incomplete: true, ..
+            } => "client_body_incomplete",
+            ForwardError::ClientBody { .. } => "invalid_request_body",
         }
     }
 }
 
 /// The status for an `error.type`: timeouts are 504, requests that name no usable destination
-/// are 400, everything else is 502. Keyed by the type name so that layers between here and the
+/// or whose Host is invalid are 400, everything else is 502. Keyed by the type name so that layers between here and the
 /// upstream client may wrap the error in their own type.
 pub fn status_for(error_type: &str) -> StatusCode {
     match error_type {
         "connect_timeout" | "timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "no_destination" | "invalid_target" => StatusCode::BAD_REQUEST,
+        "no_destination"
+        | "invalid_target"
+        | "missing_host"
+        | "duplicate_host"
+        | "invalid_host"
+        | "host_mismatch"
+        | "userinfo"
+        | "invalid_request_body"
+        | "client_body_incomplete" => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_GATEWAY,
     }
 }

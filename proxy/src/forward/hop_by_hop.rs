@@ -26,42 +26,53 @@ fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// `Connection`, `Proxy-Connection`, `Keep-Alive`, `TE` (except `trailers`, which the proxy
 /// honours end to end), `Transfer-Encoding` and `Upgrade`. With `keep_upgrade`, the upgrade
 /// handshake (`Connection: upgrade` and `Upgrade`) is forwarded, since the proxy bridges it.
+/// The fields that stay keep their order.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of them: one pass over the names is cheaper than the seven
-    // hashed lookups below.
+    // Most messages carry none of them: one pass over the names is cheaper than the lookups
+    // below.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection_options(headers)
-            .filter(|option| !(keep_upgrade && option.eq_ignore_ascii_case("upgrade")))
-            .filter_map(|option| HeaderName::from_bytes(option.as_bytes()).ok())
-            .collect();
-        let only_upgrade = keep_upgrade
-            && named.is_empty()
-            && headers.get_all(header::CONNECTION).iter().count() == 1;
-        for name in named {
-            if name != header::TE || !keep_te(headers) {
-                headers.remove(&name);
-            }
-        }
-        if keep_upgrade {
-            if !only_upgrade {
-                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            }
+    let named: Vec<HeaderName> = connection_options(headers)
+        .filter(|option| !(keep_upgrade && option.eq_ignore_ascii_case("upgrade")))
+        .filter_map(|option| HeaderName::from_bytes(option.as_bytes()).ok())
+        .collect();
+    let has_connection = headers.contains_key(header::CONNECTION);
+    let only_upgrade =
+        keep_upgrade && named.is_empty() && headers.get_all(header::CONNECTION).iter().count() == 1;
+    let keep_te = keep_te(headers);
+    remove_in_order(headers, |name| {
+        if *name == header::TE {
+            !keep_te
+        } else if *name == header::CONNECTION || *name == header::UPGRADE {
+            !keep_upgrade
         } else {
-            headers.remove(header::CONNECTION);
+            *name == header::TRANSFER_ENCODING
+                || name == "proxy-connection"
+                || name == "keep-alive"
+                || named.contains(name)
         }
+    });
+    if has_connection && keep_upgrade && !only_upgrade {
+        // Replaces the values in place: the field keeps its position.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    for name in ["proxy-connection", "keep-alive"] {
-        headers.remove(name);
-    }
-    if !keep_te(headers) {
-        headers.remove(header::TE);
-    }
-    headers.remove(header::TRANSFER_ENCODING);
-    if !keep_upgrade {
-        headers.remove(header::UPGRADE);
+}
+
+/// Removes every field whose name `remove` picks, keeping the others in their order.
+/// (`HeaderMap::remove` moves the last field into the removed one's place.)
+fn remove_in_order(headers: &mut HeaderMap, remove: impl Fn(&HeaderName) -> bool) {
+    let old = std::mem::take(headers);
+    headers.reserve(old.len());
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in old {
+        // `None`: another value of the previous name.
+        if let Some(name) = name {
+            current = (!remove(&name)).then_some(name);
+        }
+        if let Some(name) = &current {
+            headers.append(name.clone(), value);
+        }
     }
 }
 
@@ -140,6 +151,35 @@ mod tests {
         let mut map = headers(&end_to_end);
         strip_hop_by_hop(&mut map, false);
         assert_eq!(names(&map), ["accept", "host", "x-keep-alive"]);
+    }
+
+    #[test]
+    fn the_fields_that_stay_keep_their_order() {
+        let mut map = headers(&[
+            ("x-first", "1"),
+            ("connection", "keep-alive, x-hop"),
+            ("vary", "a"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "h"),
+            ("vary", "b"),
+            ("cache-control", "no-store"),
+            ("content-length", "19"),
+        ]);
+        strip_hop_by_hop(&mut map, false);
+        let kept: Vec<(&str, &str)> = map
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("x-first", "1"),
+                ("vary", "a"),
+                ("vary", "b"),
+                ("cache-control", "no-store"),
+                ("content-length", "19"),
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! server (hyper conn) → ConnectionService → RequestMetrics → [SERVER-span slot]
-//!     → error→response mapping (502/504 + meshtrace-proxy-error) → [CLIENT-span slot] → Upstream
+//!     → error→response mapping (400/502/504 + meshtrace-proxy-error) → Validate (Host)
+//!     → [CLIENT-span slot] → Upstream
 //! ```
 //!
 //! It learns what it needs of the rest of the proxy as parameters: the detected protocol
@@ -11,7 +12,8 @@
 //!
 //! Modules in request order: [`server`] serves a client connection, [`connection_service`]
 //! hands its requests to the connection's stack, [`request_metrics`] counts them, [`error`]
-//! maps failures to responses, [`upstream`] forwards each request to the destination that
+//! maps failures to responses, [`validate`] refuses requests whose Host is ambiguous,
+//! [`request_body`] marks the client's body errors as the client's, [`upstream`] forwards each request to the destination that
 //! [`destination`] names (after the [`loop_check`], through [`resolve`]), without the
 //! [`hop_by_hop`] fields, over connections from [`pool`] (opened by [`connect`]), and bridges
 //! upgrades through [`tunnel`]. [`streams`] runs an h2 connection's streams on its own task;
@@ -25,6 +27,7 @@ pub mod h1;
 pub mod hop_by_hop;
 pub mod loop_check;
 pub mod pool;
+pub mod request_body;
 pub mod request_metrics;
 pub mod resolve;
 pub mod server;
@@ -32,6 +35,7 @@ pub mod streams;
 pub mod tcp;
 pub mod tunnel;
 pub mod upstream;
+pub mod validate;
 
 use hyper::body::Incoming;
 use tower::Layer;
@@ -50,6 +54,7 @@ pub use self::loop_check::OwnListeners;
 pub use self::request_metrics::{RequestMetrics, RequestMetricsLayer};
 pub use self::server::serve_connection;
 pub use self::upstream::{Upstream, UpstreamSettings};
+pub use self::validate::{Validate, ValidateLayer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -68,7 +73,7 @@ pub struct StackParams {
 
 /// The HTTP stack of one client connection.
 pub type HttpStack = RequestMetrics<
-    ServerSpanService<ErrorResponse<ClientSpanService<Upstream<TracedBody<Incoming>>>>>,
+    ServerSpanService<ErrorResponse<Validate<ClientSpanService<Upstream<TracedBody<Incoming>>>>>>,
 >;
 
 /// One direction's layers, built once; every client connection gets its own [`HttpStack`] from
@@ -87,10 +92,13 @@ impl HttpStacks {
         // Outermost first: metrics see every request; the SERVER span sees the request as
         // received (with `Arc<ConnMeta>` in its extensions) and the response as sent, the
         // proxy's own 502/504s included; the CLIENT span sees the request as forwarded and the
-        // upstream's response (with `UpstreamPeer`) or a `ForwardError` (`ErrorType`).
-        self.metrics.layer(self.server_span.layer(
-            ErrorResponseLayer.layer(self.client_span.layer(self.upstream.for_connection())),
-        ))
+        // upstream's response (with `UpstreamPeer`) or a `ForwardError` (`ErrorType`); a
+        // request refused by `Validate` (Host, userinfo) gets no CLIENT span.
+        let client = self.client_span.layer(self.upstream.for_connection());
+        self.metrics.layer(
+            self.server_span
+                .layer(ErrorResponseLayer.layer(ValidateLayer.layer(client))),
+        )
     }
 }
 

@@ -20,6 +20,7 @@ use super::error::ForwardError;
 use super::hop_by_hop::{is_upgrade, strip_hop_by_hop};
 use super::loop_check::OwnListeners;
 use super::pool::{self, Affinity, Pool};
+use super::request_body::ClientBody;
 use super::resolve::Resolver;
 use super::tunnel::Tunnels;
 use super::BoxError;
@@ -49,14 +50,14 @@ pub struct UpstreamSettings {
 /// upstream connections that client connection uses (see [`Affinity`]).
 pub struct Upstream<B> {
     client: Arc<UpstreamClient<B>>,
-    affinity: Arc<Affinity<B>>,
+    affinity: Arc<Affinity<ClientBody<B>>>,
 }
 
 /// One direction's upstream client, shared by the [`Upstream`] handles of all its client
 /// connections.
 struct UpstreamClient<B> {
     settings: UpstreamSettings,
-    pool: Arc<Pool<B>>,
+    pool: Arc<Pool<ClientBody<B>>>,
     resolver: Resolver,
     tunnels: Tunnels,
 }
@@ -111,7 +112,7 @@ where
     }
 
     /// The connection pool, for periodic eviction of idle connections.
-    pub fn pool(&self) -> &Arc<Pool<B>> {
+    pub fn pool(&self) -> &Arc<Pool<ClientBody<B>>> {
         &self.client.pool
     }
 }
@@ -141,7 +142,7 @@ where
 {
     async fn forward(
         self: Arc<Self>,
-        affinity: Arc<Affinity<B>>,
+        affinity: Arc<Affinity<ClientBody<B>>>,
         mut request: Request<B>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let meta = request.extensions().get::<Arc<ConnMeta>>();
@@ -174,6 +175,7 @@ where
         strip_hop_by_hop(request.headers_mut(), upgrade);
         let client_upgrade = (upgrade || is_connect).then(|| hyper::upgrade::on(&mut request));
 
+        let request = request.map(ClientBody::new);
         let send = async {
             if request.version() == Version::HTTP_2 {
                 self.pool.send_h2(&affinity, targets, request).await

@@ -87,9 +87,34 @@ where
     }
 }
 
+/// Whether a body error is the peer's `RST_STREAM(CANCEL)` (hyper's error, or one boxed, with
+/// an h2 error of reason `CANCEL` in its chain). Only called when a traced body fails.
+fn is_cancel_reset<E: 'static>(error: &E) -> bool {
+    use std::error::Error;
+    let any = error as &dyn std::any::Any;
+    let error: &(dyn Error + 'static) = if let Some(e) = any.downcast_ref::<hyper::Error>() {
+        e
+    } else if let Some(e) = any.downcast_ref::<Box<dyn Error + Send + Sync>>() {
+        e.as_ref()
+    } else if let Some(e) = any.downcast_ref::<h2::Error>() {
+        e
+    } else {
+        return false;
+    };
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::CANCEL);
+        }
+        next = e.source();
+    }
+    false
+}
+
 impl<B> Body for TracedBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -129,7 +154,11 @@ where
                             guard.finish_body();
                         }
                     }
-                    Some(Err(_)) => guard.finish(End::BodyError),
+                    Some(Err(error)) => guard.finish(if is_cancel_reset(error) {
+                        End::ResetCancel
+                    } else {
+                        End::BodyError
+                    }),
                     None => guard.finish_body(),
                 }
                 if guard.is_finished() {

@@ -29,7 +29,7 @@ use super::propagation::{
 };
 use super::record::{PendingSpan, SpanGuard, SpanStart};
 use super::sampling::{self, Decision};
-use super::{ids, TracerState};
+use super::{ids, TraceResponse, TracerState};
 
 /// What starting the SERVER span gives the layer.
 pub(super) struct ServerStart {
@@ -182,8 +182,8 @@ fn flags(decision: Decision, random: bool) -> u8 {
     sampled | if random { FLAG_RANDOM } else { 0 }
 }
 
-/// The `traceresponse` value, when enabled and this proxy started the trace or applied the
-/// sample header.
+/// The `traceresponse` value, when the setting asks for one: `on` when this proxy applied the
+/// sample header (the client asked for a trace), `always` also when this proxy started the trace.
 fn trace_response(
     tracer: &TracerState,
     incoming: &Incoming,
@@ -191,7 +191,13 @@ fn trace_response(
     span_id: &SpanId,
     flags: u8,
 ) -> Option<HeaderValue> {
-    if tracer.trace_response && (trace.started_here() || incoming.forced_rate().is_some()) {
+    let applied_sample_header = incoming.forced_rate().is_some();
+    let wanted = match tracer.trace_response {
+        TraceResponse::Off => false,
+        TraceResponse::On => applied_sample_header,
+        TraceResponse::Always => applied_sample_header || trace.started_here(),
+    };
+    if wanted {
         propagation::w3c::traceparent_value(&trace.trace_id, span_id, flags)
     } else {
         None
@@ -228,6 +234,7 @@ fn record_server(
             trace_state: span_trace_state,
             flags,
             grpc: request.grpc,
+            grpc_timeout: attributes::grpc_timeout(request.grpc, &parts.headers),
             fallback_peer: None,
         },
         request.attributes,
@@ -274,6 +281,7 @@ fn record_client(
             trace_state: recording.text.trace_state(),
             flags: hop.flags,
             grpc,
+            grpc_timeout: attributes::grpc_timeout(grpc, &parts.headers),
             fallback_peer: conn.and_then(|c| c.orig_dst),
         },
         attributes::client(

@@ -10,7 +10,9 @@ pub struct TraceMetrics {
     pub sample_header_invalid: Counter,
     /// Spans handed to the exporter's queue.
     pub spans_recorded: Counter,
-    /// Spans the exporter's queue refused (full or closed).
+    /// Spans refused because the export queue was closed (export stopped). A full queue's drops
+    /// are the exporter's `meshtrace_export_spans_dropped{reason="queue_full"}`, so that each
+    /// drop is counted in one family.
     pub spans_dropped: Counter,
 }
 
@@ -30,7 +32,7 @@ impl TraceMetrics {
         );
         registry.register(
             "meshtrace_trace_spans_dropped",
-            "Finished spans the export queue refused (full or closed)",
+            "Finished spans dropped because the export queue was closed (a full queue's drops are meshtrace_export_spans_dropped_total{reason=\"queue_full\"})",
             metrics.spans_dropped.clone(),
         );
         metrics

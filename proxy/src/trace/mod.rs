@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use crate::span::{SpanRecord, SpanSink};
+use crate::span::{SendError, SpanRecord, SpanSink};
 
 pub use body::TracedBody;
 pub use context::HopContext;
@@ -60,7 +60,7 @@ pub use naming::SpanNaming;
 pub use propagation::B3Forms;
 
 // The settings are parsed in `config`; re-exported for the layers' users.
-pub use crate::config::trace::{PropagationFormat, Toggle, TraceArgs};
+pub use crate::config::trace::{PropagationFormat, TraceArgs, TraceResponse};
 
 /// The tracer's settings and outputs (span sink, metrics), shared by every layer instance and
 /// every request recording.
@@ -70,7 +70,7 @@ pub(crate) struct TracerState {
     sample_header: HeaderName,
     default_b3: B3Forms,
     naming: SpanNaming,
-    trace_response: bool,
+    trace_response: TraceResponse,
     sink: SpanSink,
     metrics: TraceMetrics,
 }
@@ -78,9 +78,15 @@ pub(crate) struct TracerState {
 impl TracerState {
     pub(crate) fn send(&self, record: SpanRecord) {
         match self.sink.try_send(record) {
-            Ok(()) => self.metrics.spans_recorded.inc(),
-            Err(_) => self.metrics.spans_dropped.inc(),
-        };
+            Ok(()) => {
+                self.metrics.spans_recorded.inc();
+            }
+            // Counted once, by the exporter: `meshtrace_export_spans_dropped{reason="queue_full"}`.
+            Err(SendError::QueueFull) => {}
+            Err(SendError::Closed) => {
+                self.metrics.spans_dropped.inc();
+            }
+        }
     }
 }
 
@@ -108,7 +114,7 @@ impl Tracer {
                 sample_header: args.sample_header.clone(),
                 default_b3,
                 naming: args.span_name,
-                trace_response: args.trace_response == Toggle::On,
+                trace_response: args.trace_response,
                 sink,
                 metrics,
             }),

@@ -23,6 +23,8 @@ pub enum End {
     Complete,
     /// A body errored mid-stream.
     BodyError,
+    /// The peer reset the stream with `RST_STREAM(CANCEL)` mid-body: it cancelled.
+    ResetCancel,
     /// Dropped before completion (peer reset, client gone, timeout above us).
     Cancelled,
     /// The inner service failed; the low-cardinality error name.
@@ -47,6 +49,8 @@ pub struct SpanStart {
     pub trace_state: Option<crate::span::SharedStr>,
     pub flags: u8,
     pub grpc: bool,
+    /// The gRPC request's `grpc-timeout` ([`super::attributes::grpc_timeout`]).
+    pub grpc_timeout: Option<std::time::Duration>,
     /// CLIENT: where the request went if the data path does not report it.
     pub fallback_peer: Option<SocketAddr>,
 }
@@ -72,7 +76,7 @@ impl PendingSpan {
                 attributes,
             },
             request,
-            response: ResponseAttributes::new(start.grpc, start.fallback_peer),
+            response: ResponseAttributes::new(start.grpc, start.grpc_timeout, start.fallback_peer),
         })
     }
 
@@ -122,8 +126,15 @@ impl PendingSpan {
         } = *self;
         record.end_unix_nanos = end_unix_nanos.max(record.start_unix_nanos);
         let request_body_bytes = request.request_body_bytes.load(Ordering::Relaxed);
-        record.status =
-            response.finish(record.kind, end, request_body_bytes, &mut record.attributes);
+        let elapsed =
+            std::time::Duration::from_nanos(record.end_unix_nanos - record.start_unix_nanos);
+        record.status = response.finish(
+            record.kind,
+            end,
+            elapsed,
+            request_body_bytes,
+            &mut record.attributes,
+        );
         request.tracer.send(record);
     }
 }

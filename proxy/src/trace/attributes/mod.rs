@@ -24,7 +24,7 @@ use crate::span::{attributes_with_capacity, AttrValue};
 
 use super::naming::{known_method, SpanNaming};
 
-pub use self::response::{ResponseAttributes, ERROR_OTHER};
+pub use self::response::{grpc_timeout, ResponseAttributes, ERROR_OTHER};
 use self::target::strip_brackets;
 pub use self::target::{addressed, Addressed, Target};
 pub use self::text::RequestText;

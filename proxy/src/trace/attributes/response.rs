@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::{Extensions, HeaderMap, StatusCode};
 
@@ -16,6 +17,46 @@ use super::{
 };
 
 const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// gRPC status `CANCELLED`: the call was cancelled (client gone, `RST_STREAM(CANCEL)`).
+pub const GRPC_CANCELLED: i64 = 1;
+/// gRPC status `DEADLINE_EXCEEDED`: the call's `grpc-timeout` elapsed.
+pub const GRPC_DEADLINE_EXCEEDED: i64 = 4;
+
+/// The request's `grpc-timeout` (`1*8DIGIT` and a unit: `H`, `M`, `S`, `m`, `u`, `n`), for a
+/// gRPC request; `None` when absent, not gRPC or malformed.
+pub fn grpc_timeout(grpc: bool, headers: &HeaderMap) -> Option<Duration> {
+    if !grpc {
+        return None;
+    }
+    let value = headers.get(GRPC_TIMEOUT)?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Whether a call that ended `elapsed` after this proxy received it ran out its
+/// `grpc-timeout`. The client counted from before it sent the request, so the deadline it
+/// enforces comes a little earlier than here: a call ending within a tenth of the timeout
+/// (at most 100 ms) before it counts as having reached it.
+fn deadline_reached(timeout: Duration, elapsed: Duration) -> bool {
+    let slack = (timeout / 10).min(Duration::from_millis(100));
+    elapsed + slack >= timeout
+}
 
 /// `error.type` when the peer went away before the exchange completed.
 pub const ERROR_CANCELLED: &str = "cancelled";
@@ -33,20 +74,28 @@ pub struct ResponseAttributes {
     error_type: Option<Cow<'static, str>>,
     grpc: bool,
     grpc_status: Option<i64>,
+    /// The gRPC request's `grpc-timeout`.
+    grpc_timeout: Option<Duration>,
     /// CLIENT: where the request went if the data path did not report [`UpstreamPeer`].
     fallback_peer: Option<SocketAddr>,
     peer_recorded: bool,
 }
 
 impl ResponseAttributes {
-    /// Nothing known yet, for a request that is gRPC or not; `fallback_peer` as above.
-    pub fn new(grpc: bool, fallback_peer: Option<SocketAddr>) -> ResponseAttributes {
+    /// Nothing known yet, for a request that is gRPC or not (with its `grpc-timeout`, see
+    /// [`grpc_timeout`]); `fallback_peer` as above.
+    pub fn new(
+        grpc: bool,
+        grpc_timeout: Option<Duration>,
+        fallback_peer: Option<SocketAddr>,
+    ) -> ResponseAttributes {
         ResponseAttributes {
             body_bytes: 0,
             status_code: None,
             error_type: None,
             grpc,
             grpc_status: None,
+            grpc_timeout,
             fallback_peer,
             peer_recorded: false,
         }
@@ -103,15 +152,41 @@ impl ResponseAttributes {
         self.body_bytes = self.body_bytes.saturating_add(n as u64);
     }
 
-    /// Pushes the attributes of a span of `kind` that ended as `end` after its request body
-    /// carried `request_body_bytes`, and returns the span status they imply.
+    /// The gRPC status a call that ended as `end`, `elapsed` after it started, ended with: its
+    /// `grpc-status` when the response carried one; otherwise `DEADLINE_EXCEEDED` when it did
+    /// not complete and its `grpc-timeout` elapsed, `CANCELLED` when it was cancelled (client
+    /// gone, or a `RST_STREAM(CANCEL)`).
+    fn grpc_status(&self, end: &End, elapsed: Duration) -> Option<i64> {
+        if !self.grpc || self.grpc_status.is_some() {
+            return self.grpc_status;
+        }
+        if matches!(end, End::Complete) {
+            return None;
+        }
+        if self
+            .grpc_timeout
+            .is_some_and(|timeout| deadline_reached(timeout, elapsed))
+        {
+            Some(GRPC_DEADLINE_EXCEEDED)
+        } else if matches!(end, End::Cancelled | End::ResetCancel) {
+            Some(GRPC_CANCELLED)
+        } else {
+            None
+        }
+    }
+
+    /// Pushes the attributes of a span of `kind` that ended as `end`, `elapsed` after it
+    /// started, after its request body carried `request_body_bytes`, and returns the span
+    /// status they imply.
     pub fn finish(
         self,
         kind: SpanKind,
         end: End,
+        elapsed: Duration,
         request_body_bytes: u64,
         attrs: &mut Attributes,
     ) -> SpanStatus {
+        let grpc_status = self.grpc_status(&end, elapsed);
         if !self.peer_recorded {
             if let Some(peer) = self.fallback_peer {
                 push_peer(attrs, peer);
@@ -141,7 +216,7 @@ impl ResponseAttributes {
                 error_type.get_or_insert_with(|| Cow::Owned(code.as_u16().to_string()));
             }
         }
-        if let Some(code) = self.grpc_status {
+        if let Some(code) = grpc_status {
             attrs.push((RPC_GRPC_STATUS_CODE, AttrValue::Int(code)));
             error |= code != 0;
         }
@@ -151,7 +226,7 @@ impl ResponseAttributes {
                 error = true;
                 error_type = Some(Cow::Borrowed(ERROR_BODY));
             }
-            End::Cancelled => {
+            End::Cancelled | End::ResetCancel => {
                 error = true;
                 error_type = Some(Cow::Borrowed(ERROR_CANCELLED));
             }

@@ -6,7 +6,7 @@ use http::header::{HeaderMap, CONTENT_TYPE, HOST, USER_AGENT};
 use http::Request;
 
 use crate::meta::Direction;
-use crate::span::SharedStr;
+use crate::span::{SharedStr, SpanKind};
 
 use super::target::plain_host;
 use super::*;
@@ -460,4 +460,111 @@ fn unknown_methods_are_bounded() {
         Some(AttrValue::Static("_OTHER"))
     );
     assert_eq!(get(&attrs, HTTP_REQUEST_METHOD_ORIGINAL), Some(s("PURGE")));
+}
+
+#[test]
+fn grpc_timeout_reads_the_spec_units() {
+    use std::time::Duration;
+    let timeout = |value: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().unwrap());
+        grpc_timeout(true, &headers)
+    };
+    assert_eq!(timeout("2H"), Some(Duration::from_secs(7200)));
+    assert_eq!(timeout("3M"), Some(Duration::from_secs(180)));
+    assert_eq!(timeout("10S"), Some(Duration::from_secs(10)));
+    assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+    assert_eq!(
+        timeout("99999999u"),
+        Some(Duration::from_micros(99_999_999))
+    );
+    assert_eq!(timeout("7n"), Some(Duration::from_nanos(7)));
+    // At most 8 digits, a known unit, nothing else.
+    for bad in [
+        "123456789S",
+        "S",
+        "10",
+        "10s",
+        "1.5S",
+        " 10S",
+        "-1S",
+        "10 S",
+    ] {
+        assert_eq!(timeout(bad), None, "{bad:?}");
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("grpc-timeout", "1S".parse().unwrap());
+    assert_eq!(grpc_timeout(false, &headers), None, "not a gRPC request");
+}
+
+/// The `rpc.grpc.status_code` of a gRPC span that ended as `end`, `elapsed` after it started.
+fn grpc_status_after(
+    timeout: Option<std::time::Duration>,
+    trailers: Option<&str>,
+    end: super::super::record::End,
+    elapsed: std::time::Duration,
+) -> Option<AttrValue> {
+    let mut response = ResponseAttributes::new(true, timeout, None);
+    if let Some(status) = trailers {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", status.parse().unwrap());
+        response.on_trailers(&headers);
+    }
+    let mut attrs = Attributes::new();
+    response.finish(SpanKind::Server, end, elapsed, 0, &mut attrs);
+    get(&attrs, "rpc.grpc.status_code")
+}
+
+#[test]
+fn grpc_status_is_the_one_the_call_ended_with() {
+    use super::super::record::End;
+    use std::time::Duration;
+    let second = Some(Duration::from_secs(1));
+    let early = Duration::from_millis(100);
+    let late = Duration::from_millis(1000);
+    // grpc-status from trailers or a trailers-only response wins.
+    assert_eq!(
+        grpc_status_after(second, Some("5"), End::Cancelled, late),
+        Some(AttrValue::Int(5))
+    );
+    assert_eq!(
+        grpc_status_after(None, Some("0"), End::Complete, early),
+        Some(AttrValue::Int(0))
+    );
+    // Cancelled before the deadline, or without one: CANCELLED.
+    assert_eq!(
+        grpc_status_after(None, None, End::Cancelled, late),
+        Some(AttrValue::Int(1))
+    );
+    assert_eq!(
+        grpc_status_after(None, None, End::ResetCancel, late),
+        Some(AttrValue::Int(1))
+    );
+    assert_eq!(
+        grpc_status_after(second, None, End::Cancelled, early),
+        Some(AttrValue::Int(1))
+    );
+    // The grpc-timeout elapsed: DEADLINE_EXCEEDED, however the call ended.
+    for end in [End::Cancelled, End::BodyError, End::Failed("timeout")] {
+        assert_eq!(
+            grpc_status_after(second, None, end, late),
+            Some(AttrValue::Int(4))
+        );
+    }
+    // A body error or a failure before the deadline says nothing about the gRPC status.
+    assert_eq!(grpc_status_after(second, None, End::BodyError, early), None);
+    assert_eq!(
+        grpc_status_after(None, None, End::Failed("connect"), late),
+        None
+    );
+    // Not gRPC: no gRPC status.
+    let mut attrs = Attributes::new();
+    ResponseAttributes::new(false, None, None).finish(
+        SpanKind::Server,
+        End::Cancelled,
+        late,
+        0,
+        &mut attrs,
+    );
+    assert_eq!(get(&attrs, "rpc.grpc.status_code"), None);
 }

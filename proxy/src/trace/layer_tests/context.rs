@@ -144,7 +144,7 @@ async fn every_forwarded_request_gets_a_new_client_span_id() {
 }
 
 #[tokio::test]
-async fn a_proxy_that_starts_the_trace_roots_it_and_answers_traceresponse() {
+async fn a_proxy_that_starts_the_trace_roots_it_and_leaves_the_response_alone() {
     let (mut upstream, mut proxy) = start_mesh(args(1.0)).await;
     let (rsp, seen) = get(&proxy, &mut upstream, "/", &[("tracestate", "orphan=1")]).await;
     let [server, client]: [SpanRecord; 2] = spans(&mut proxy.queue, 2).await.try_into().unwrap();
@@ -154,10 +154,8 @@ async fn a_proxy_that_starts_the_trace_roots_it_and_answers_traceresponse() {
         server.trace_state, None,
         "tracestate without a valid parent is dropped"
     );
-    let (trace, span, flags) = traceparent(&rsp.headers, "traceresponse");
-    assert_eq!(trace, to_hex(&server.trace_id));
-    assert_eq!(span, to_hex(&server.span_id));
-    assert_eq!(flags, "03");
+    // The client asked for nothing: its response is not changed (MESHTRACE_TRACE_RESPONSE=on).
+    assert!(rsp.headers.get("traceresponse").is_none());
     let (trace, parent, flags) = traceparent(&seen.headers, "traceparent");
     assert_eq!(trace, to_hex(&server.trace_id));
     assert_eq!(parent, to_hex(&client.span_id));
@@ -165,15 +163,62 @@ async fn a_proxy_that_starts_the_trace_roots_it_and_answers_traceresponse() {
     assert!(seen.headers.get("tracestate").is_none());
 }
 
-#[tokio::test]
-async fn traceresponse_can_be_turned_off() {
-    let upstream = start_upstream().await;
+fn trace_response(setting: TraceResponse) -> TraceArgs {
     let mut args = args(1.0);
-    args.trace_response = crate::trace::Toggle::Off;
-    let mut proxy = start_proxy(args, upstream.addr).await;
-    let (rsp, _) = send(request(&proxy, Method::GET, "/", &[("l5d-sample", "1")])).await;
+    args.trace_response = setting;
+    args
+}
+
+#[tokio::test]
+async fn trace_response_always_answers_when_this_proxy_started_the_trace() {
+    let mut upstream = start_upstream().await;
+    let mut proxy = start_proxy(trace_response(TraceResponse::Always), upstream.addr).await;
+    let (rsp, _) = get(&proxy, &mut upstream, "/", &[]).await;
+    let [server, _]: [SpanRecord; 2] = spans(&mut proxy.queue, 2).await.try_into().unwrap();
+    let (trace, span, flags) = traceparent(&rsp.headers, "traceresponse");
+    assert_eq!(trace, to_hex(&server.trace_id));
+    assert_eq!(span, to_hex(&server.span_id));
+    assert_eq!(flags, "03");
+    // A joined trace without a sample header: the caller already knows its trace.
+    let tp = format!("00-{TRACE}-{PARENT}-01");
+    let (rsp, _) = get(&proxy, &mut upstream, "/", &[("traceparent", &tp)]).await;
     assert!(rsp.headers.get("traceresponse").is_none());
     spans(&mut proxy.queue, 2).await;
+}
+
+#[tokio::test]
+async fn trace_response_on_and_always_answer_a_sample_header_off_never() {
+    for (setting, answers) in [
+        (TraceResponse::On, true),
+        (TraceResponse::Always, true),
+        (TraceResponse::Off, false),
+    ] {
+        let mut upstream = start_upstream().await;
+        let mut proxy = start_proxy(trace_response(setting), upstream.addr).await;
+        for headers in [
+            &[("l5d-sample", "1")][..],
+            &[
+                ("l5d-sample", "1"),
+                ("traceparent", &format!("00-{TRACE}-{PARENT}-00")),
+            ][..],
+        ] {
+            let (rsp, _) = get(&proxy, &mut upstream, "/", headers).await;
+            assert_eq!(
+                rsp.headers.get("traceresponse").is_some(),
+                answers,
+                "{setting:?} {headers:?}"
+            );
+            spans(&mut proxy.queue, 2).await;
+        }
+        // No sample header, trace started here: only `always` answers.
+        let (rsp, _) = get(&proxy, &mut upstream, "/", &[]).await;
+        assert_eq!(
+            rsp.headers.get("traceresponse").is_some(),
+            setting == TraceResponse::Always,
+            "{setting:?}"
+        );
+        spans(&mut proxy.queue, 2).await;
+    }
 }
 
 #[tokio::test]
@@ -250,9 +295,8 @@ async fn unsampled_requests_record_nothing_but_propagate_a_fresh_context() {
     assert_eq!(flags, "02", "not sampled; random trace id");
     assert_eq!(header(&seen.headers, "x-b3-traceid"), Some(trace.as_str()));
     assert_eq!(header(&seen.headers, "x-b3-sampled"), Some("0"));
-    // The proxy started the trace: traceresponse says where (and that it is unsampled).
-    let (rtrace, _, rflags) = traceparent(&rsp.headers, "traceresponse");
-    assert_eq!((rtrace, rflags.as_str()), (trace, "02"));
+    // No sample header: the response is not changed.
+    assert!(rsp.headers.get("traceresponse").is_none());
     assert_eq!(proxy.tracer.metrics().spans_recorded.get(), 0);
 }
 
@@ -328,8 +372,8 @@ async fn b3_sampling_state_only_starts_a_trace_with_that_decision() {
     let b3 = header(&seen.headers, "b3").unwrap();
     assert!(b3.starts_with(&format!("{trace}-{span}-0-")), "{b3}");
     assert!(
-        rsp.headers.get("traceresponse").is_some(),
-        "this proxy started the trace"
+        rsp.headers.get("traceresponse").is_none(),
+        "started here, but the client asked for nothing"
     );
 }
 
@@ -374,7 +418,7 @@ async fn invalid_traceparent_restarts_the_trace_and_drops_tracestate() {
     let (trace, _, _) = traceparent(&seen.headers, "traceparent");
     assert_eq!(trace, to_hex(&spans[0].trace_id));
     assert!(seen.headers.get("tracestate").is_none());
-    assert!(rsp.headers.get("traceresponse").is_some());
+    assert!(rsp.headers.get("traceresponse").is_none());
 }
 
 #[tokio::test]

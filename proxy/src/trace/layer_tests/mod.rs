@@ -32,7 +32,7 @@ use crate::meta::{ConnMeta, Direction, ErrorType, UpstreamPeer, PROXY_ERROR_HEAD
 use crate::span::{AttrValue, SpanKind, SpanQueue, SpanRecord, SpanSink, SpanStatus};
 
 use super::propagation::test_support::to_hex;
-use super::{PropagationFormat, TraceArgs, TracedBody, Tracer};
+use super::{PropagationFormat, TraceArgs, TraceResponse, TracedBody, Tracer};
 
 const WAIT: Duration = Duration::from_secs(30);
 

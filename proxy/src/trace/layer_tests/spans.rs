@@ -209,7 +209,8 @@ async fn full_queue_drops_spans_without_failing_requests() {
         );
     }
     assert_eq!(proxy.tracer.metrics().spans_recorded.get(), 1);
-    assert_eq!(proxy.tracer.metrics().spans_dropped.get(), 5);
+    // Each drop is counted once, by the exporter's `reason="queue_full"` series.
+    assert_eq!(proxy.tracer.metrics().spans_dropped.get(), 0);
     assert_eq!(
         proxy
             .queue

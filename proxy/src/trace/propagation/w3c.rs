@@ -1,10 +1,17 @@
-//! W3C Trace Context (Level 2): `traceparent` and `tracestate`.
+//! W3C Trace Context as the specification reads today (<https://www.w3.org/TR/trace-context/>,
+//! Level 1 with its current `tracestate` key grammar; the `random` flag of Level 2):
+//! `traceparent` and `tracestate`.
 //!
-//! Rules: lowercase hex only; version `ff` is invalid; a future version is parsed for its first
-//! four fields (and re-emitted as `00`); version `00` with anything after the flags is invalid;
-//! all-zero ids are invalid; more than one `traceparent` field is invalid. `tracestate` fields
-//! are combined in order, empty members dropped; a list that breaks the grammar, repeats a key
-//! or exceeds 32 members is dropped whole.
+//! `traceparent`: lowercase hex only; version `ff` is invalid; a future version is parsed for
+//! its first four fields (and re-emitted as `00`); version `00` with anything after the flags is
+//! invalid; all-zero ids are invalid; more than one `traceparent` field is invalid.
+//!
+//! `tracestate`: fields are combined in order, empty members dropped. A key is
+//! `( lcalpha / DIGIT ) 0*255 ( keychar )` with `keychar = lcalpha / DIGIT / "_" / "-" / "*" /
+//! "/" / "@"` (no tenant/system split); a value is 1 to 256 printable ASCII characters except
+//! `,` and `=`, not ending in a space. A repeated key does not invalidate the list: the later
+//! entry is dropped and the rest propagates. Only a list that breaks the grammar or has more
+//! than 32 members is dropped whole.
 
 use bytes::{BufMut, BytesMut};
 use http::header::{GetAll, HeaderValue};
@@ -81,6 +88,11 @@ pub fn traceparent_value(trace_id: &TraceId, span_id: &SpanId, flags: u8) -> Opt
 
 /// The request's `tracestate` given its first field and, when there are several, all
 /// of them (the scan that found the first one already knows whether it repeats).
+///
+/// One field without empty members or repeated keys is kept byte for byte (no copy).
+/// Otherwise the members are joined by `,` in order, without the empty ones and without a
+/// repeated key's later entries (the leftmost entry is a vendor's latest position). `None` when
+/// absent, empty, over [`TRACESTATE_MAX_MEMBERS`] members or breaking the grammar.
 pub(crate) fn tracestate_of(
     first: &HeaderValue,
     all: Option<GetAll<'_, HeaderValue>>,
@@ -93,19 +105,21 @@ pub(crate) fn tracestate_of(
             .chain(all.is_none().then_some(first))
     };
     let mut members = 0usize;
-    let mut dropped_empty = false;
+    let mut rewrite = all.is_some();
     let mut keys: [&[u8]; TRACESTATE_MAX_MEMBERS] = [&[]; TRACESTATE_MAX_MEMBERS];
     for field in fields() {
         for member in field.as_bytes().split(|&c| c == b',') {
             let member = trim_ows(member);
             if member.is_empty() {
-                dropped_empty = true;
+                rewrite = true;
                 continue;
             }
             let key = parse_member(member)?;
-            if members == TRACESTATE_MAX_MEMBERS || keys[..members].contains(&key) {
+            if members == TRACESTATE_MAX_MEMBERS {
                 return None;
             }
+            // A repeated key does not invalidate the list: its later entry is dropped.
+            rewrite |= keys[..members].contains(&key);
             keys[members] = key;
             members += 1;
         }
@@ -113,21 +127,26 @@ pub(crate) fn tracestate_of(
     if members == 0 {
         return None;
     }
-    if all.is_none() && !dropped_empty {
+    if !rewrite {
         return Some(first.clone());
     }
     let mut joined = BytesMut::new();
-    for field in fields() {
-        for member in field.as_bytes().split(|&c| c == b',') {
-            let member = trim_ows(member);
-            if member.is_empty() {
-                continue;
-            }
-            if !joined.is_empty() {
-                joined.put_u8(b',');
-            }
-            joined.put_slice(member);
+    let mut kept = 0usize;
+    for (index, member) in fields()
+        .flat_map(|field| field.as_bytes().split(|&c| c == b','))
+        .map(trim_ows)
+        .filter(|member| !member.is_empty())
+        .enumerate()
+    {
+        if keys[..kept].contains(&keys[index]) {
+            continue;
         }
+        keys[kept] = keys[index];
+        kept += 1;
+        if !joined.is_empty() {
+            joined.put_u8(b',');
+        }
+        joined.put_slice(member);
     }
     HeaderValue::from_maybe_shared(joined.freeze()).ok()
 }
@@ -149,27 +168,21 @@ fn parse_member(member: &[u8]) -> Option<&[u8]> {
     (valid_key(key) && valid_value(value)).then_some(key)
 }
 
+/// `keychar = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"`.
 fn key_char(c: u8) -> bool {
-    matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/')
+    matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/' | b'@')
 }
 
-/// `simple-key` or `tenant-id@system-id`.
+/// `key = ( lcalpha / DIGIT ) 0*255 ( keychar )`: 1 to 256 characters; `@` may appear anywhere
+/// after the first one, any number of times.
 fn valid_key(key: &[u8]) -> bool {
-    match key.iter().position(|&c| c == b'@') {
-        None => {
-            (1..=256).contains(&key.len())
-                && key[0].is_ascii_lowercase()
-                && key.iter().all(|&c| key_char(c))
+    match key.split_first() {
+        Some((&first, rest)) => {
+            rest.len() <= 255
+                && (first.is_ascii_lowercase() || first.is_ascii_digit())
+                && rest.iter().all(|&c| key_char(c))
         }
-        Some(at) => {
-            let (tenant, system) = (&key[..at], &key[at + 1..]);
-            (1..=241).contains(&tenant.len())
-                && (tenant[0].is_ascii_lowercase() || tenant[0].is_ascii_digit())
-                && tenant.iter().all(|&c| key_char(c))
-                && (1..=14).contains(&system.len())
-                && system[0].is_ascii_lowercase()
-                && system.iter().all(|&c| key_char(c))
-        }
+        None => false,
     }
 }
 
@@ -327,6 +340,10 @@ mod tests {
             state(&["tenant1@vendor=v", "a=b c"]).as_deref(),
             Some("tenant1@vendor=v,a=b c")
         );
+        // Kept without a copy: the same bytes.
+        let first = HeaderValue::from_static("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE");
+        let kept = tracestate_of(&first, None).unwrap();
+        assert_eq!(kept.as_bytes().as_ptr(), first.as_bytes().as_ptr());
     }
 
     #[test]
@@ -340,19 +357,18 @@ mod tests {
     #[test]
     fn tracestate_grammar_violations_drop_it() {
         for bad in [
-            "A=1",     // uppercase key
-            "1a=1",    // simple key starts with a digit
-            "a",       // no '='
-            "=1",      // empty key
-            "a=",      // empty value
-            "a=x=y",   // '=' in value
-            "a=x\ty",  // tab in value
-            "a@=1",    // empty system id
-            "@b=1",    // empty tenant id
-            "a@B=1",   // uppercase system id
-            "a@0b=1",  // system id starts with digit
-            "a=1,a=2", // duplicate key
-            "a b=1",   // space in key
+            "A=1",        // uppercase key
+            "_a=1",       // key starts with neither lcalpha nor DIGIT
+            "@a=1",       // nor with '@'
+            "a",          // no '='
+            "=1",         // empty key
+            "a=",         // empty value
+            "a=x=y",      // '=' in value
+            "a=x\ty",     // tab in value
+            "a=x\u{e9}y", // non-ASCII in value
+            "a@B=1",      // uppercase after '@'
+            "a.b=1",      // '.' is no keychar
+            "a b=1",      // space in key
         ] {
             assert_eq!(state(&[bad]), None, "{bad:?}");
         }
@@ -363,18 +379,59 @@ mod tests {
     }
 
     #[test]
+    fn tracestate_keys_take_at_signs_anywhere_after_the_first_character() {
+        let key256 = format!("{}@{}", "t".repeat(200), "v".repeat(55));
+        for good in [
+            "foo@=1",
+            "foo@@bar=1",
+            "foo@bar@baz=1",
+            "0@a=1",
+            "a@0b=1", // a digit after '@'
+            "a@_=1",
+            "1a=1", // a key may start with a digit
+            "a_-*/@9=1",
+            &format!("{key256}=1"),
+        ] {
+            assert_eq!(state(&[good]).as_deref(), Some(good), "{good:?}");
+        }
+    }
+
+    #[test]
     fn tracestate_key_and_value_lengths() {
+        // A key is at most 256 characters, '@' or not; no tenant/system length of its own.
         let key256 = format!("a{}", "b".repeat(255));
         assert!(state(&[&format!("{key256}=1")]).is_some());
         assert!(state(&[&format!("{key256}b=1")]).is_none());
+        let tenant250 = format!("0{}@{}", "t".repeat(249), "s".repeat(5));
+        assert_eq!(tenant250.len(), 256);
+        assert!(state(&[&format!("{tenant250}=1")]).is_some());
+        assert!(state(&[&format!("{tenant250}s=1")]).is_none());
+        let system200 = format!("t@{}", "s".repeat(200));
+        assert!(state(&[&format!("{system200}=1")]).is_some());
         let value256 = "v".repeat(256);
         assert!(state(&[&format!("a={value256}")]).is_some());
         assert!(state(&[&format!("a={value256}v")]).is_none());
-        let tenant241 = format!("0{}", "t".repeat(240));
-        assert!(state(&[&format!("{tenant241}@sys=1")]).is_some());
-        assert!(state(&[&format!("{tenant241}t@sys=1")]).is_none());
-        assert!(state(&[&format!("t@{}=1", "s".repeat(14))]).is_some());
-        assert!(state(&[&format!("t@{}=1", "s".repeat(15))]).is_none());
+        // Leading spaces belong to the value.
+        assert!(state(&[&format!("a= {}", "v".repeat(255))]).is_some());
+        assert!(state(&[&format!("a= {value256}")]).is_none());
+    }
+
+    #[test]
+    fn tracestate_repeated_keys_keep_the_list_and_drop_the_later_entry() {
+        assert_eq!(state(&["foo=1,foo=1"]).as_deref(), Some("foo=1"));
+        assert_eq!(state(&["foo=1,foo=2"]).as_deref(), Some("foo=1"));
+        assert_eq!(
+            state(&["a=1,foo=1,b=2,foo=2,c=3"]).as_deref(),
+            Some("a=1,foo=1,b=2,c=3")
+        );
+        // The same key in two header lines.
+        assert_eq!(
+            state(&["foo=1,bar=2", "foo=3"]).as_deref(),
+            Some("foo=1,bar=2")
+        );
+        assert_eq!(state(&["foo=1", "foo=1"]).as_deref(), Some("foo=1"));
+        // A repeated key with a grammar error elsewhere still drops the list.
+        assert_eq!(state(&["foo=1,foo=2,B=3"]), None);
     }
 
     #[test]
@@ -386,6 +443,10 @@ mod tests {
         assert!(state(&[&a.join(","), "", &format!(",{}", b.join(","))]).is_some());
         let mut over = members.clone();
         over.push("k32=v".into());
+        assert!(state(&[&over.join(",")]).is_none());
+        // A repeated key is still a member of the list received.
+        over.pop();
+        over.push("k0=again".into());
         assert!(state(&[&over.join(",")]).is_none());
     }
 
