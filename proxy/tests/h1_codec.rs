@@ -168,10 +168,10 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Verdict)> {
         ("HTTP/1.2", "GET / HTTP/1.2\r\nHost: a\r\n\r\n".into(), Refused(0, "unsupported_version")),
         ("two spaces in the request line", "GET  / HTTP/1.1\r\nHost: a\r\n\r\n".into(), Refused(0, "invalid_start_line")),
         ("fragment in target", "GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n".into(), Refused(0, "invalid_target")),
-        ("no host", "GET / HTTP/1.1\r\n\r\n".into(), Refused(0, "host_missing")),
-        ("two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".into(), Refused(0, "host_repeated")),
+        ("no host", "GET / HTTP/1.1\r\n\r\n".into(), Refused(0, "missing_host")),
+        ("two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".into(), Refused(0, "duplicate_host")),
         ("host mismatch", "GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n".into(), Refused(0, "host_mismatch")),
-        ("userinfo", "GET http://u:p@a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n".into(), Refused(0, "target_userinfo")),
+        ("userinfo", "GET http://u:p@a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n".into(), Refused(0, "userinfo")),
         // chunked bodies
         ("chunk size overflow", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nx\r\n0\r\n\r\n".into(), Refused(0, "chunk_size_overflow")),
         ("chunk size 0x", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0x1\r\nx\r\n0\r\n\r\n".into(), Refused(0, "invalid_chunk_size")),

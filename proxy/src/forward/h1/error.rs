@@ -1,5 +1,7 @@
 //! Why the codec refused a message: one variant per rule, each with the status a client gets and
 //! a stable name for the `meshtrace-proxy-error` header and the `error.type` span attribute.
+//! The Host rules use the names of `forward::error::HostError` (the hyper path's checks), so a
+//! refusal reads the same on either path.
 
 use http::StatusCode;
 
@@ -74,10 +76,10 @@ impl ErrorType for HeadError {
             HeadError::FieldSyntax => "invalid_field",
             HeadError::LineEnding => "invalid_line_ending",
             HeadError::Target => "invalid_target",
-            HeadError::Userinfo => "target_userinfo",
-            HeadError::HostMissing => "host_missing",
-            HeadError::HostRepeated => "host_repeated",
-            HeadError::HostInvalid => "host_invalid",
+            HeadError::Userinfo => "userinfo",
+            HeadError::HostMissing => "missing_host",
+            HeadError::HostRepeated => "duplicate_host",
+            HeadError::HostInvalid => "invalid_host",
             HeadError::HostMismatch => "host_mismatch",
             HeadError::ContentLengthInvalid => "invalid_content_length",
             HeadError::ContentLengthRepeated => "repeated_content_length",
