@@ -61,6 +61,7 @@ fn span(n: u64) -> SpanRecord {
             ("http.response.body.size", AttrValue::Int(1234)),
             ("meshtrace.direction", AttrValue::Static("inbound")),
         ],
+        links: Vec::new(),
     }
 }
 

@@ -245,8 +245,64 @@ fn bench_request(c: &mut Criterion) {
     group.finish();
 }
 
+/// The correlate step: what inferring an outbound request's parent costs, and what tracking an
+/// inbound request costs (register + finish), with `in_flight` other requests tracked.
+fn bench_correlate(c: &mut Criterion) {
+    use meshtrace_proxy::trace::correlate::{
+        CorrelateSettings, Correlator, ParentContext, Registration, SystemClock,
+    };
+    use meshtrace_proxy::trace::ids;
+
+    let context = |n: u64| ParentContext {
+        trace_id: [n as u8 | 1; 16],
+        span_id: n.max(1).to_be_bytes(),
+        flags: 1,
+        trace_id_64: false,
+        trace_state: None,
+    };
+    let mut group = c.benchmark_group("correlate");
+    for in_flight in [0usize, 1, 100, 10_000] {
+        let correlator = Correlator::new(CorrelateSettings::default(), Arc::new(SystemClock));
+        let ids: Vec<[u8; ids::REQUEST_ID_LEN]> =
+            (0..in_flight).map(|_| ids::new_request_id()).collect();
+        let _guards: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                correlator.register(Registration {
+                    request_id: Some(id),
+                    context: context(n as u64),
+                    candidate: true,
+                })
+            })
+            .collect();
+        group.bench_function(format!("register_and_finish/{in_flight}_in_flight"), |b| {
+            b.iter(|| {
+                let id = ids::new_request_id();
+                drop(black_box(correlator.register(Registration {
+                    request_id: Some(&id),
+                    context: context(7),
+                    candidate: true,
+                })));
+            })
+        });
+        let known = ids.last().copied();
+        if let Some(known) = known {
+            group.bench_function(format!("infer_by_request_id/{in_flight}_in_flight"), |b| {
+                b.iter(|| black_box(correlator.infer(Some(black_box(&known)))))
+            });
+        }
+        // Without a known id: background (0), sole in flight (1), ambiguous with links (more).
+        group.bench_function(format!("infer_without_id/{in_flight}_in_flight"), |b| {
+            b.iter(|| black_box(correlator.infer(None)))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    bench_correlate,
     bench_extract,
     bench_inject,
     bench_sampling,

@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshtrace_examples::services::propagation::Forwarding;
 use meshtrace_examples::services::{Role, SampleService, SampleServiceConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -43,6 +44,7 @@ fn config(role: Role, upstream: Option<SocketAddr>) -> SampleServiceConfig {
         slow_percent: 0,
         error_percent: 0,
         seed: Some(7),
+        forward: Forwarding::TraceHeaders,
         upstream_timeout_ms: 30_000,
     }
 }

@@ -22,6 +22,8 @@ use crate::config::{Config, PortList};
 use crate::detect;
 use crate::export::{self, ExporterHandle};
 use crate::fd_limit;
+use crate::forward::h2_head::H2HeadGuard;
+use crate::forward::head::{Exchanges, HeadGuard, HeadLimits};
 use crate::forward::{self, resolve::Resolver, ConnectionService, HttpStacks, StackParams};
 use crate::listen;
 use crate::meta::{ConnMeta, Direction, Protocol};
@@ -119,9 +121,28 @@ impl Proxy {
         ));
         let admin_guard = admin_stop.drop_guard();
 
-        let (inbound_listener, inbound_addr) = bind("inbound", config.inbound_addr).await?;
-        let (outbound_listener, outbound_addr) = bind("outbound", config.outbound_addr).await?;
-        let own_listeners = forward::OwnListeners::new([inbound_addr, outbound_addr, admin_addr]);
+        let mut inbound_listeners = Vec::new();
+        for addr in config.inbound_addr.iter() {
+            inbound_listeners.push(bind("inbound", addr).await?);
+        }
+        let mut outbound_listeners = Vec::new();
+        for addr in config.outbound_addr.iter() {
+            outbound_listeners.push(bind("outbound", addr).await?);
+        }
+        let bound_addrs = |listeners: &[(TcpListener, SocketAddr)]| -> Vec<SocketAddr> {
+            listeners.iter().map(|(_, addr)| *addr).collect()
+        };
+        let (inbound_addrs, outbound_addrs) = (
+            bound_addrs(&inbound_listeners),
+            bound_addrs(&outbound_listeners),
+        );
+        let own: Vec<SocketAddr> = inbound_addrs
+            .iter()
+            .chain(&outbound_addrs)
+            .copied()
+            .chain([admin_addr])
+            .collect();
+        let own_listeners = forward::OwnListeners::new(own);
 
         let inbound_target = match &config.inbound_target {
             Some(target) => Some(resolve_once(target).await?),
@@ -151,8 +172,7 @@ impl Proxy {
                 own_listeners: own_listeners.clone(),
                 fixed_target,
                 detect_timeout: config.detect_timeout,
-                header_read_timeout: (!config.http1_header_read_timeout.is_zero())
-                    .then_some(config.http1_header_read_timeout),
+                head_limits: config.head_limits(),
                 opaque_ports: config.opaque_ports.clone(),
                 max_connections,
                 connect_timeout: settings.connect_timeout,
@@ -163,10 +183,19 @@ impl Proxy {
         let inbound = direction(Direction::Inbound, inbound_target);
         let outbound = direction(Direction::Outbound, None);
 
-        tracing::info!(%inbound_addr, %outbound_addr, %admin_addr, "listeners bound");
+        let (inbound_addr, outbound_addr) = (inbound_addrs[0], outbound_addrs[0]);
+        tracing::info!(%inbound_addr, %outbound_addr, %admin_addr, ?inbound_addrs, ?outbound_addrs, "listeners bound");
+        let listeners = inbound_listeners
+            .into_iter()
+            .map(|(listener, _)| (listener, inbound.clone()))
+            .chain(
+                outbound_listeners
+                    .into_iter()
+                    .map(|(listener, _)| (listener, outbound.clone())),
+            )
+            .collect();
         Ok(BoundProxy {
-            inbound: (inbound_listener, inbound),
-            outbound: (outbound_listener, outbound),
+            listeners,
             inbound_addr,
             outbound_addr,
             admin_addr,
@@ -194,8 +223,9 @@ async fn resolve_once(target: &str) -> Result<SocketAddr, AppError> {
 
 /// A proxy whose sockets are bound; [`BoundProxy::run`] starts accepting.
 pub struct BoundProxy {
-    inbound: (TcpListener, Arc<DirectionContext>),
-    outbound: (TcpListener, Arc<DirectionContext>),
+    /// Every listening socket (one per configured address) with its direction.
+    listeners: Vec<(TcpListener, Arc<DirectionContext>)>,
+    /// The first inbound and outbound addresses.
     inbound_addr: SocketAddr,
     outbound_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -231,8 +261,7 @@ impl BoundProxy {
     /// the grace period.
     pub async fn run(self, signal: impl Future<Output = ()>) -> DrainOutcome {
         let BoundProxy {
-            inbound,
-            outbound,
+            listeners,
             ready,
             trigger,
             watch,
@@ -241,7 +270,7 @@ impl BoundProxy {
             _admin,
             ..
         } = self;
-        for (listener, context) in [inbound, outbound] {
+        for (listener, context) in listeners {
             tokio::spawn(accept_loop(listener, context, watch.clone()));
         }
         ready.store(true, Ordering::Release);
@@ -272,8 +301,8 @@ struct DirectionContext {
     /// Inbound `MESHTRACE_INBOUND_TARGET`: overrides the original destination.
     fixed_target: Option<SocketAddr>,
     detect_timeout: Duration,
-    /// `None`: HTTP/1 clients may take as long as they like between requests.
-    header_read_timeout: Option<Duration>,
+    /// Bounds on request heads (HTTP/1 timeouts and size, h2 header list size).
+    head_limits: HeadLimits,
     opaque_ports: PortList,
     /// `MESHTRACE_MAX_CONNECTIONS`, resolved.
     max_connections: usize,
@@ -424,10 +453,24 @@ async fn handle_connection(
                 local_addr,
                 orig_dst,
             });
-            let service =
-                ConnectionService::new(context.stack.for_connection(), meta, slot.clone());
-            forward::serve_connection(protocol, io, service, watch, context.header_read_timeout)
-                .await;
+            // Request heads are bounded where they are read: HTTP/1 heads in time and size,
+            // h2 header blocks in time (h2 bounds their size itself).
+            let idle_timeout = context.head_limits.idle_timeout.is_some();
+            let exchanges =
+                (protocol == Protocol::Http1).then(|| Arc::new(Exchanges::new(idle_timeout)));
+            let limits = context.head_limits;
+            let io = match (&exchanges, limits.read_timeout) {
+                (Some(exchanges), _) => io.guard_heads(HeadGuard::new(limits, exchanges.clone())),
+                (None, Some(timeout)) => io.guard_h2_heads(H2HeadGuard::new(timeout)),
+                (None, None) => io,
+            };
+            let service = ConnectionService::new(
+                context.stack.for_connection(),
+                meta,
+                slot.clone(),
+                exchanges,
+            );
+            forward::serve_connection(protocol, io, service, watch, &context.head_limits).await;
         }
     }
 }

@@ -11,6 +11,9 @@ use bytes::{Buf, Bytes};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::forward::h2_head::H2HeadGuard;
+use crate::forward::head::HeadGuard;
+
 pin_project_lite::pin_project! {
     /// A client stream that counts the bytes passing through it and first returns the bytes
     /// set by [`ClientIo::replay`].
@@ -22,6 +25,10 @@ pin_project_lite::pin_project! {
         replay: Bytes,
         received: Counter,
         sent: Counter,
+        // HTTP/1 only: bounds the request heads read through this stream.
+        head: Option<HeadGuard>,
+        // h2 only: bounds how long a header block may stay open.
+        h2_head: Option<H2HeadGuard>,
     }
 }
 
@@ -33,7 +40,22 @@ impl<I> ClientIo<I> {
             replay: Bytes::new(),
             received,
             sent,
+            head: None,
+            h2_head: None,
         }
+    }
+
+    /// Ends the stream once an h2 header block stays open longer than `guard`'s timeout.
+    pub fn guard_h2_heads(mut self, guard: H2HeadGuard) -> Self {
+        self.h2_head = Some(guard);
+        self
+    }
+
+    /// Enforces `guard` (HTTP/1 request head limits) on the bytes read from now on, the
+    /// replayed ones included.
+    pub fn guard_heads(mut self, guard: HeadGuard) -> Self {
+        self.head = Some(guard);
+        self
     }
 
     /// Makes the next reads return `prefix`, bytes already read from this stream (protocol
@@ -44,14 +66,23 @@ impl<I> ClientIo<I> {
     }
 }
 
-impl<I: AsyncRead> AsyncRead for ClientIo<I> {
+impl<I: AsyncRead + AsyncWrite> AsyncRead for ClientIo<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        if !this.replay.is_empty() {
+        let mut this = self.project();
+        if this.h2_head.as_ref().is_some_and(H2HeadGuard::expired) {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(head) = this.head.as_mut() {
+            if let Some(cut) = head.poll_cut(cx, this.io.as_mut()) {
+                return cut;
+            }
+        }
+        let before = buf.filled().len();
+        let result = if !this.replay.is_empty() {
             let n = this.replay.len().min(buf.remaining());
             buf.put_slice(&this.replay[..n]);
             this.replay.advance(n);
@@ -59,15 +90,37 @@ impl<I: AsyncRead> AsyncRead for ClientIo<I> {
                 // Release the detection buffer rather than hold it for the connection's life.
                 *this.replay = Bytes::new();
             }
-            return Poll::Ready(Ok(()));
+            Poll::Ready(Ok(()))
+        } else {
+            let result = this.io.as_mut().poll_read(cx, buf);
+            let read = buf.filled().len() - before;
+            if read > 0 {
+                this.received.inc_by(read as u64);
+            }
+            result
+        };
+        if let Some(h2) = this.h2_head.as_mut() {
+            match result {
+                Poll::Ready(Ok(())) => h2.on_read(&buf.filled()[before..]),
+                Poll::Pending if h2.poll_expired(cx) => return Poll::Ready(Ok(())),
+                _ => {}
+            }
+            return result;
         }
-        let before = buf.filled().len();
-        let result = this.io.poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            this.received.inc_by(read as u64);
+        let Some(head) = this.head.as_mut() else {
+            return result;
+        };
+        let cut = match result {
+            Poll::Ready(Ok(())) => !head.on_read(&buf.filled()[before..]),
+            Poll::Pending => head.poll_expired(cx),
+            Poll::Ready(Err(_)) => false,
+        };
+        if !cut {
+            return result;
         }
-        result
+        // Nothing of a rejected head reaches hyper.
+        buf.set_filled(before);
+        head.poll_cut(cx, this.io).unwrap_or(Poll::Ready(Ok(())))
     }
 }
 
@@ -78,7 +131,9 @@ impl<I: AsyncWrite> AsyncWrite for ClientIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        count_written(this.io.poll_write(cx, buf), this.sent)
+        let result = count_written(this.io.poll_write(cx, buf), this.sent);
+        note_write(this.head, &result);
+        result
     }
 
     fn poll_write_vectored(
@@ -87,7 +142,9 @@ impl<I: AsyncWrite> AsyncWrite for ClientIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        count_written(this.io.poll_write_vectored(cx, bufs), this.sent)
+        let result = count_written(this.io.poll_write_vectored(cx, bufs), this.sent);
+        note_write(this.head, &result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -95,7 +152,10 @@ impl<I: AsyncWrite> AsyncWrite for ClientIo<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        let result = this.io.poll_flush(cx);
+        note_write(this.head, &result);
+        result
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -110,6 +170,14 @@ fn count_written(result: Poll<io::Result<usize>>, sent: &Counter) -> Poll<io::Re
         sent.inc_by(written as u64);
     }
     result
+}
+
+/// Tells the head guard whether hyper's write or flush completed.
+#[inline]
+fn note_write<T>(head: &mut Option<HeadGuard>, result: &Poll<io::Result<T>>) {
+    if let Some(head) = head {
+        head.on_write(result);
+    }
 }
 
 #[cfg(test)]

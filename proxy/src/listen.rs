@@ -3,11 +3,23 @@
 use std::io;
 use std::net::SocketAddr;
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Binds a listener; port 0 lets the OS choose (see `local_addr`).
+/// Binds a listener; port 0 lets the OS choose (see `local_addr`). An IPv6 listener is
+/// IPv6-only (`IPV6_V6ONLY`): IPv4 clients go to an IPv4 listener on the same port, so every
+/// connection's original destination is read in its own family.
 pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // As tokio's `TcpListener::bind`: a restarted proxy rebinds despite TIME_WAIT sockets.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// The destination the client dialed before iptables redirected the connection to us.
@@ -19,13 +31,22 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     let socket = socket2::SockRef::from(stream);
     let local = stream.local_addr().ok()?;
-    let reported = if local.is_ipv4() {
+    // An IPv4 client on a dual-stack IPv6 socket (not one of ours) arrives v4-mapped.
+    let v4 = match local {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+    };
+    let reported = if v4 {
         socket.original_dst_v4()
     } else {
         socket.original_dst_v6()
     };
     let dst = reported.ok()?.as_socket()?;
-    (dst != local).then_some(dst)
+    (canonical(dst) != canonical(local)).then_some(dst)
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 #[cfg(test)]
@@ -44,5 +65,23 @@ mod tests {
         let (accepted, _) = listener.accept().await.unwrap();
         assert_eq!(original_dst(&accepted), None);
         drop(client);
+    }
+
+    /// One socket per family on the same port: an IPv6 listener does not take IPv4 clients.
+    #[tokio::test]
+    async fn ipv4_and_ipv6_listeners_share_a_port() {
+        if bind(addr("[::1]:0")).await.is_err() {
+            eprintln!("skipped: no IPv6 on this host");
+            return;
+        }
+        let v4 = bind(addr("0.0.0.0:0")).await.unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let v6 = bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)))
+            .await
+            .expect("[::] binds beside 0.0.0.0 on the same port");
+        let _client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (accepted, _) = v4.accept().await.unwrap();
+        assert!(accepted.local_addr().unwrap().is_ipv4());
+        drop(v6);
     }
 }

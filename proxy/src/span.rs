@@ -201,6 +201,8 @@ pub struct SpanRecord {
     pub end_unix_nanos: u64,
     pub status: SpanStatus,
     pub attributes: Attributes,
+    /// Span links (empty, without an allocation, for almost every span).
+    pub links: Links,
 }
 
 impl SpanRecord {
@@ -209,6 +211,21 @@ impl SpanRecord {
         value.to_text(&self.name)
     }
 }
+
+/// An OpenTelemetry span link: a span this one relates to without being its child (the
+/// candidates of an outbound request whose parent could not be told apart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanLink {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// W3C `tracestate` of the linked span.
+    pub trace_state: Option<SharedStr>,
+    /// W3C trace flags of the linked span (bit 0 sampled, bit 1 random).
+    pub flags: u8,
+}
+
+/// A span's links: empty for almost every span, and then without an allocation.
+pub type Links = Vec<SpanLink>;
 
 /// A span's attribute list.
 pub type Attributes = Vec<(&'static str, AttrValue)>;
@@ -501,6 +518,7 @@ mod tests {
             end_unix_nanos: 2,
             status: SpanStatus::Unset,
             attributes: vec![("http.request.method", AttrValue::Static("GET"))],
+            links: Vec::new(),
         }
     }
 

@@ -108,6 +108,7 @@ fn hop(n: u32) -> [SpanRecord; 2] {
             ("http.response.status_code", AttrValue::Int(200)),
             ("meshtrace.direction", AttrValue::Static("inbound")),
         ],
+        links: Vec::new(),
     };
     let client = SpanRecord {
         span_id: client_id,
@@ -124,6 +125,7 @@ fn hop(n: u32) -> [SpanRecord; 2] {
             ),
             ("error.type", AttrValue::Static("connection_reset")),
         ],
+        links: Vec::new(),
         ..server.clone()
     };
     [server, client]

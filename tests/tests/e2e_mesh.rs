@@ -257,7 +257,11 @@ async fn one_hop_is_unchanged_and_traced_with_four_spans() {
     assert_eq!(app_parent, hex::encode(&b_client.span_id));
     assert!(sampled, "{traceparent}");
     // The request the application sees is the client's, byte for byte, plus the trace
-    // context headers the proxies add.
+    // context headers the proxies add and the request id B's inbound proxy adds (the client
+    // sent none).
+    let request_id = header_in_head(&meshed_request.head_str(), "x-request-id")
+        .expect("the inbound proxy adds a request id");
+    assert_eq!(request_id.len(), 36, "a UUID: {request_id}");
     let without_trace_headers: String = meshed_request
         .head_str()
         .split_inclusive("\r\n")
@@ -267,7 +271,7 @@ async fn one_hop_is_unchanged_and_traced_with_four_spans() {
                 .next()
                 .unwrap_or_default()
                 .to_ascii_lowercase();
-            !(TRACE_HEADERS.contains(&name.as_str()))
+            !(TRACE_HEADERS.contains(&name.as_str()) || name == "x-request-id")
         })
         .collect();
     assert_eq!(without_trace_headers, unmeshed_request.head_str());
@@ -759,6 +763,63 @@ async fn one_hop_over_ipv6_is_traced() {
     let (trace, parent, _) = parse_traceparent(traceparent);
     assert_eq!(trace, hex::encode(trace_id));
     assert_eq!(parent, hex::encode(&chain[3].span_id));
+}
+
+/// A dual-stack pod pair: each proxy listens on both families (the settings the injector
+/// passes when a pod has IPv6), so IPv4 and IPv6 requests are both intercepted, each with its
+/// original destination read in its own family, and both traced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_pods_trace_ipv4_and_ipv6_requests() {
+    let Some(mesh) = Mesh::new_or_skip().await else {
+        return;
+    };
+    let a = mesh.pod("a46");
+    let b = mesh.pod("b46");
+    let Some(b6) = b.ip6() else {
+        meshtrace_tests::netns::print_skip("the kernel has IPv6 disabled");
+        return;
+    };
+    // The application listens on both families ([::] accepts IPv4 as v4-mapped).
+    let app = HttpUpstream::serve(
+        b.listen_on((std::net::Ipv6Addr::UNSPECIFIED, APP_PORT).into())
+            .unwrap(),
+    );
+    let env = [
+        ("MESHTRACE_INBOUND_ADDR", "0.0.0.0:4143,[::]:4143"),
+        ("MESHTRACE_OUTBOUND_ADDR", "127.0.0.1:4140,[::1]:4140"),
+    ];
+    let _proxy_a = mesh.mesh(&a, &["--ipv6"], &env).await;
+    let _proxy_b = mesh.mesh(&b, &["--ipv6"], &env).await;
+
+    let targets: [(IpAddr, &str); 2] = [(b.ip().into(), "/v4"), (b6.into(), "/v6")];
+    for (i, (ip, path)) in targets.iter().enumerate() {
+        let response = get(&a, (*ip, APP_PORT).into(), path, &[]).await;
+        assert_eq!(response.status(), 200, "{path}: {}", response.head_str());
+        let requests = app.wait_for_requests(i + 1).await;
+        assert_eq!(requests[i].uri.path(), *path);
+        assert!(
+            requests[i].headers.contains_key("traceparent"),
+            "{path} not traced"
+        );
+    }
+    let spans = mesh.wait_for_spans(8).await;
+    for (ip, path) in targets {
+        let client_spans: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|span| {
+                span.resource_attr("service.name").as_deref() == Some("b46")
+                    && span.span.kind == SpanKind::Client as i32
+            })
+            .filter(|span| span.span.name == format!("GET {path}"))
+            .collect();
+        assert_eq!(client_spans.len(), 1, "{path}: {:#?}", summary(&spans));
+        assert_eq!(
+            span_attr(&client_spans[0].span, "network.peer.address"),
+            Some(any_value::Value::StringValue(ip.to_string())),
+            "{path}: B's inbound forwarded to the original destination of its own family"
+        );
+    }
+    assert_eq!(spans.len(), 8, "{:#?}", summary(&spans));
 }
 
 /// A mesh being rolled out: a meshed client calling an unmeshed server, and an unmeshed

@@ -11,6 +11,12 @@ use std::path::{Path, PathBuf};
 /// The three services, callers first.
 pub const SERVICES: [&str; 3] = ["frontend", "backend-api-1", "backend-api-2"];
 
+/// What each service copies onto its calls (`--forward`), in `SERVICES` order: the frontend
+/// forwards nothing and backend-api-1 only `x-request-id`, like many real applications; the
+/// proxies still connect their traces (sole request in flight, request id). backend-api-2
+/// calls nothing.
+pub const FORWARDS: [&str; 3] = ["none", "request-id", "trace-headers"];
+
 /// Ports of one meshed service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServicePorts {
@@ -120,6 +126,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             app_args.push("--upstream".into());
             app_args.push(format!("http://{}", local(next.inbound)));
         }
+        app_args.push("--forward".into());
+        app_args.push(FORWARDS[index].into());
         if let Some(seed) = input.seed {
             app_args.push("--seed".into());
             app_args.push(seed.to_string());
@@ -244,6 +252,12 @@ mod tests {
             .args
             .windows(2)
             .any(|w| w == ["--upstream", "http://127.0.0.1:9011"]));
+        assert!(frontend.args.windows(2).any(|w| w == ["--forward", "none"]));
+        let api1 = find(&plan, "backend-api-1");
+        assert!(api1
+            .args
+            .windows(2)
+            .any(|w| w == ["--forward", "request-id"]));
         let api2 = find(&plan, "backend-api-2");
         assert!(!api2.args.contains(&"--upstream".to_string()));
         assert!(api2.args.windows(2).any(|w| w == ["--seed", "3"]));

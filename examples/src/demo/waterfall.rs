@@ -29,6 +29,17 @@ pub struct SpanJson {
     /// Span attributes; the terminal shows `meshtrace.direction` (which side of the proxy).
     #[serde(default)]
     pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// Span links (candidate parents of an outbound request the proxy could not tie to one).
+    #[serde(default)]
+    pub links: Vec<LinkJson>,
+}
+
+/// A span link as the viewer API returns it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkJson {
+    pub trace_id: String,
+    pub span_id: String,
 }
 
 impl SpanJson {
@@ -39,6 +50,20 @@ impl SpanJson {
             .get("meshtrace.direction")
             .and_then(serde_json::Value::as_str)
             .unwrap_or("")
+    }
+
+    /// How the proxy found this span's parent when it had to infer it (the application
+    /// forwarded no trace context): `request id` (exact) or `sole in flight` (a good guess).
+    pub fn inferred_parent(&self) -> Option<&'static str> {
+        match self
+            .attributes
+            .get("meshtrace.context.source")
+            .and_then(serde_json::Value::as_str)?
+        {
+            "request_id" => Some("request id"),
+            "sole_in_flight" => Some("sole request in flight"),
+            _ => None,
+        }
     }
 }
 
@@ -156,6 +181,12 @@ pub fn render(trace: &TraceJson) -> String {
         if failed && !span.status.message.is_empty() {
             let _ = write!(line, "  {}", span.status.message);
         }
+        if let Some(how) = span.inferred_parent() {
+            let _ = write!(line, "  [inferred parent: {how}]");
+        }
+        if !span.links.is_empty() {
+            let _ = write!(line, "  [{} links to candidate parents]", span.links.len());
+        }
         out.push_str(line.trim_end());
         out.push('\n');
     }
@@ -199,7 +230,63 @@ mod tests {
                     "outbound"
                 }),
             )]),
+            links: Vec::new(),
         }
+    }
+
+    #[test]
+    fn marks_inferred_parents_and_links() {
+        let mut inferred = span("b", Some("a"), "frontend", "server", 1.0, 2.0, "unset");
+        inferred.attributes.insert(
+            "meshtrace.context.source".into(),
+            serde_json::Value::from("sole_in_flight"),
+        );
+        let mut exact = span("c", Some("a"), "frontend", "server", 1.0, 2.0, "unset");
+        exact.attributes.insert(
+            "meshtrace.context.source".into(),
+            serde_json::Value::from("request_id"),
+        );
+        let mut linked = span("d", None, "frontend", "server", 1.0, 2.0, "unset");
+        linked.attributes.insert(
+            "meshtrace.context.source".into(),
+            serde_json::Value::from("ambiguous"),
+        );
+        linked.links = vec![
+            LinkJson {
+                trace_id: "01".repeat(16),
+                span_id: "02".repeat(8),
+            };
+            2
+        ];
+        let trace = TraceJson {
+            trace_id: "ab".repeat(16),
+            duration_ms: 4.0,
+            spans: vec![
+                span("a", None, "frontend", "server", 0.0, 4.0, "unset"),
+                inferred,
+                exact,
+                linked,
+            ],
+        };
+        let text = render(&trace);
+        let line = |id: &str| {
+            text.lines()
+                .find(|l| l.contains(&format!("op-{id} ")))
+                .unwrap_or_else(|| panic!("no op-{id} in {text}"))
+        };
+        assert!(!line("a").contains("inferred"), "{text}");
+        assert!(
+            line("b").ends_with("[inferred parent: sole request in flight]"),
+            "{text}"
+        );
+        assert!(
+            line("c").ends_with("[inferred parent: request id]"),
+            "{text}"
+        );
+        assert!(
+            line("d").ends_with("[2 links to candidate parents]"),
+            "{text}"
+        );
     }
 
     #[test]

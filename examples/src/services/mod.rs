@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use self::chaos::{Chaos, Mode, NORMAL_DELAY_MS};
-use self::propagation::trace_headers_json;
+use self::propagation::{trace_headers_json, Forwarding};
 use self::upstream::{UpstreamError, UpstreamResponse, Upstreams};
 use crate::http_server::{self, respond, text, HttpResponse};
 
@@ -109,6 +109,17 @@ pub struct SampleServiceConfig {
     #[arg(long, env = "MESHTRACE_SAMPLE_SEED")]
     pub seed: Option<u64>,
 
+    /// Which incoming headers go onto the service's upstream calls: `trace-headers` (W3C and
+    /// B3), `request-id` (only `x-request-id`) or `none`, to play an application that does
+    /// not forward trace context.
+    #[arg(
+        long = "forward",
+        env = "MESHTRACE_SAMPLE_FORWARD",
+        value_enum,
+        default_value_t = Forwarding::TraceHeaders
+    )]
+    pub forward: Forwarding,
+
     /// Deadline of each upstream call, in milliseconds.
     #[arg(
         long,
@@ -159,6 +170,7 @@ impl SampleService {
             &config.upstreams,
             proxy,
             Duration::from_millis(config.upstream_timeout_ms),
+            config.forward,
         )?;
         let bind_error = |source| SampleServiceError::Bind {
             addr: config.listen,

@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tower::Service;
 
-use super::propagation::copy_trace_headers;
+use super::propagation::{copy_headers, Forwarding};
 
 /// Largest upstream response body read.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -161,6 +161,7 @@ pub struct Upstreams {
     bases: Vec<String>,
     next: AtomicUsize,
     timeout: Duration,
+    forwarding: Forwarding,
 }
 
 impl Upstreams {
@@ -168,6 +169,7 @@ impl Upstreams {
         urls: &[String],
         matcher: Matcher,
         timeout: Duration,
+        forwarding: Forwarding,
     ) -> Result<Self, UpstreamError> {
         let bases = urls
             .iter()
@@ -188,10 +190,12 @@ impl Upstreams {
             bases,
             next: AtomicUsize::new(0),
             timeout,
+            forwarding,
         })
     }
 
-    /// `GET {upstream}{path_and_query}`, carrying the incoming request's trace headers.
+    /// `GET {upstream}{path_and_query}`, carrying the incoming request's headers the service
+    /// forwards.
     pub async fn get(
         &self,
         path_and_query: &str,
@@ -206,7 +210,7 @@ impl Upstreams {
             .parse()
             .map_err(|source| UpstreamError::InvalidUrl { url, source })?;
         let mut request = Request::get(uri.clone()).body(Empty::new())?;
-        copy_trace_headers(incoming, request.headers_mut());
+        copy_headers(self.forwarding, incoming, request.headers_mut());
 
         let exchange = async {
             let response =

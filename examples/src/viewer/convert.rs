@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 use serde_json::{Map, Value};
 
-use super::store::{SpanId, SpanKind, StatusCode, StoredEvent, StoredSpan, TraceId};
+use super::store::{SpanId, SpanKind, StatusCode, StoredEvent, StoredLink, StoredSpan, TraceId};
 
 /// Service name used when a resource has no `service.name`, as the OTel SDKs do.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -67,6 +67,17 @@ pub fn spans_from_request(request: ExportTraceServiceRequest) -> ConvertedSpans 
                             name: event.name,
                             time_unix_nano: event.time_unix_nano,
                             attributes: attributes_to_json(event.attributes),
+                        })
+                        .collect(),
+                    // A link with an invalid id cannot be followed: left out.
+                    links: otlp
+                        .links
+                        .iter()
+                        .filter_map(|link| {
+                            Some(StoredLink {
+                                trace_id: TraceId::from_bytes(&link.trace_id)?,
+                                span_id: SpanId::from_bytes(&link.span_id)?,
+                            })
                         })
                         .collect(),
                 });
@@ -232,5 +243,32 @@ mod tests {
         assert_eq!(converted.spans.len(), 1);
         assert_eq!(&*converted.spans[0].service, UNKNOWN_SERVICE);
         assert_eq!(converted.spans[0].parent_span_id, None);
+    }
+
+    #[test]
+    fn keeps_links_that_can_be_followed() {
+        let link = |trace: Vec<u8>, span: Vec<u8>| span::Link {
+            trace_id: trace,
+            span_id: span,
+            ..Default::default()
+        };
+        let otlp = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            links: vec![
+                link(vec![4; 16], vec![5; 8]),
+                link(vec![4; 15], vec![5; 8]),
+                link(vec![6; 16], vec![0; 8]),
+            ],
+            ..Default::default()
+        };
+        let converted = spans_from_request(request(vec![], vec![otlp]));
+        assert_eq!(
+            converted.spans[0].links,
+            vec![StoredLink {
+                trace_id: TraceId([4; 16]),
+                span_id: SpanId([5; 8]),
+            }]
+        );
     }
 }

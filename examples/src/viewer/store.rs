@@ -120,6 +120,16 @@ pub struct StoredSpan {
     pub attributes: serde_json::Map<String, serde_json::Value>,
     pub resource: Arc<serde_json::Map<String, serde_json::Value>>,
     pub events: Vec<StoredEvent>,
+    /// Spans this one is linked to (OpenTelemetry span links), e.g. the candidate parents of a
+    /// request whose parent a proxy could not tell.
+    pub links: Vec<StoredLink>,
+}
+
+/// A span link: another span, possibly of another trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredLink {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
 }
 
 impl StoredSpan {
@@ -181,6 +191,15 @@ pub struct SpanView {
     pub attributes: serde_json::Map<String, serde_json::Value>,
     pub resource: serde_json::Map<String, serde_json::Value>,
     pub events: Vec<EventView>,
+    pub links: Vec<LinkView>,
+}
+
+/// A span link as the trace page shows it (a reference to open).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkView {
+    pub trace_id: String,
+    pub span_id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -327,6 +346,14 @@ impl TraceEntry {
                             attributes: event.attributes.clone(),
                         })
                         .collect(),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|link| LinkView {
+                            trace_id: link.trace_id.to_string(),
+                            span_id: link.span_id.to_string(),
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -470,6 +497,7 @@ mod tests {
             attributes: serde_json::Map::new(),
             resource: Arc::new(serde_json::Map::new()),
             events: Vec::new(),
+            links: Vec::new(),
         }
     }
 
@@ -604,6 +632,24 @@ mod tests {
         assert_eq!(detail.spans[1].parent_span_id, Some("01".repeat(8)));
         assert_eq!(detail.spans[1].start_offset_ms, 2.0);
         assert_eq!(detail.spans[1].duration_ms, 2.5);
+        assert!(detail.spans[0].links.is_empty());
+    }
+
+    #[test]
+    fn detail_shows_links_as_references() {
+        let store = TraceStore::new(bounds(10, 10));
+        let mut linked = span(1, 1, None, "a", 0, 10);
+        linked.links.push(StoredLink {
+            trace_id: TraceId([2; 16]),
+            span_id: SpanId([3; 8]),
+        });
+        store.insert([linked]);
+        let detail = store.get(TraceId([1; 16])).expect("stored");
+        let json = serde_json::to_value(&detail.spans[0].links).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{"traceId": "02".repeat(16), "spanId": "03".repeat(8)}])
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! `config` reads the environment or knows clap: the subsystems take the typed values built
 //! here. Parsing is pure (no I/O), so every knob and its default is unit-tested here.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 pub mod await_ready;
@@ -21,11 +23,15 @@ pub use init::{InitArgs, IptablesMode};
 pub use meshtrace_ports::PortList;
 pub use trace::{PropagationFormat, TraceArgs, TraceResponse};
 
+use crate::forward::head::HeadLimits;
 use crate::meta::Direction;
 
 /// Ports that skip protocol detection by default: server-speaks-first protocols (SMTP, MySQL,
 /// Galera, PostgreSQL, Redis, Elasticsearch transport, memcached), as in Linkerd.
 pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
+
+/// The default bound on a request or response head: 64 KiB (Envoy's is 60 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
 
 /// meshtrace sidecar proxy: forwards a pod's inbound and outbound traffic unchanged and traces
 /// every HTTP hop.
@@ -82,19 +88,21 @@ impl Invocation {
 /// Everything `meshtrace-proxy run` can be told.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
-    /// Address of the inbound listener (traffic from other pods to the local application,
-    /// redirected here by iptables).
+    /// Addresses of the inbound listener (traffic from other pods to the local application,
+    /// redirected here by iptables): one or more, comma-separated, e.g.
+    /// `0.0.0.0:4143,[::]:4143` for a dual-stack pod (IPv6 listeners are IPv6-only).
     #[arg(long, env = "MESHTRACE_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
-    pub inbound_addr: SocketAddr,
+    pub inbound_addr: ListenAddrs,
 
-    /// Address of the outbound listener (traffic from the local application, redirected here by
-    /// iptables, or sent here explicitly with `http_proxy=http://127.0.0.1:4140`).
+    /// Addresses of the outbound listener (traffic from the local application, redirected here
+    /// by iptables, or sent here explicitly with `http_proxy=http://127.0.0.1:4140`): one or
+    /// more, comma-separated, e.g. `127.0.0.1:4140,[::1]:4140` for a dual-stack pod.
     #[arg(
         long,
         env = "MESHTRACE_OUTBOUND_ADDR",
         default_value = "127.0.0.1:4140"
     )]
-    pub outbound_addr: SocketAddr,
+    pub outbound_addr: ListenAddrs,
 
     /// Address of the admin server (/live, /ready, /metrics, /shutdown).
     #[arg(long, env = "MESHTRACE_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
@@ -110,13 +118,25 @@ pub struct Config {
     #[arg(long, env = "MESHTRACE_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
 
-    /// How long an HTTP/1 client may take to send a request's headers, counted from when the
-    /// proxy starts waiting for them (so it also bounds how long a keep-alive connection may sit
-    /// idle between requests); `0` waits as long as the client keeps the connection, as the
-    /// application would without the proxy. A client's first bytes are bounded by
-    /// `MESHTRACE_DETECT_TIMEOUT` either way.
-    #[arg(long, env = "MESHTRACE_HTTP1_HEADER_READ_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    /// How long an HTTP/1 client may take to send a request's head, counted from the head's
+    /// first byte (nginx's `client_header_timeout`); a client that takes longer is answered
+    /// `408` with `meshtrace-proxy-error: request_head_timeout` and the connection closed. Time
+    /// between requests does not count (see `MESHTRACE_HTTP1_IDLE_TIMEOUT`). On h2, an open
+    /// header block older than this ends the connection. `0`: unbounded.
+    #[arg(long, env = "MESHTRACE_HTTP1_HEADER_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub http1_header_read_timeout: Duration,
+
+    /// How long an HTTP/1 keep-alive connection may sit idle between requests before the proxy
+    /// closes it; `0` keeps it as long as the client does, as the application would.
+    #[arg(long, env = "MESHTRACE_HTTP1_IDLE_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    pub http1_idle_timeout: Duration,
+
+    /// The largest request head (request line and fields) an HTTP/1 client may send, in bytes;
+    /// a larger one is answered `431` with `meshtrace-proxy-error: request_head_too_large` and
+    /// nothing of it is forwarded. Also bounds response heads from upstreams (a larger one is a
+    /// `502`) and, as `SETTINGS_MAX_HEADER_LIST_SIZE`, h2 header lists in both directions.
+    #[arg(long, env = "MESHTRACE_HTTP1_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub http1_max_header_bytes: u32,
 
     /// Most client connections each listener keeps open (each may hold an upstream connection
     /// too); at the cap, or at the process's fd limit, idle connections are shed, oldest first,
@@ -204,18 +224,22 @@ pub struct DirectionConfig {
     /// `None`: wait forever.
     pub response_timeout: Option<Duration>,
     pub idle_timeout: Duration,
+    /// The largest response head (HTTP/1) or header list (h2) accepted from upstreams.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Config {
     /// The documented defaults, i.e. what an empty command line and environment give.
     fn default() -> Self {
         Config {
-            inbound_addr: SocketAddr::from(([0, 0, 0, 0], 4143)),
-            outbound_addr: SocketAddr::from(([127, 0, 0, 1], 4140)),
+            inbound_addr: SocketAddr::from(([0, 0, 0, 0], 4143)).into(),
+            outbound_addr: SocketAddr::from(([127, 0, 0, 1], 4140)).into(),
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 4191)),
             inbound_target: None,
             detect_timeout: Duration::from_secs(10),
-            http1_header_read_timeout: Duration::ZERO,
+            http1_header_read_timeout: Duration::from_secs(60),
+            http1_idle_timeout: Duration::ZERO,
+            http1_max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_connections: 0,
             opaque_ports: DEFAULT_OPAQUE_PORTS
                 .parse()
@@ -242,10 +266,20 @@ impl Config {
     pub fn loopback_ephemeral() -> Self {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         Config {
-            inbound_addr: any,
-            outbound_addr: any,
+            inbound_addr: any.into(),
+            outbound_addr: any.into(),
             admin_addr: any,
             ..Config::default()
+        }
+    }
+
+    /// The bounds on HTTP/1 request heads (and, by size, on every head).
+    pub fn head_limits(&self) -> HeadLimits {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        HeadLimits {
+            read_timeout: nonzero(self.http1_header_read_timeout),
+            idle_timeout: nonzero(self.http1_idle_timeout),
+            max_bytes: self.http1_max_header_bytes as usize,
         }
     }
 
@@ -266,7 +300,54 @@ impl Config {
             connect_timeout: connect,
             response_timeout: (!response.is_zero()).then_some(response),
             idle_timeout: idle,
+            max_header_bytes: self.http1_max_header_bytes as usize,
         }
+    }
+}
+
+/// The addresses one listener binds: one socket each (an IPv6 one IPv6-only, so that
+/// `0.0.0.0` and `[::]` can share a port and each connection keeps its own family).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenAddrs(Vec<SocketAddr>);
+
+impl ListenAddrs {
+    pub fn iter(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl From<SocketAddr> for ListenAddrs {
+    fn from(addr: SocketAddr) -> Self {
+        ListenAddrs(vec![addr])
+    }
+}
+
+impl FromStr for ListenAddrs {
+    type Err = ParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut addrs = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let addr = part
+                .parse::<SocketAddr>()
+                .map_err(|_| ParseError::ListenAddr(part.to_string()))?;
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        Ok(ListenAddrs(addrs))
+    }
+}
+
+impl fmt::Display for ListenAddrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, addr) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{addr}")?;
+        }
+        Ok(())
     }
 }
 
@@ -277,6 +358,10 @@ pub enum ParseError {
         "invalid duration {0:?}: expected a number with an optional unit (ms, s, m, h), e.g. 10s"
     )]
     Duration(String),
+    #[error(
+        "invalid listen address {0:?}: expected e.g. 0.0.0.0:4143 or [::]:4143, comma-separated"
+    )]
+    ListenAddr(String),
 }
 
 /// Parses `10s`, `250ms`, `1.5m`, `2h`; a bare number is seconds.
@@ -324,6 +409,23 @@ mod tests {
     }
 
     #[test]
+    fn listen_address_lists() {
+        let dual: ListenAddrs = "0.0.0.0:4143, [::]:4143".parse().unwrap();
+        let addrs: Vec<SocketAddr> = dual.iter().collect();
+        assert_eq!(
+            addrs,
+            [
+                "0.0.0.0:4143".parse().unwrap(),
+                "[::]:4143".parse().unwrap()
+            ]
+        );
+        assert_eq!(dual.to_string(), "0.0.0.0:4143,[::]:4143");
+        for bad in ["", "0.0.0.0", "0.0.0.0:4143,", "::1:4140"] {
+            assert!(bad.parse::<ListenAddrs>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn flag_defaults_match_the_default_config() {
         // Guards the documented defaults against drifting apart from `Config::default()`.
         let parsed = Cli::try_parse_from(["meshtrace-proxy"]).unwrap().config;
@@ -347,7 +449,10 @@ mod tests {
         ])
         .unwrap()
         .config;
-        assert_eq!(parsed.inbound_addr, SocketAddr::from(([127, 0, 0, 1], 1)));
+        assert_eq!(
+            parsed.inbound_addr,
+            SocketAddr::from(([127, 0, 0, 1], 1)).into()
+        );
         assert_eq!(parsed.inbound_target.as_deref(), Some("localhost:8080"));
         assert!(parsed.opaque_ports.is_empty());
         assert_eq!(parsed.log_format, LogFormat::Json);

@@ -1,8 +1,12 @@
 //! The settings of the trace layers: sampling, the sample header, propagation formats, span
 //! names and `traceresponse` (`MESHTRACE_*` variables, mirrored by flags).
 
+use std::time::Duration;
+
 use http::HeaderName;
 
+use super::parse_duration;
+use crate::trace::correlate::ContextInference;
 use crate::trace::SpanNaming;
 
 /// A propagation format named in `MESHTRACE_PROPAGATION`.
@@ -91,6 +95,67 @@ pub struct TraceArgs {
         default_value_t = TraceResponse::On
     )]
     pub trace_response: TraceResponse,
+
+    /// How an outbound request without trace context finds its parent: `off` (a new trace),
+    /// `request-id` (only through request ids: exact), `infer` (request ids, then the sole
+    /// inbound request in flight, else span links to the candidates).
+    #[arg(
+        long = "context-inference",
+        env = "MESHTRACE_CONTEXT_INFERENCE",
+        value_enum,
+        default_value_t = ContextInference::Infer
+    )]
+    pub context_inference: ContextInference,
+
+    /// Request id header: the inbound proxy adds one (a random UUID) to requests without it
+    /// and keeps the ones clients send; outbound requests carrying a remembered id continue
+    /// that request's trace. `none` turns request ids off.
+    #[arg(
+        long = "request-id-header",
+        env = "MESHTRACE_REQUEST_ID_HEADER",
+        default_value = "x-request-id",
+        value_parser = parse_request_id_header
+    )]
+    pub request_id_header: RequestIdHeader,
+
+    /// How long after its response an inbound request's id still ties outbound requests to it.
+    #[arg(
+        long = "request-id-window",
+        env = "MESHTRACE_REQUEST_ID_WINDOW",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub request_id_window: Duration,
+
+    /// Most span links (newest candidates first) on an outbound SERVER span whose parent is
+    /// ambiguous.
+    #[arg(
+        long = "context-max-links",
+        env = "MESHTRACE_CONTEXT_MAX_LINKS",
+        default_value_t = 8
+    )]
+    pub context_max_links: usize,
+
+    /// Inbound requests in flight longer than this (long polls, streams) are no longer
+    /// candidate parents.
+    #[arg(
+        long = "context-max-age",
+        env = "MESHTRACE_CONTEXT_MAX_AGE",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub context_max_age: Duration,
+}
+
+/// `MESHTRACE_REQUEST_ID_HEADER`: a header name, or `None` for `none`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestIdHeader(pub Option<HeaderName>);
+
+fn parse_request_id_header(s: &str) -> Result<RequestIdHeader, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(RequestIdHeader(None));
+    }
+    parse_header_name(s).map(|name| RequestIdHeader(Some(name)))
 }
 
 impl Default for TraceArgs {
@@ -101,6 +166,11 @@ impl Default for TraceArgs {
             propagation: vec![PropagationFormat::TraceContext, PropagationFormat::B3Multi],
             span_name: SpanNaming::Template,
             trace_response: TraceResponse::On,
+            context_inference: ContextInference::Infer,
+            request_id_header: RequestIdHeader(Some(HeaderName::from_static("x-request-id"))),
+            request_id_window: Duration::from_secs(10),
+            context_max_links: 8,
+            context_max_age: Duration::from_secs(60),
         }
     }
 }
@@ -168,6 +238,49 @@ mod tests {
         assert_eq!(cli.trace.propagation, want.propagation);
         assert_eq!(cli.trace.span_name, want.span_name);
         assert_eq!(cli.trace.trace_response, want.trace_response);
+        assert_eq!(cli.trace.context_inference, want.context_inference);
+        assert_eq!(cli.trace.request_id_header, want.request_id_header);
+        assert_eq!(cli.trace.request_id_window, want.request_id_window);
+        assert_eq!(cli.trace.context_max_links, want.context_max_links);
+        assert_eq!(cli.trace.context_max_age, want.context_max_age);
+    }
+
+    #[test]
+    fn context_inference_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "--context-inference",
+            "request-id",
+            "--request-id-header",
+            "X-Correlation-Id",
+            "--request-id-window",
+            "2s",
+            "--context-max-links",
+            "3",
+            "--context-max-age",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(cli.trace.context_inference, ContextInference::RequestId);
+        assert_eq!(
+            cli.trace.request_id_header,
+            RequestIdHeader(Some(HeaderName::from_static("x-correlation-id")))
+        );
+        assert_eq!(cli.trace.request_id_window, Duration::from_secs(2));
+        assert_eq!(cli.trace.context_max_links, 3);
+        assert_eq!(cli.trace.context_max_age, Duration::from_millis(500));
+        let off = Cli::try_parse_from(["proxy", "--request-id-header", "none"]).unwrap();
+        assert_eq!(off.trace.request_id_header, RequestIdHeader(None));
+        let off = Cli::try_parse_from(["proxy", "--context-inference", "off"]).unwrap();
+        assert_eq!(off.trace.context_inference, ContextInference::Off);
+        for bad in [
+            ["proxy", "--context-inference", "guess"],
+            ["proxy", "--request-id-header", "bad header"],
+            ["proxy", "--context-max-age", "soon"],
+            ["proxy", "--context-max-links", "-1"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -234,6 +347,11 @@ mod tests {
             "MESHTRACE_PROPAGATION",
             "MESHTRACE_SPAN_NAME",
             "MESHTRACE_TRACE_RESPONSE",
+            "MESHTRACE_CONTEXT_INFERENCE",
+            "MESHTRACE_REQUEST_ID_HEADER",
+            "MESHTRACE_REQUEST_ID_WINDOW",
+            "MESHTRACE_CONTEXT_MAX_LINKS",
+            "MESHTRACE_CONTEXT_MAX_AGE",
         ] {
             assert!(help.contains(var), "{var} missing from --help");
         }

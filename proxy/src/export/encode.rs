@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, SpanFlags, Status,
 };
 
-use crate::span::{AttrValue, SharedStr, SpanKind, SpanRecord, SpanStatus};
+use crate::span::{AttrValue, SharedStr, SpanKind, SpanLink, SpanRecord, SpanStatus};
 
 /// The instrumentation scope every proxy span carries.
 pub fn scope() -> InstrumentationScope {
@@ -52,6 +52,28 @@ pub fn span_flags(record: &SpanRecord) -> u32 {
         flags |= SpanFlags::ContextIsRemoteMask as u32;
     }
     flags
+}
+
+/// OTLP flags of a link: the W3C flags, and that the linked span is not remote (links point
+/// to spans this proxy recorded itself: the candidates' inbound CLIENT spans).
+pub fn link_flags(link: &SpanLink) -> u32 {
+    u32::from(link.flags) | SpanFlags::ContextHasIsRemoteMask as u32
+}
+
+/// Converts one link.
+pub fn link_to_proto(link: &SpanLink) -> span::Link {
+    span::Link {
+        trace_id: link.trace_id.to_vec(),
+        span_id: link.span_id.to_vec(),
+        trace_state: link
+            .trace_state
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
+        attributes: Vec::new(),
+        dropped_attributes_count: 0,
+        flags: link_flags(link),
+    }
 }
 
 /// The OTLP status code of a status.
@@ -127,7 +149,7 @@ pub fn span_to_proto(record: SpanRecord) -> Span {
         dropped_attributes_count: 0,
         events: Vec::new(),
         dropped_events_count: 0,
-        links: Vec::new(),
+        links: record.links.iter().map(link_to_proto).collect(),
         dropped_links_count: 0,
         status,
     }
@@ -155,6 +177,7 @@ mod tests {
                 ("http.response.status_code", AttrValue::Int(502)),
                 ("meshtrace.sampled", AttrValue::Bool(true)),
             ],
+            links: Vec::new(),
         }
     }
 

@@ -20,9 +20,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::encoding::{encoded_len_varint, WireType};
 use prost::Message;
 
-use crate::span::{AttrValue, SharedStr, SpanKind, SpanRecord, SpanStatus};
+use crate::span::{AttrValue, SharedStr, SpanKind, SpanLink, SpanRecord, SpanStatus};
 
-use super::encode::{span_flags, status_code};
+use super::encode::{link_flags, span_flags, status_code};
 
 /// `ExportTraceServiceRequest.resource_spans`.
 const REQUEST_RESOURCE_SPANS: u32 = 1;
@@ -42,8 +42,14 @@ const SPAN_KIND: u32 = 6;
 const SPAN_START_TIME: u32 = 7;
 const SPAN_END_TIME: u32 = 8;
 const SPAN_ATTRIBUTES: u32 = 9;
+const SPAN_LINKS: u32 = 13;
 const SPAN_STATUS: u32 = 15;
 const SPAN_FLAGS: u32 = 16;
+/// `Span.Link` fields.
+const LINK_TRACE_ID: u32 = 1;
+const LINK_SPAN_ID: u32 = 2;
+const LINK_TRACE_STATE: u32 = 3;
+const LINK_FLAGS: u32 = 6;
 /// `Status.message`, `Status.code`.
 const STATUS_MESSAGE: u32 = 2;
 const STATUS_CODE: u32 = 3;
@@ -309,6 +315,7 @@ fn put_span_body(buf: &mut Vec<u8>, span: &SpanRecord) {
     for (key, value) in &span.attributes {
         put_attribute(buf, key, value, &span.name);
     }
+    put_links(buf, &span.links);
     let status = match &span.status {
         SpanStatus::Unset => None,
         SpanStatus::Ok => Some(""),
@@ -330,6 +337,29 @@ fn put_span_body(buf: &mut Vec<u8>, span: &SpanRecord) {
         put_uint(buf, STATUS_CODE, code);
     }
     put_fixed32(buf, SPAN_FLAGS, span_flags(span));
+}
+
+/// `Span.links`: one length-prefixed `Span.Link` per link.
+fn put_links(buf: &mut Vec<u8>, links: &[SpanLink]) {
+    for link in links {
+        let trace_state = link.trace_state.as_deref().unwrap_or_default().as_bytes();
+        let flags = link_flags(link);
+        let mut len = 2 * key_len(LINK_TRACE_ID) + 2 + link.trace_id.len() + link.span_id.len();
+        if !trace_state.is_empty() {
+            len += key_len(LINK_TRACE_STATE)
+                + encoded_len_varint(trace_state.len() as u64)
+                + trace_state.len();
+        }
+        if flags != 0 {
+            len += key_len(LINK_FLAGS) + 4;
+        }
+        put_key(buf, SPAN_LINKS, WireType::LengthDelimited);
+        put_varint(buf, len as u64);
+        put_bytes(buf, LINK_TRACE_ID, &link.trace_id);
+        put_bytes(buf, LINK_SPAN_ID, &link.span_id);
+        put_nonempty(buf, LINK_TRACE_STATE, trace_state);
+        put_fixed32(buf, LINK_FLAGS, flags);
+    }
 }
 
 /// Text of an address, formatted on the stack.
@@ -560,6 +590,14 @@ mod tests {
                 end_unix_nanos: times.1,
                 status,
                 attributes,
+                links: (0..usize::from(n % 3))
+                    .map(|i| SpanLink {
+                        trace_id: [n ^ 0x55; 16],
+                        span_id: [i as u8 + 1; 8],
+                        trace_state: (i == 1).then(|| SharedStr::from("vendor=linked")),
+                        flags: n % 2,
+                    })
+                    .collect(),
             });
         }
         // A tiny span (one-byte length prefix).
@@ -575,6 +613,7 @@ mod tests {
             end_unix_nanos: 0,
             status: SpanStatus::Unset,
             attributes: Vec::new(),
+            links: Vec::new(),
         });
         records
     }
@@ -663,13 +702,64 @@ mod tests {
                 }
                 assert_eq!(got, Some(want), "{key}");
             }
-            assert!(span.events.is_empty() && span.links.is_empty());
+            assert!(span.events.is_empty());
+            assert_eq!(span.links.len(), record.links.len());
+            for (link, want) in span.links.iter().zip(&record.links) {
+                assert_eq!(link.trace_id, want.trace_id);
+                assert_eq!(link.span_id, want.span_id);
+                assert_eq!(
+                    link.trace_state,
+                    want.trace_state.as_deref().unwrap_or_default()
+                );
+                assert_eq!(link.flags, u32::from(want.flags) | 0x100);
+            }
         }
         let peer = &scope_spans.spans[0].attributes[5];
         assert_eq!(
             peer.value.as_ref().and_then(|v| v.value.clone()),
             Some(Value::StringValue("::ffff:192.168.100.200".into()))
         );
+    }
+
+    #[test]
+    fn links_are_the_bytes_of_the_generated_types() {
+        use crate::export::encode::link_to_proto;
+        use crate::span::SpanLink;
+        let links = vec![
+            SpanLink {
+                trace_id: [7; 16],
+                span_id: [8; 8],
+                trace_state: None,
+                flags: 1,
+            },
+            SpanLink {
+                trace_id: [9; 16],
+                span_id: [10; 8],
+                trace_state: Some("vendor=x".into()),
+                flags: 0,
+            },
+            SpanLink {
+                trace_id: [11; 16],
+                span_id: [12; 8],
+                trace_state: Some(SharedStr::from("k=".repeat(100).as_str())),
+                flags: 3,
+            },
+        ];
+        let mut ours = Vec::new();
+        put_links(&mut ours, &links);
+        let typed = opentelemetry_proto::tonic::trace::v1::Span {
+            links: links.iter().map(link_to_proto).collect(),
+            ..Default::default()
+        };
+        assert_eq!(ours, typed.encode_to_vec());
+        let decoded = opentelemetry_proto::tonic::trace::v1::Span::decode(ours.as_slice()).unwrap();
+        assert_eq!(decoded.links.len(), 3);
+        assert_eq!(decoded.links[0].trace_id, vec![7; 16]);
+        assert_eq!(decoded.links[0].flags, 0x101, "sampled, not remote");
+        assert_eq!(decoded.links[1].trace_state, "vendor=x");
+        let mut none = Vec::new();
+        put_links(&mut none, &[]);
+        assert!(none.is_empty());
     }
 
     #[test]

@@ -5,9 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
+use super::head::{ExchangeGuard, Exchanges};
 use super::BoxError;
 use crate::admission::{ConnSlot, InFlight};
 use crate::meta::ConnMeta;
@@ -21,19 +22,29 @@ use crate::meta::ConnMeta;
 /// The stack applies no backpressure (every layer is always ready), so readiness is checked
 /// without registering a waker, and a stack that is not ready fails the request rather than
 /// stalling the connection.
+///
+/// On HTTP/1 connections it also tells the connection's head limits ([`Exchanges`]) when each
+/// exchange begins (hyper hands it the request) and ends (hyper drops the response body).
 #[derive(Debug)]
 pub struct ConnectionService<S> {
     stack: std::sync::Mutex<S>,
     meta: Arc<ConnMeta>,
     slot: Arc<ConnSlot>,
+    exchanges: Option<Arc<Exchanges>>,
 }
 
 impl<S> ConnectionService<S> {
-    pub fn new(stack: S, meta: Arc<ConnMeta>, slot: Arc<ConnSlot>) -> Self {
+    pub fn new(
+        stack: S,
+        meta: Arc<ConnMeta>,
+        slot: Arc<ConnSlot>,
+        exchanges: Option<Arc<Exchanges>>,
+    ) -> Self {
         ConnectionService {
             stack: std::sync::Mutex::new(stack),
             meta,
             slot,
+            exchanges,
         }
     }
 }
@@ -48,11 +59,13 @@ where
     S: tower::Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
 {
-    type Response = Response<InFlightBody<RB>>;
+    type Response = Response<ExchangeBody<RB>>;
     type Error = BoxError;
-    type Future = InFlightFuture<S::Future>;
+    type Future = ExchangeFuture<S::Future>;
 
     fn call(&self, mut request: Request<B>) -> Self::Future {
+        let guard = self.exchanges.as_ref().map(Exchanges::begin);
+        let connect = request.method() == Method::CONNECT;
         request.extensions_mut().insert(self.meta.clone());
         let in_flight = Some(self.slot.request_started());
         // Only this connection's task calls it, so the lock is never contended.
@@ -66,73 +79,89 @@ where
             Poll::Ready(Err(error)) => (None, Some(error.into())),
             Poll::Pending => (None, Some(NotReady.into())),
         };
-        InFlightFuture {
+        ExchangeFuture {
             inner,
             error,
             in_flight,
+            guard,
+            connect,
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A request's response future, holding the request's [`InFlight`] mark.
-    pub struct InFlightFuture<F> {
-        // `None` when the stack was not ready: then `error` says why.
+    /// The stack's response future; hands the request's [`InFlight`] mark and the exchange's
+    /// guard on to the response body.
+    pub struct ExchangeFuture<F> {
         #[pin]
         inner: Option<F>,
+        // Why the stack could not be called (`inner` is `None`).
         error: Option<BoxError>,
         in_flight: Option<InFlight>,
+        guard: Option<ExchangeGuard>,
+        connect: bool,
     }
 }
 
-impl<F, RB, E> Future for InFlightFuture<F>
+impl<F, RB, E> Future for ExchangeFuture<F>
 where
     F: Future<Output = Result<Response<RB>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<Response<InFlightBody<RB>>, BoxError>;
+    type Output = Result<Response<ExchangeBody<RB>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = match this.inner.as_pin_mut() {
-            Some(future) => std::task::ready!(future.poll(cx)).map_err(Into::into),
-            None => Err(this.error.take().unwrap_or_else(|| NotReady.into())),
+        let Some(inner) = this.inner.as_pin_mut() else {
+            let error = this.error.take().unwrap_or_else(|| NotReady.into());
+            return Poll::Ready(Err(error));
         };
+        let response = std::task::ready!(inner.poll(cx)).map_err(Into::into)?;
+        let guard = this.guard.take();
+        if let Some(guard) = &guard {
+            let status = response.status();
+            if status == StatusCode::SWITCHING_PROTOCOLS || (*this.connect && status.is_success()) {
+                guard.upgraded();
+            }
+        }
         let in_flight = this.in_flight.take();
-        Poll::Ready(result.map(|response| {
-            response.map(|inner| InFlightBody {
-                inner,
-                _in_flight: in_flight,
-            })
-        }))
+        Poll::Ready(Ok(response.map(|inner| ExchangeBody {
+            inner,
+            _in_flight: in_flight,
+            guard,
+        })))
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that keeps its request in flight until hyper drops it.
-    #[derive(Debug)]
-    pub struct InFlightBody<B> {
+    /// A response body that keeps its request in flight and ends its exchange when hyper
+    /// drops it (after writing it).
+    pub struct ExchangeBody<B> {
         #[pin]
         inner: B,
         _in_flight: Option<InFlight>,
+        guard: Option<ExchangeGuard>,
     }
 }
 
-impl<B: Body> Body for InFlightBody<B> {
+impl<B: Body> Body for ExchangeBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         self.project().inner.poll_frame(cx)
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
     }
 
+    #[inline]
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }

@@ -23,7 +23,10 @@ pub mod connect;
 pub mod connection_service;
 pub mod destination;
 pub mod error;
+pub mod expect;
 pub mod h1;
+pub mod h2_head;
+pub mod head;
 pub mod hop_by_hop;
 pub mod loop_check;
 pub mod pool;
@@ -110,6 +113,7 @@ pub fn http_stacks(params: &StackParams) -> HttpStacks {
             connect_timeout: params.settings.connect_timeout,
             response_timeout: params.settings.response_timeout,
             idle_timeout: params.settings.idle_timeout,
+            max_header_bytes: params.settings.max_header_bytes,
             own_listeners: params.own_listeners.clone(),
         },
         params.resolver.clone(),
@@ -117,7 +121,7 @@ pub fn http_stacks(params: &StackParams) -> HttpStacks {
     );
     HttpStacks {
         metrics: RequestMetricsLayer::new(params.metrics.clone()),
-        server_span: params.tracer.server_layer(),
+        server_span: params.tracer.server_layer_for(params.direction),
         client_span: params.tracer.client_layer(),
         upstream,
     }

@@ -137,6 +137,8 @@ pub struct Pool<B> {
     h2_connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// The largest response head (HTTP/1) or header list (h2) accepted from upstreams.
+    max_header_bytes: usize,
 }
 
 impl<B> std::fmt::Debug for Pool<B> {
@@ -198,13 +200,18 @@ where
 {
     /// A new pool; inside a Tokio runtime it also starts a task that evicts idle connections
     /// for as long as the pool exists.
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_header_bytes: usize,
+    ) -> Arc<Self> {
         let pool = Arc::new(Pool {
             http1_idle: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
             h2_connecting: Mutex::new(HashMap::new()),
             connect_timeout,
             idle_timeout,
+            max_header_bytes,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&pool);
@@ -375,6 +382,8 @@ where
         let (sender, connection) = http1::Builder::new()
             .preserve_header_case(true)
             .title_case_headers(false)
+            // A response head past the limit is an upstream error, so a 502.
+            .max_header_size(self.max_header_bytes)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ForwardError::upstream)?;
@@ -400,6 +409,7 @@ where
             let (streams, executor) = ConnectionStreams::new();
             let (sender, connection) = http2::Builder::new(executor)
                 .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
                 .handshake(stream)
                 .await
                 .map_err(handshake_failed)?;
@@ -411,6 +421,7 @@ where
         } else {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
                 .handshake(stream)
                 .await
                 .map_err(handshake_failed)?;

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -13,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection_service::ConnectionService;
+use super::head::HeadLimits;
 use super::streams::{self, ConnectionStreams};
 use super::BoxError;
 use crate::meta::Protocol;
@@ -20,16 +20,16 @@ use crate::shutdown::Watch;
 
 /// Serves one client connection with hyper until it closes. When shutdown starts, HTTP/1
 /// closes after the response in flight and HTTP/2 sends GOAWAY and finishes its streams.
-/// `header_read_timeout` bounds how long an HTTP/1 client may take to send a request's head,
-/// idle time between requests included; `None` sets no bound (hyper's default is 30 s, which
-/// arms a timer for every request and closes keep-alive connections that idle longer, earlier
-/// than many clients' pools expect).
+/// HTTP/1 request heads are bounded in time and size by the connection's IO
+/// ([`HeadGuard`](super::head::HeadGuard)): hyper's own header-read timeout is off (it would
+/// count idle time between requests too) and its head size limit sits above
+/// `limits.max_bytes` as a backstop only. h2 header lists are bounded by `SETTINGS_MAX_HEADER_LIST_SIZE`.
 pub async fn serve_connection<I, S, RB>(
     protocol: Protocol,
     io: I,
     service: ConnectionService<S>,
     watch: &Watch,
-    header_read_timeout: Option<Duration>,
+    limits: &HeadLimits,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<RB>, Error = Infallible>
@@ -48,6 +48,7 @@ pub async fn serve_connection<I, S, RB>(
                 let (streams, executor) = ConnectionStreams::new();
                 let connection = hyper::server::conn::http2::Builder::new(executor)
                     .timer(TokioTimer::new())
+                    .max_header_list_size(h2_header_list_size(limits))
                     .serve_connection(io, service);
                 let connection = std::pin::pin!(connection);
                 streams::drive(connection, streams, signaled, |connection| {
@@ -62,6 +63,7 @@ pub async fn serve_connection<I, S, RB>(
             Box::pin(async {
                 let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
+                    .max_header_list_size(h2_header_list_size(limits))
                     .serve_connection(io, service);
                 let connection = std::pin::pin!(connection);
                 until_done(connection, signaled, |connection| {
@@ -76,7 +78,9 @@ pub async fn serve_connection<I, S, RB>(
                 .preserve_header_case(true)
                 .title_case_headers(false)
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
+                .header_read_timeout(None)
+                .max_headers(MAX_HEADER_FIELDS)
+                .max_header_size(hyper_backstop(limits))
                 .serve_connection(io, service)
                 .with_upgrades();
             let connection = std::pin::pin!(connection);
@@ -89,6 +93,21 @@ pub async fn serve_connection<I, S, RB>(
     if let Err(error) = result {
         tracing::debug!(%error, "client connection ended with an error");
     }
+}
+
+/// The most fields an HTTP/1 head may have: well above what legal traffic uses (100
+/// `tracestate` lines are legal); heads are bounded by size first.
+pub const MAX_HEADER_FIELDS: usize = 1000;
+
+/// hyper's own head size limit for HTTP/1 servers, a backstop only: above the head limit, so
+/// that the [`HeadGuard`](super::head::HeadGuard) answers first.
+fn hyper_backstop(limits: &HeadLimits) -> usize {
+    limits.max_bytes.saturating_mul(2)
+}
+
+/// The h2 `SETTINGS_MAX_HEADER_LIST_SIZE` for the head limit.
+pub fn h2_header_list_size(limits: &HeadLimits) -> u32 {
+    u32::try_from(limits.max_bytes).unwrap_or(u32::MAX)
 }
 
 /// Runs `connection` to its end; once `signaled`, asks it to wind down (`graceful`) first.

@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use super::connect::connect;
 use super::destination::explicit_targets;
 use super::error::ForwardError;
+use super::expect::ContinueGate;
 use super::hop_by_hop::{is_upgrade, strip_hop_by_hop};
 use super::loop_check::OwnListeners;
 use super::pool::{self, Affinity, Pool};
@@ -39,6 +40,8 @@ pub struct UpstreamSettings {
     /// `None`: wait for response headers forever.
     pub response_timeout: Option<Duration>,
     pub idle_timeout: Duration,
+    /// The largest response head (HTTP/1) or header list (h2) accepted; larger is a 502.
+    pub max_header_bytes: usize,
     /// The proxy's own listeners, never to be connected to.
     pub own_listeners: OwnListeners,
 }
@@ -50,14 +53,14 @@ pub struct UpstreamSettings {
 /// upstream connections that client connection uses (see [`Affinity`]).
 pub struct Upstream<B> {
     client: Arc<UpstreamClient<B>>,
-    affinity: Arc<Affinity<ClientBody<B>>>,
+    affinity: Arc<Affinity<ContinueGate<ClientBody<B>>>>,
 }
 
 /// One direction's upstream client, shared by the [`Upstream`] handles of all its client
 /// connections.
 struct UpstreamClient<B> {
     settings: UpstreamSettings,
-    pool: Arc<Pool<ClientBody<B>>>,
+    pool: Arc<Pool<ContinueGate<ClientBody<B>>>>,
     resolver: Resolver,
     tunnels: Tunnels,
 }
@@ -86,7 +89,11 @@ where
 {
     /// `drain`: tunnels hold the shutdown drain open through it.
     pub fn new(settings: UpstreamSettings, resolver: Resolver, drain: WeakWatch) -> Self {
-        let pool = Pool::new(settings.connect_timeout, settings.idle_timeout);
+        let pool = Pool::new(
+            settings.connect_timeout,
+            settings.idle_timeout,
+            settings.max_header_bytes,
+        );
         let tunnels = Tunnels {
             direction: settings.direction,
             drain,
@@ -112,7 +119,7 @@ where
     }
 
     /// The connection pool, for periodic eviction of idle connections.
-    pub fn pool(&self) -> &Arc<Pool<ClientBody<B>>> {
+    pub fn pool(&self) -> &Arc<Pool<ContinueGate<ClientBody<B>>>> {
         &self.client.pool
     }
 }
@@ -142,7 +149,7 @@ where
 {
     async fn forward(
         self: Arc<Self>,
-        affinity: Arc<Affinity<ClientBody<B>>>,
+        affinity: Arc<Affinity<ContinueGate<ClientBody<B>>>>,
         mut request: Request<B>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let meta = request.extensions().get::<Arc<ConnMeta>>();
@@ -174,8 +181,7 @@ where
         let upgrade = is_upgrade(request.headers());
         strip_hop_by_hop(request.headers_mut(), upgrade);
         let client_upgrade = (upgrade || is_connect).then(|| hyper::upgrade::on(&mut request));
-
-        let request = request.map(ClientBody::new);
+        let (request, expect) = ContinueGate::request(request.map(ClientBody::new));
         let send = async {
             if request.version() == Version::HTTP_2 {
                 self.pool.send_h2(&affinity, targets, request).await
@@ -189,6 +195,7 @@ where
                 .map_err(|_| ForwardError::ResponseTimeout(limit))??,
             None => send.await?,
         };
+        expect.final_response(response.status());
 
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS
             || (is_connect && response.status().is_success());

@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::context::Recording;
+use super::correlate::InFlight;
 use super::record::{End, SpanGuard};
 
 pin_project! {
@@ -23,6 +24,8 @@ pin_project! {
         #[pin]
         inner: B,
         tap: Tap,
+        // An inbound request stays registered for correlation until its response body ends.
+        in_flight: InFlight,
     }
 }
 
@@ -41,6 +44,7 @@ impl<B> TracedBody<B> {
         TracedBody {
             inner,
             tap: Tap::Pass,
+            in_flight: InFlight::none(),
         }
     }
 
@@ -48,6 +52,7 @@ impl<B> TracedBody<B> {
         TracedBody {
             inner,
             tap: recording.map_or(Tap::Pass, Tap::CountRequest),
+            in_flight: InFlight::none(),
         }
     }
 
@@ -74,7 +79,20 @@ impl<B: Body> TracedBody<B> {
             }
             None => Tap::Pass,
         };
-        TracedBody { inner, tap }
+        TracedBody {
+            inner,
+            tap,
+            in_flight: InFlight::none(),
+        }
+    }
+
+    /// This response body keeps `in_flight` registered until it ends (an already-finished
+    /// body releases it now).
+    pub(crate) fn holding(mut self, in_flight: InFlight) -> TracedBody<B> {
+        if in_flight.is_tracked() && !self.inner.is_end_stream() {
+            self.in_flight = in_flight;
+        }
+        self
     }
 }
 
@@ -124,7 +142,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
-        if let Tap::Pass = this.tap {
+        if let (Tap::Pass, false) = (&this.tap, this.in_flight.is_tracked()) {
             return this.inner.poll_frame(cx);
         }
         if let Tap::FinishSpan(_) = this.tap {
@@ -165,6 +183,11 @@ where
                     *this.tap = Tap::Pass;
                 }
             }
+        }
+        if this.in_flight.is_tracked()
+            && (!matches!(frame, Some(Ok(_))) || this.inner.is_end_stream())
+        {
+            *this.in_flight = InFlight::none();
         }
         Poll::Ready(frame)
     }

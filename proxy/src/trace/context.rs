@@ -55,6 +55,9 @@ pub struct HopContext {
     pub(crate) b3: B3Forms,
     /// `Some` when the request is sampled and spans can be exported.
     pub(crate) recording: Option<Arc<Recording>>,
+    /// The id of the first CLIENT span, chosen when the SERVER span started (inbound: it is
+    /// the context the application receives, registered for outbound requests to find).
+    pub(crate) client_span_id: Option<SpanId>,
 }
 
 impl HopContext {

@@ -5,8 +5,10 @@
 //! 2. **extract** what the request says about its trace (`propagation`): the caller's span, if
 //!    a valid context arrived, and the rest ([`Incoming`]: sampling asks, B3 forms, the
 //!    sample header);
-//! 3. **join** the caller's trace or start one ([`HopTrace`]); the step that infers a parent
-//!    for a request that arrived without one ("correlate") goes between extract and join;
+//!    **correlate** (outbound): a request that arrived without context gets a parent inferred
+//!    from the pod's inbound requests (`correlate`); inbound requests get a request id and are
+//!    registered for that (after the hand-off's CLIENT span id is chosen);
+//! 3. **join** the caller's (or the inferred) trace or start one ([`HopTrace`]);
 //! 4. **decide** sampling (`sampling`);
 //! 5. **record**: build the request attributes (`attributes`) and start the span;
 //! 6. **hand off** the hop's context to the CLIENT span ([`HopContext`], a request extension).
@@ -17,13 +19,17 @@
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::HeaderValue;
+use http::{HeaderValue, Method};
 
-use crate::meta::ConnMeta;
-use crate::span::{SpanId, SpanKind, TraceId};
+use crate::forward::hop_by_hop::is_upgrade;
+use crate::meta::{ConnMeta, Direction};
+use crate::span::{AttrValue, Links, SpanId, SpanKind, TraceId};
 
 use super::attributes::{self, RequestHeaders};
 use super::context::{HopContext, Recording};
+use super::correlate::{
+    InFlight, Inferred, ParentContext, Registration, Source, ATTR_CANDIDATES, ATTR_SOURCE,
+};
 use super::propagation::{
     self, B3Forms, Extracted, Outgoing, RemoteParent, ScannedHeaders, FLAG_RANDOM, FLAG_SAMPLED,
 };
@@ -39,20 +45,28 @@ pub(super) struct ServerStart {
     pub(super) recording: Option<Arc<Recording>>,
     /// The `traceresponse` header to answer with, if any.
     pub(super) trace_response: Option<HeaderValue>,
+    /// Inbound: the request's registration for correlation, until its response ends.
+    pub(super) in_flight: InFlight,
 }
 
-/// Starts the SERVER span of a request that arrived with `parts`: the steps in the module doc.
-pub(super) fn start_server(tracer: &Arc<TracerState>, parts: &mut Parts) -> ServerStart {
+/// Starts the SERVER span of a request that arrived with `parts` on the proxy's `direction`
+/// (`None`: a bare layer, which does not correlate): the steps in the module doc.
+pub(super) fn start_server(
+    tracer: &Arc<TracerState>,
+    direction: Option<Direction>,
+    parts: &mut Parts,
+) -> ServerStart {
     let scanned = ScannedHeaders::scan(&parts.headers, Some(&tracer.sample_header));
-    let (parent, incoming) = extract(tracer, &scanned);
-    // (correlate: a parent inferred for a request that arrived without one goes here.)
-    let trace = HopTrace::join_or_start(parent);
+    let (parent, mut incoming) = extract(tracer, &scanned);
+    let mut correlated = correlate(tracer, direction, parent, &mut incoming, parts);
+    let trace = HopTrace::join_or_start(correlated.parent.take());
     let decision = decide(tracer, &incoming, &trace);
     let span_id = ids::new_span_id();
     let flags = flags(decision, trace.random);
     let trace_response = trace_response(tracer, &incoming, &trace, &span_id, flags);
     let (guard, recording) = if decision.sampled && tracer.sink.is_enabled() {
-        let (guard, recording) = record_server(tracer, parts, &scanned, &trace, span_id, flags);
+        let (guard, recording) =
+            record_server(tracer, parts, &scanned, &trace, span_id, flags, correlated);
         (Some(guard), Some(recording))
     } else {
         (None, None)
@@ -61,6 +75,12 @@ pub(super) fn start_server(tracer: &Arc<TracerState>, parts: &mut Parts) -> Serv
         // The proxy that applies the sample header removes it.
         parts.headers.remove(&tracer.sample_header);
     }
+    let client_span_id = ids::new_span_id();
+    let in_flight = if direction == Some(Direction::Inbound) {
+        register_inbound(tracer, parts, &trace, client_span_id, flags)
+    } else {
+        InFlight::none()
+    };
     // Hand off to the CLIENT span.
     parts.extensions.insert(HopContext {
         trace_id: trace.trace_id,
@@ -76,12 +96,138 @@ pub(super) fn start_server(tracer: &Arc<TracerState>, parts: &mut Parts) -> Serv
             tracer.default_b3
         },
         recording: recording.clone(),
+        client_span_id: Some(client_span_id),
     });
     ServerStart {
         guard,
         recording,
         trace_response,
+        in_flight,
     }
+}
+
+/// Step 2½, correlate (outbound only): the parent of a request that arrived without trace
+/// context, inferred from the pod's inbound requests (`correlate`); the caller's span when it
+/// sent one. An inferred parent's sampling decision is followed unless the request asks
+/// otherwise.
+fn correlate(
+    tracer: &TracerState,
+    direction: Option<Direction>,
+    parent: Option<RemoteParent>,
+    incoming: &mut Incoming,
+    parts: &Parts,
+) -> Correlated {
+    if direction != Some(Direction::Outbound) {
+        return Correlated::as_sent(parent, None);
+    }
+    if parent.is_some() {
+        tracer.metrics.count_source(Source::Propagated);
+        return Correlated::as_sent(parent, Some(Source::Propagated));
+    }
+    let inferred = match &tracer.correlator {
+        Some(correlator) => {
+            let request_id = tracer
+                .request_id_header
+                .as_ref()
+                .and_then(|name| parts.headers.get(name))
+                .map(HeaderValue::as_bytes);
+            correlator.infer(request_id)
+        }
+        None => Inferred::Background,
+    };
+    let source = inferred.source();
+    tracer.metrics.count_source(source);
+    let parent = inferred.parent().map(|context| RemoteParent {
+        trace_id: context.trace_id,
+        span_id: context.span_id,
+        random: context.flags & FLAG_RANDOM != 0,
+        trace_state: context.trace_state.clone(),
+        trace_id_64: context.trace_id_64,
+    });
+    if let (Some(context), None) = (inferred.parent(), incoming.sampled) {
+        incoming.sampled = Some(context.flags & FLAG_SAMPLED != 0);
+    }
+    let candidates = match &inferred {
+        Inferred::Ambiguous { candidates, .. } => Some(*candidates),
+        _ => None,
+    };
+    Correlated {
+        parent,
+        source: Some(source),
+        candidates,
+        links: inferred.links(),
+    }
+}
+
+/// What the correlate step found for an outbound request.
+struct Correlated {
+    /// The parent to join: sent by the caller or inferred.
+    parent: Option<RemoteParent>,
+    /// How the parent was found (outbound requests only).
+    source: Option<Source>,
+    /// Candidates in flight, when ambiguous.
+    candidates: Option<usize>,
+    /// Links to the candidates, when ambiguous.
+    links: Links,
+}
+
+impl Correlated {
+    fn as_sent(parent: Option<RemoteParent>, source: Option<Source>) -> Correlated {
+        Correlated {
+            parent,
+            source,
+            candidates: None,
+            links: Vec::new(),
+        }
+    }
+}
+
+/// Inbound: gives the request a request id if it has none (kept if it has one) and registers
+/// it, with the context the application receives (the first CLIENT span), until its response
+/// ends.
+fn register_inbound(
+    tracer: &TracerState,
+    parts: &mut Parts,
+    trace: &HopTrace,
+    client_span_id: SpanId,
+    flags: u8,
+) -> InFlight {
+    let Some(name) = &tracer.request_id_header else {
+        return register(tracer, parts, None, trace, client_span_id, flags);
+    };
+    if !parts.headers.contains_key(name) {
+        if let Ok(value) = HeaderValue::from_bytes(&ids::new_request_id()) {
+            parts.headers.insert(name.clone(), value);
+        }
+    }
+    let request_id = parts.headers.get(name).map(HeaderValue::as_bytes);
+    register(tracer, parts, request_id, trace, client_span_id, flags)
+}
+
+/// Registers an inbound request (a candidate unless it is an upgrade or `CONNECT`).
+fn register(
+    tracer: &TracerState,
+    parts: &Parts,
+    request_id: Option<&[u8]>,
+    trace: &HopTrace,
+    client_span_id: SpanId,
+    flags: u8,
+) -> InFlight {
+    let Some(correlator) = &tracer.correlator else {
+        return InFlight::none();
+    };
+    let candidate = parts.method != Method::CONNECT && !is_upgrade(&parts.headers);
+    correlator.register(Registration {
+        request_id,
+        context: ParentContext {
+            trace_id: trace.trace_id,
+            span_id: client_span_id,
+            flags,
+            trace_id_64: trace.trace_id_64,
+            trace_state: trace.trace_state.clone(),
+        },
+        candidate,
+    })
 }
 
 /// What an incoming request asks of this hop besides its parent, before this proxy decides
@@ -213,6 +359,7 @@ fn record_server(
     trace: &HopTrace,
     span_id: SpanId,
     flags: u8,
+    correlated: Correlated,
 ) -> (SpanGuard, Arc<Recording>) {
     let conn = conn_of(parts);
     let trace_state = trace.trace_state.as_ref().and_then(|s| s.to_str().ok());
@@ -224,6 +371,14 @@ fn record_server(
         trace_state,
     );
     let span_trace_state = request.text.trace_state();
+    let mut attributes = request.attributes;
+    if let Some(source) = correlated.source {
+        attributes.push((ATTR_SOURCE, AttrValue::Static(source.as_str())));
+    }
+    if let Some(candidates) = correlated.candidates {
+        let candidates = i64::try_from(candidates).unwrap_or(i64::MAX);
+        attributes.push((ATTR_CANDIDATES, AttrValue::Int(candidates)));
+    }
     let recording = Recording::new(request.text, request.host_header, tracer.clone());
     let span = PendingSpan::new(
         SpanStart {
@@ -236,8 +391,9 @@ fn record_server(
             grpc: request.grpc,
             grpc_timeout: attributes::grpc_timeout(request.grpc, &parts.headers),
             fallback_peer: None,
+            links: correlated.links,
         },
-        request.attributes,
+        attributes,
         recording.clone(),
     );
     (SpanGuard::new(span), recording)
@@ -246,8 +402,15 @@ fn record_server(
 /// Starts the CLIENT span of a forwarded request and writes its context into the request's
 /// propagation headers. Without a [`HopContext`] (no SERVER layer above) nothing happens.
 pub(super) fn start_client(parts: &mut Parts) -> Option<SpanGuard> {
+    // The first forwarded request takes the id chosen with the SERVER span (inbound: the one
+    // registered for correlation); any further one (a retry) gets a new id.
+    let span_id = parts
+        .extensions
+        .get_mut::<HopContext>()?
+        .client_span_id
+        .take()
+        .unwrap_or_else(ids::new_span_id);
     let hop = parts.extensions.get::<HopContext>()?;
-    let span_id = ids::new_span_id();
     // One pass over the headers finds the propagation headers to replace and the ones the
     // attributes read.
     let scanned = ScannedHeaders::scan(&parts.headers, None);
@@ -283,6 +446,7 @@ fn record_client(
             grpc,
             grpc_timeout: attributes::grpc_timeout(grpc, &parts.headers),
             fallback_peer: conn.and_then(|c| c.orig_dst),
+            links: Vec::new(),
         },
         attributes::client(
             parts,

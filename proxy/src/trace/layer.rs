@@ -12,10 +12,11 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::meta::ErrorType;
+use crate::meta::{Direction, ErrorType};
 
 use super::attributes::ERROR_OTHER;
 use super::body::TracedBody;
+use super::correlate::InFlight;
 use super::hop;
 use super::propagation::TRACERESPONSE;
 use super::record::{End, SpanGuard};
@@ -25,11 +26,12 @@ use super::TracerState;
 #[derive(Clone, Debug)]
 pub struct ServerSpanLayer {
     tracer: Arc<TracerState>,
+    direction: Option<Direction>,
 }
 
 impl ServerSpanLayer {
-    pub(crate) fn new(tracer: Arc<TracerState>) -> Self {
-        ServerSpanLayer { tracer }
+    pub(crate) fn new(tracer: Arc<TracerState>, direction: Option<Direction>) -> Self {
+        ServerSpanLayer { tracer, direction }
     }
 }
 
@@ -40,6 +42,7 @@ impl<S> Layer<S> for ServerSpanLayer {
         ServerSpanService {
             inner,
             tracer: self.tracer.clone(),
+            direction: self.direction,
         }
     }
 }
@@ -49,6 +52,7 @@ impl<S> Layer<S> for ServerSpanLayer {
 pub struct ServerSpanService<S> {
     inner: S,
     tracer: Arc<TracerState>,
+    direction: Option<Direction>,
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for ServerSpanService<S>
@@ -66,12 +70,13 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let start = hop::start_server(&self.tracer, &mut parts);
+        let start = hop::start_server(&self.tracer, self.direction, &mut parts);
         let body = TracedBody::counting_request(body, start.recording);
         ServerFuture {
             inner: self.inner.call(Request::from_parts(parts, body)),
             guard: start.guard,
             trace_response: start.trace_response,
+            in_flight: start.in_flight,
         }
     }
 }
@@ -83,6 +88,8 @@ pin_project! {
         inner: F,
         guard: Option<SpanGuard>,
         trace_response: Option<HeaderValue>,
+        // Keeps an inbound request registered for correlation until its response ends.
+        in_flight: InFlight,
     }
 }
 
@@ -100,7 +107,9 @@ where
                 if let Some(value) = this.trace_response.take() {
                     rsp.headers_mut().insert(TRACERESPONSE, value);
                 }
-                Poll::Ready(Ok(traced_response(rsp, this.guard.take())))
+                let in_flight = std::mem::replace(this.in_flight, InFlight::none());
+                let rsp = traced_response(rsp, this.guard.take());
+                Poll::Ready(Ok(rsp.map(|body| body.holding(in_flight))))
             }
             Err(error) => {
                 fail(this.guard, ERROR_OTHER);

@@ -1,7 +1,11 @@
 //! Trace-layer metrics.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+use super::correlate::{EvictionCounters, Source};
 
 /// Counters of the trace layers. Cheap to clone (shared atomics).
 #[derive(Clone, Debug, Default)]
@@ -14,6 +18,28 @@ pub struct TraceMetrics {
     /// are the exporter's `meshtrace_export_spans_dropped{reason="queue_full"}`, so that each
     /// drop is counted in one family.
     pub spans_dropped: Counter,
+    /// Outbound requests by how their parent was found, indexed by [`Source`] (each counter
+    /// taken from the family once, so counting takes no lock).
+    pub context_source: [Counter; Source::ALL.len()],
+    /// Correlate entries evicted to stay within bounds.
+    pub context_evicted: EvictionCounters,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+impl TraceMetrics {
+    /// Counts an outbound request whose parent was found by `source`.
+    pub fn count_source(&self, source: Source) {
+        self.context_source[source as usize].inc();
+    }
 }
 
 impl TraceMetrics {
@@ -35,7 +61,37 @@ impl TraceMetrics {
             "Finished spans dropped because the export queue was closed (a full queue's drops are meshtrace_export_spans_dropped_total{reason=\"queue_full\"})",
             metrics.spans_dropped.clone(),
         );
-        metrics
+        // Each counter is taken from its family once (a statement each: a family's guard must
+        // be gone before it creates the next one), so counting never takes the family's lock.
+        let sources = Family::<SourceLabel, Counter>::default();
+        let context_source = Source::ALL.map(|source| {
+            let counter = sources
+                .get_or_create(&SourceLabel {
+                    source: source.as_str(),
+                })
+                .clone();
+            counter
+        });
+        registry.register(
+            "meshtrace_trace_context_source",
+            "Outbound requests by how their parent was found: propagated (sent by the application), request_id, sole_in_flight (inferred), ambiguous (new trace with links), background (new trace)",
+            sources.clone(),
+        );
+        let evicted = Family::<KindLabel, Counter>::default();
+        let in_flight = evicted
+            .get_or_create(&KindLabel { kind: "in_flight" })
+            .clone();
+        let recent = evicted.get_or_create(&KindLabel { kind: "recent" }).clone();
+        registry.register(
+            "meshtrace_trace_context_evicted",
+            "Context-inference entries evicted to stay within bounds: in_flight (tracked inbound requests), recent (request ids of finished requests)",
+            evicted,
+        );
+        TraceMetrics {
+            context_source,
+            context_evicted: EvictionCounters { in_flight, recent },
+            ..metrics
+        }
     }
 }
 
@@ -62,5 +118,18 @@ mod tests {
             text.contains("meshtrace_trace_spans_dropped_total 0"),
             "{text}"
         );
+        metrics.count_source(Source::SoleInFlight);
+        metrics.count_source(Source::SoleInFlight);
+        metrics.context_evicted.recent.inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "meshtrace_trace_context_source_total{source=\"sole_in_flight\"} 2",
+            "meshtrace_trace_context_source_total{source=\"propagated\"} 0",
+            "meshtrace_trace_context_evicted_total{kind=\"recent\"} 1",
+            "meshtrace_trace_context_evicted_total{kind=\"in_flight\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

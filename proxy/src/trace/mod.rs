@@ -31,6 +31,7 @@ mod attributes;
 mod body;
 mod clock;
 mod context;
+pub mod correlate;
 mod hop;
 pub mod ids;
 mod layer;
@@ -47,7 +48,10 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
+use crate::meta::Direction;
 use crate::span::{SendError, SpanRecord, SpanSink};
+
+use self::correlate::{ContextInference, CorrelateSettings, Correlator, SystemClock};
 
 pub use body::TracedBody;
 pub use context::HopContext;
@@ -73,6 +77,11 @@ pub(crate) struct TracerState {
     trace_response: TraceResponse,
     sink: SpanSink,
     metrics: TraceMetrics,
+    /// The pod's in-flight inbound requests, for outbound requests without context; `None`
+    /// when inference is off.
+    correlator: Option<Arc<Correlator>>,
+    /// `MESHTRACE_REQUEST_ID_HEADER`; `None` for `none`.
+    request_id_header: Option<HeaderName>,
 }
 
 impl TracerState {
@@ -108,6 +117,22 @@ impl Tracer {
             single: args.propagation.contains(&PropagationFormat::B3),
             multi: args.propagation.contains(&PropagationFormat::B3Multi),
         };
+        let correlator = (args.context_inference != ContextInference::Off).then(|| {
+            let settings = CorrelateSettings {
+                mode: args.context_inference,
+                request_id_window: args.request_id_window,
+                max_links: args.context_max_links,
+                max_age: args.context_max_age,
+                // One shard per thread that may serve requests.
+                shards: std::thread::available_parallelism().map_or(1, usize::from),
+                ..CorrelateSettings::default()
+            };
+            Correlator::counting(
+                settings,
+                Arc::new(SystemClock),
+                metrics.context_evicted.clone(),
+            )
+        });
         Tracer {
             state: Arc::new(TracerState {
                 sample_rate: args.sample_rate.clamp(0.0, 1.0),
@@ -117,13 +142,23 @@ impl Tracer {
                 trace_response: args.trace_response,
                 sink,
                 metrics,
+                correlator,
+                request_id_header: args.request_id_header.0.clone(),
             }),
         }
     }
 
-    /// The layer recording SERVER spans; put it right after the HTTP server.
+    /// The layer recording SERVER spans; put it right after the HTTP server. It does not
+    /// correlate: see [`Tracer::server_layer_for`].
     pub fn server_layer(&self) -> ServerSpanLayer {
-        ServerSpanLayer::new(self.state.clone())
+        ServerSpanLayer::new(self.state.clone(), None)
+    }
+
+    /// The SERVER-span layer of one direction of the proxy: inbound requests get request ids
+    /// and are registered for correlation, outbound requests without trace context have their
+    /// parent inferred (`correlate`).
+    pub fn server_layer_for(&self, direction: Direction) -> ServerSpanLayer {
+        ServerSpanLayer::new(self.state.clone(), Some(direction))
     }
 
     /// The layer recording CLIENT spans; put it right before the upstream client.

@@ -53,6 +53,8 @@ pub struct SpanStart {
     pub grpc_timeout: Option<std::time::Duration>,
     /// CLIENT: where the request went if the data path does not report it.
     pub fallback_peer: Option<SocketAddr>,
+    /// Span links (outbound SERVER spans whose parent was ambiguous).
+    pub links: crate::span::Links,
 }
 
 impl PendingSpan {
@@ -74,6 +76,7 @@ impl PendingSpan {
                 end_unix_nanos: 0,
                 status: SpanStatus::Unset,
                 attributes,
+                links: start.links,
             },
             request,
             response: ResponseAttributes::new(start.grpc, start.grpc_timeout, start.fallback_peer),

@@ -245,6 +245,37 @@
     return h("span", { class: "direction", title: `the proxy's ${side} side` }, side === "inbound" ? "in" : "out");
   }
 
+  // A proxy that parented an outbound request by inference (the application forwarded no trace
+  // context) says how: a request id ties it exactly, "sole in flight" is a good guess.
+  const INFERRED_SOURCES = { request_id: "request id", sole_in_flight: "sole request in flight" };
+
+  function inferredBadge(span) {
+    const source = span.attributes && span.attributes["meshtrace.context.source"];
+    if (!Object.prototype.hasOwnProperty.call(INFERRED_SOURCES, source)) return null;
+    return h("span", {
+      class: "badge inferred",
+      title: `Parent inferred by the proxy (${INFERRED_SOURCES[source]}): the application did not forward trace headers`,
+    }, "inferred");
+  }
+
+  function linksBadge(span) {
+    const count = (span.links || []).length;
+    if (!count) return null;
+    return h("span", { class: "badge links", title: "Linked to candidate parents (open the span for the links)" }, `${count} link${count === 1 ? "" : "s"}`);
+  }
+
+  function linkList(span) {
+    const links = span.links || [];
+    if (!links.length) return null;
+    return h("div", { class: "kv-block" }, h("h4", {}, "Links"),
+      h("ul", { class: "links" }, links.map((link) =>
+        h("li", {}, h("a", {
+          class: "mono span-link",
+          href: `/trace/${link.traceId}#span=${link.spanId}`,
+          title: "Open the linked span",
+        }, `${link.traceId.slice(0, 16)}… / ${link.spanId}`)))));
+  }
+
   function attributeTable(title, attributes) {
     const entries = Object.entries(attributes || {});
     if (!entries.length) return null;
@@ -271,6 +302,7 @@
             status, span.status.message ? `: ${span.status.message}` : "")),
         )),
         attributeTable("Attributes", span.attributes),
+        linkList(span),
         span.events.length
           ? h("div", { class: "kv-block" }, h("h4", {}, "Events"),
             h("table", { class: "kv" }, h("tbody", {}, span.events.map((event) =>
@@ -401,6 +433,8 @@
         h("span", { class: "op-name" }, span.name),
         kindBadge(span.kind),
         directionBadge(span),
+        inferredBadge(span),
+        linksBadge(span),
         isError ? h("span", { class: "error-icon", title: span.status.message || "error" }, "!") : null),
       h("div", { class: "wf-timeline" },
         h("div", {
