@@ -24,6 +24,7 @@ pub mod connection_service;
 pub mod destination;
 pub mod error;
 pub mod expect;
+pub mod h1;
 pub mod h2_head;
 pub mod head;
 pub mod hop_by_hop;
