@@ -472,6 +472,30 @@ mod tests {
     }
 
     #[test]
+    fn ip_families_annotation_adds_ip6tables() {
+        let meshed = |families: Option<&str>| {
+            let mut a = BTreeMap::from([(INJECTED_ANNOTATION.to_owned(), "true".to_owned())]);
+            if let Some(f) = families {
+                a.insert(IP_FAMILIES_ANNOTATION.to_owned(), f.to_owned());
+            }
+            a
+        };
+        let ipv6 =
+            |c: &NetConf, families| init_args_for(c, &meshed(families)).map(|a| a.unwrap().ipv6);
+        let c = conf(json!({}));
+        assert!(!ipv6(&c, None).unwrap());
+        assert!(!ipv6(&c, Some("ipv4")).unwrap());
+        assert!(ipv6(&c, Some("dual")).unwrap());
+        assert!(ipv6(&c, Some("ipv6")).unwrap());
+        assert_eq!(
+            ipv6(&c, Some("both")).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+        // The configuration's `ipv6` still covers every pod.
+        assert!(ipv6(&conf(json!({"ipv6": true})), Some("ipv4")).unwrap());
+    }
+
+    #[test]
     fn annotations_passed_by_the_runtime_need_no_api() {
         let c = conf(
             json!({"runtimeConfig": {POD_ANNOTATIONS_CAPABILITY: {"meshtrace.io/injected": "true"}}}),
