@@ -33,6 +33,8 @@ pub mod keys {
     pub const PROXY_MEMORY_REQUEST: &str = "meshtrace.io/proxy-memory-request";
     pub const PROXY_MEMORY_LIMIT: &str = "meshtrace.io/proxy-memory-limit";
     pub const NATIVE_SIDECAR: &str = "meshtrace.io/native-sidecar";
+    /// `ipv4`, `ipv6` or `dual`: the IP families the pod's traffic uses.
+    pub const IP_FAMILIES: &str = "meshtrace.io/ip-families";
     pub const LOG_LEVEL: &str = "meshtrace.io/log-level";
     /// `off`, `request-id` or `infer`: how the proxy finds a parent for outbound requests that
     /// carry no trace context (MESHTRACE_CONTEXT_INFERENCE).
@@ -138,6 +140,52 @@ impl fmt::Display for CollectorProtocol {
         f.write_str(match self {
             Self::Grpc => "grpc",
             Self::HttpProtobuf => "http/protobuf",
+        })
+    }
+}
+
+/// The IP families of a pod's traffic. A pod has no IPs at admission, so this is what the
+/// operator knows of the cluster (flag) or of a namespace or pod (annotation): it decides the
+/// proxy's listen addresses and whether `init` (or the CNI plugin) also programs ip6tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamilies {
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
+impl IpFamilies {
+    /// Whether the pod has IPv4 traffic.
+    pub fn has_ipv4(self) -> bool {
+        matches!(self, Self::Ipv4 | Self::Dual)
+    }
+
+    /// Whether the pod has IPv6 traffic (`init --ipv6`, ip6tables rules).
+    pub fn has_ipv6(self) -> bool {
+        matches!(self, Self::Ipv6 | Self::Dual)
+    }
+}
+
+impl FromStr for IpFamilies {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "ipv4" => Ok(Self::Ipv4),
+            "ipv6" => Ok(Self::Ipv6),
+            "dual" => Ok(Self::Dual),
+            other => Err(invalid(format!(
+                "IP families {other:?} is not \"ipv4\", \"ipv6\" or \"dual\""
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for IpFamilies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+            Self::Dual => "dual",
         })
     }
 }
@@ -499,6 +547,12 @@ pub struct ProxyDefaults {
     /// Proxy log filter (MESHTRACE_LOG of the proxy). Annotation: meshtrace.io/log-level.
     #[arg(long, env = "MESHTRACE_PROXY_LOG_LEVEL", default_value = "info")]
     pub proxy_log_level: LogLevel,
+
+    /// IP families of the pods' traffic: ipv4, ipv6 or dual (the proxy listens on each family
+    /// and `init`/the CNI plugin also programs ip6tables for ipv6 and dual). Annotation:
+    /// meshtrace.io/ip-families.
+    #[arg(long, env = "MESHTRACE_IP_FAMILIES", default_value = "ipv4")]
+    pub ip_families: IpFamilies,
 }
 
 /// The proxy settings for one pod, after annotations were applied over the defaults.
@@ -523,6 +577,7 @@ pub struct ProxySettings {
     pub context_inference: Option<ContextInference>,
     /// Only from annotations: unset leaves the proxy's own default.
     pub request_id_header: Option<RequestIdHeader>,
+    pub ip_families: IpFamilies,
 }
 
 /// Where a value came from, for warnings.
@@ -605,6 +660,8 @@ impl ProxySettings {
                 .unwrap_or_else(|| defaults.proxy_log_level.clone()),
             context_inference: pick(keys::CONTEXT_INFERENCE, pod, namespace, &mut w),
             request_id_header: pick(keys::REQUEST_ID_HEADER, pod, namespace, &mut w),
+            ip_families: pick(keys::IP_FAMILIES, pod, namespace, &mut w)
+                .unwrap_or(defaults.ip_families),
         };
         (settings, w)
     }
@@ -736,6 +793,23 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn ip_families_pod_wins_over_namespace_and_invalid_falls_back() {
+        let d = defaults();
+        let resolve = |pod: &[(&str, &str)], ns: &[(&str, &str)]| {
+            ProxySettings::resolve(&map(pod), &map(ns), &d)
+        };
+        assert_eq!(resolve(&[], &[]).0.ip_families, IpFamilies::Ipv4);
+        let ns = [(keys::IP_FAMILIES, "dual")];
+        assert_eq!(resolve(&[], &ns).0.ip_families, IpFamilies::Dual);
+        let pod = [(keys::IP_FAMILIES, "ipv6")];
+        assert_eq!(resolve(&pod, &ns).0.ip_families, IpFamilies::Ipv6);
+        let (settings, warnings) = resolve(&[(keys::IP_FAMILIES, "IPv6 please")], &[]);
+        assert_eq!(settings.ip_families, IpFamilies::Ipv4);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains(keys::IP_FAMILIES), "{warnings:?}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 
-use crate::config::{keys, ProxySettings};
+use crate::config::{keys, IpFamilies, ProxySettings};
 
 pub const PROXY_CONTAINER: &str = "meshtrace-proxy";
 pub const INIT_CONTAINER: &str = "meshtrace-init";
@@ -120,6 +120,27 @@ fn value_env(name: &str, value: impl Into<String>) -> Value {
     json!({"name": name, "value": value.into()})
 }
 
+/// The proxy's listen addresses for the pod's IP families, or `None` for IPv4 only (the proxy's
+/// defaults): `MESHTRACE_INBOUND_ADDR`, `MESHTRACE_OUTBOUND_ADDR` and `MESHTRACE_ADMIN_ADDR`.
+/// Each IPv6 listener is IPv6-only, so a dual-stack pod gets one socket per family. The admin
+/// server takes one address: IPv6 for an IPv6-only pod (the kubelet probes the pod's IPv6
+/// address), else the default `0.0.0.0`.
+pub fn listen_addrs(families: IpFamilies) -> Option<[String; 3]> {
+    let v4_in = format!("0.0.0.0:{INBOUND_PORT}");
+    let v4_out = format!("127.0.0.1:{OUTBOUND_PORT}");
+    let v6_in = format!("[::]:{INBOUND_PORT}");
+    let v6_out = format!("[::1]:{OUTBOUND_PORT}");
+    match families {
+        IpFamilies::Ipv4 => None,
+        IpFamilies::Ipv6 => Some([v6_in, v6_out, format!("[::]:{ADMIN_PORT}")]),
+        IpFamilies::Dual => Some([
+            format!("{v4_in},{v6_in}"),
+            format!("{v4_out},{v6_out}"),
+            String::new(),
+        ]),
+    }
+}
+
 fn proxy_env(pod: &Pod, settings: &ProxySettings) -> Vec<Value> {
     let workload = workload_name(pod);
     let inbound_ports = app_inbound_ports(pod)
@@ -164,6 +185,17 @@ fn proxy_env(pod: &Pod, settings: &ProxySettings) -> Vec<Value> {
         ),
     ]
     .into_iter()
+    .chain(
+        listen_addrs(settings.ip_families)
+            .into_iter()
+            .flat_map(|[inbound, outbound, admin]| {
+                [
+                    value_env("MESHTRACE_INBOUND_ADDR", inbound),
+                    value_env("MESHTRACE_OUTBOUND_ADDR", outbound),
+                    value_env("MESHTRACE_ADMIN_ADDR", admin),
+                ]
+            }),
+    )
     // An empty value is not "unset" to the proxy (an empty MESHTRACE_OPAQUE_PORTS would replace
     // its default list with nothing): leave settings without a value out.
     .filter(|env| env.get("value").is_none_or(|v| v != ""))
@@ -250,6 +282,9 @@ fn init_container(settings: &ProxySettings) -> Value {
     if !settings.skip_outbound_ports.is_empty() {
         args.push("--skip-outbound-ports".to_owned());
         args.push(settings.skip_outbound_ports.to_string());
+    }
+    if settings.ip_families.has_ipv6() {
+        args.push("--ipv6".to_owned());
     }
     json!({
         "name": INIT_CONTAINER,
@@ -346,6 +381,13 @@ fn annotations(pod: &Pod, settings: &ProxySettings, form: Form, ops: &mut Vec<Pa
                 added.insert(key.to_owned(), ports.to_string());
             }
         }
+        // The plugin programs ip6tables too for `ipv6`/`dual`.
+        let families = settings.ip_families;
+        if families != IpFamilies::Ipv4
+            || existing.is_some_and(|a| a.contains_key(keys::IP_FAMILIES))
+        {
+            added.insert(keys::IP_FAMILIES.to_owned(), families.to_string());
+        }
     }
     match existing {
         None => ops.push(add(&["metadata", "annotations"], json!(added))),
@@ -436,5 +478,99 @@ mod tests {
             paths.contains(&"/metadata/annotations/meshtrace.io~1injected".to_owned()),
             "{paths:?}"
         );
+    }
+
+    /// The patched pod, as JSON.
+    fn patched(p: &Pod, settings: &ProxySettings, form: Form) -> Value {
+        let mut value = serde_json::to_value(p).unwrap();
+        json_patch::patch(&mut value, &build(p, settings, form)).unwrap();
+        value
+    }
+
+    fn env_of(container: &Value, name: &str) -> Option<String> {
+        container["env"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap_or_default().to_owned())
+    }
+
+    #[test]
+    fn ip_families_set_listen_addresses_and_init_ipv6() {
+        let p = pod(json!({"spec": {"containers": [{"name": "app"}]}}));
+        let form = Form {
+            native_sidecar: true,
+            cni: false,
+        };
+        let mut settings = crate::config::tests_support::settings();
+        let cases = [
+            (IpFamilies::Ipv4, None, None, None, false),
+            (
+                IpFamilies::Dual,
+                Some("0.0.0.0:4143,[::]:4143"),
+                Some("127.0.0.1:4140,[::1]:4140"),
+                None,
+                true,
+            ),
+            (
+                IpFamilies::Ipv6,
+                Some("[::]:4143"),
+                Some("[::1]:4140"),
+                Some("[::]:4191"),
+                true,
+            ),
+        ];
+        for (families, inbound, outbound, admin, ipv6) in cases {
+            settings.ip_families = families;
+            let pod = patched(&p, &settings, form);
+            let init = &pod["spec"]["initContainers"][0];
+            let proxy = &pod["spec"]["initContainers"][1];
+            assert_eq!(init["name"], INIT_CONTAINER);
+            assert_eq!(proxy["name"], PROXY_CONTAINER);
+            let env = |name| env_of(proxy, name);
+            assert_eq!(
+                env("MESHTRACE_INBOUND_ADDR").as_deref(),
+                inbound,
+                "{families}"
+            );
+            assert_eq!(
+                env("MESHTRACE_OUTBOUND_ADDR").as_deref(),
+                outbound,
+                "{families}"
+            );
+            assert_eq!(env("MESHTRACE_ADMIN_ADDR").as_deref(), admin, "{families}");
+            let args = init["args"].as_array().unwrap();
+            assert_eq!(
+                args.contains(&json!("--ipv6")),
+                ipv6,
+                "{families}: {args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cni_mode_writes_ip_families_for_the_plugin() {
+        let p = pod(json!({"spec": {"containers": [{"name": "app"}]}}));
+        let form = Form {
+            native_sidecar: false,
+            cni: true,
+        };
+        let mut settings = crate::config::tests_support::settings();
+        let annotation = |pod: &Value| pod["metadata"]["annotations"][keys::IP_FAMILIES].clone();
+        assert_eq!(annotation(&patched(&p, &settings, form)), Value::Null);
+        settings.ip_families = IpFamilies::Dual;
+        let pod = patched(&p, &settings, form);
+        assert_eq!(annotation(&pod), "dual");
+        assert!(pod["spec"].get("initContainers").is_none());
+        // A pod's own (invalid or overridden) value is replaced by the resolved one.
+        settings.ip_families = IpFamilies::Ipv4;
+        let own = pod_with_annotation(keys::IP_FAMILIES, "both");
+        assert_eq!(annotation(&patched(&own, &settings, form)), "ipv4");
+    }
+
+    fn pod_with_annotation(key: &str, value: &str) -> Pod {
+        pod(
+            json!({"metadata": {"annotations": {key: value}}, "spec": {"containers": [{"name": "app"}]}}),
+        )
     }
 }

@@ -692,7 +692,7 @@ fn the_known_fields_check_catches_a_misspelled_field() {
 /// The test fails when a golden file is stale; `MESHTRACE_BLESS=1` rewrites them.
 #[tokio::test]
 async fn golden_injected_pods_are_up_to_date() {
-    let cases: [(&str, bool, &[&str], &str); 5] = [
+    let cases: [(&str, bool, &[&str], &str); 6] = [
         (
             "01-create-pod-from-replicaset.json",
             true,
@@ -722,6 +722,12 @@ async fn golden_injected_pods_are_up_to_date() {
             true,
             &["--cni"],
             "pod-07-cni-regular-container.json",
+        ),
+        (
+            "01-create-pod-from-replicaset.json",
+            true,
+            &["--ip-families=dual"],
+            "pod-01-dual-stack-native-sidecar.json",
         ),
     ];
     let bless = std::env::var_os("MESHTRACE_BLESS").is_some();
@@ -891,6 +897,89 @@ async fn cni_mode_writes_the_effective_skip_ports_onto_the_pod() {
         .map(|c| c.name)
         .collect();
     assert_eq!(init_names, ["migrate"], "existing init containers only");
+}
+
+/// What the proxy listens on and whether `init` programs ip6tables, for one admission.
+async fn ip_settings(
+    webhook: &Webhook<StaticCluster>,
+    request: &Value,
+) -> (Vec<String>, [Option<String>; 3], bool) {
+    let response = respond(webhook, &serde_json::to_vec(request).unwrap()).await;
+    let spec = pod(&apply(request, &response)).spec.unwrap();
+    let init_containers = spec.init_containers.unwrap();
+    let env = env(container(&init_containers, "meshtrace-proxy"));
+    let addrs =
+        ["INBOUND", "OUTBOUND", "ADMIN"].map(|d| env.get(&format!("MESHTRACE_{d}_ADDR")).cloned());
+    let init = container(&init_containers, "meshtrace-init");
+    let ipv6 = init.args.iter().flatten().any(|a| a == "--ipv6");
+    (warnings_of(&response), addrs, ipv6)
+}
+
+#[tokio::test]
+async fn ip_families_flag_then_namespace_then_pod_annotation() {
+    let mut request = fixture_json("01-create-pod-from-replicaset.json");
+    let dual = [
+        Some("0.0.0.0:4143,[::]:4143".to_owned()),
+        Some("127.0.0.1:4140,[::1]:4140".to_owned()),
+        None,
+    ];
+    let ipv6_only = [
+        Some("[::]:4143".to_owned()),
+        Some("[::1]:4140".to_owned()),
+        Some("[::]:4191".to_owned()),
+    ];
+
+    // Default: IPv4, the proxy's own addresses, no ip6tables.
+    let (_, addrs, ipv6) = ip_settings(&webhook(true), &request).await;
+    assert_eq!((addrs, ipv6), ([None, None, None], false));
+
+    // The injector's flag.
+    let flagged = webhook_with(cluster(true), &["--ip-families=dual"]);
+    let (_, addrs, ipv6) = ip_settings(&flagged, &request).await;
+    assert_eq!((addrs, ipv6), (dual.clone(), true));
+
+    // The namespace's annotation beats the flag.
+    let mut c = cluster(true);
+    let shop = c.namespaces.get_mut("shop").unwrap();
+    shop.insert("meshtrace.io/ip-families".into(), "ipv6".into());
+    let webhook = webhook_with(c, &["--ip-families=dual"]);
+    let (_, addrs, ipv6) = ip_settings(&webhook, &request).await;
+    assert_eq!((addrs, ipv6), (ipv6_only, true));
+
+    // The pod's beats the namespace's.
+    let annotations = &mut request["request"]["object"]["metadata"]["annotations"];
+    *annotations = serde_json::json!({"meshtrace.io/ip-families": "ipv4"});
+    let (warnings, addrs, ipv6) = ip_settings(&webhook, &request).await;
+    assert_eq!((addrs, ipv6), ([None, None, None], false));
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // An invalid value is ignored with a warning; the next level (the flag here) applies.
+    let annotations = &mut request["request"]["object"]["metadata"]["annotations"];
+    *annotations = serde_json::json!({"meshtrace.io/ip-families": "IPv6"});
+    let (warnings, addrs, ipv6) = ip_settings(&flagged, &request).await;
+    assert_eq!((addrs, ipv6), (dual, true));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("meshtrace.io/ip-families"),
+        "{warnings:?}"
+    );
+}
+
+#[tokio::test]
+async fn cni_mode_writes_the_ip_families_onto_the_pod() {
+    let request = fixture_json("01-create-pod-from-replicaset.json");
+    let webhook = webhook_with(cluster(true), &["--cni", "--ip-families=dual"]);
+    let response = respond(&webhook, &serde_json::to_vec(&request).unwrap()).await;
+    let p = pod(&apply(&request, &response));
+    assert_eq!(
+        p.metadata.annotations.unwrap()["meshtrace.io/ip-families"],
+        "dual"
+    );
+    let spec = p.spec.unwrap();
+    let init_containers = spec.init_containers.unwrap();
+    assert!(init_containers.iter().all(|c| c.name != "meshtrace-init"));
+    let env = env(container(&init_containers, "meshtrace-proxy"));
+    assert_eq!(env["MESHTRACE_INBOUND_ADDR"], "0.0.0.0:4143,[::]:4143");
 }
 
 #[tokio::test]

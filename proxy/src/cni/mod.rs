@@ -39,6 +39,9 @@ pub const LATEST_VERSION: &str = "1.1.0";
 pub const INJECTED_ANNOTATION: &str = "meshtrace.io/injected";
 pub const SKIP_INBOUND_ANNOTATION: &str = "meshtrace.io/skip-inbound-ports";
 pub const SKIP_OUTBOUND_ANNOTATION: &str = "meshtrace.io/skip-outbound-ports";
+/// Written by the injector: `ipv6` or `dual` also programs ip6tables (as `ipv6` in the
+/// configuration does for every pod).
+pub const IP_FAMILIES_ANNOTATION: &str = "meshtrace.io/ip-families";
 /// containerd's capability passing the pod's annotations in `runtimeConfig`.
 pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
 
@@ -251,11 +254,22 @@ pub fn init_args_for(
             ))
         }
     };
+    let pod_ipv6 = match annotations.get(IP_FAMILIES_ANNOTATION).map(String::as_str) {
+        None | Some("ipv4") => false,
+        Some("ipv6" | "dual") => true,
+        Some(other) => {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("invalid pod annotation {IP_FAMILIES_ANNOTATION}={other:?}"),
+                "expected ipv4, ipv6 or dual",
+            ))
+        }
+    };
     Ok(Some(InitArgs {
         skip_inbound_ports: ports(SKIP_INBOUND_ANNOTATION)?,
         skip_outbound_ports: ports(SKIP_OUTBOUND_ANNOTATION)?,
         iptables_mode,
-        ipv6: conf.ipv6,
+        ipv6: conf.ipv6 || pod_ipv6,
         ..InitArgs::default()
     }))
 }
@@ -455,6 +469,30 @@ mod tests {
             init_args_for(&c, &broken).unwrap_err().code,
             code::INVALID_CONFIG
         );
+    }
+
+    #[test]
+    fn ip_families_annotation_adds_ip6tables() {
+        let meshed = |families: Option<&str>| {
+            let mut a = BTreeMap::from([(INJECTED_ANNOTATION.to_owned(), "true".to_owned())]);
+            if let Some(f) = families {
+                a.insert(IP_FAMILIES_ANNOTATION.to_owned(), f.to_owned());
+            }
+            a
+        };
+        let ipv6 =
+            |c: &NetConf, families| init_args_for(c, &meshed(families)).map(|a| a.unwrap().ipv6);
+        let c = conf(json!({}));
+        assert!(!ipv6(&c, None).unwrap());
+        assert!(!ipv6(&c, Some("ipv4")).unwrap());
+        assert!(ipv6(&c, Some("dual")).unwrap());
+        assert!(ipv6(&c, Some("ipv6")).unwrap());
+        assert_eq!(
+            ipv6(&c, Some("both")).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+        // The configuration's `ipv6` still covers every pod.
+        assert!(ipv6(&conf(json!({"ipv6": true})), Some("ipv4")).unwrap());
     }
 
     #[test]
