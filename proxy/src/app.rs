@@ -24,6 +24,7 @@ use crate::export::{self, ExporterHandle};
 use crate::fd_limit;
 use crate::forward::h2_head::H2HeadGuard;
 use crate::forward::head::{Exchanges, HeadGuard, HeadLimits};
+use crate::forward::head_budget::HeadBudget;
 use crate::forward::{self, resolve::Resolver, ConnectionService, HttpStacks, StackParams};
 use crate::listen;
 use crate::meta::{ConnMeta, Direction, Protocol};
@@ -154,6 +155,8 @@ impl Proxy {
             set => set,
         };
         tracing::info!(max_connections, "connection cap per listener");
+        // One budget for the unfinished heads of both directions.
+        let head_budget = HeadBudget::new(config.max_pending_head_bytes);
         let resolver = Resolver::from_system();
         let direction = |direction: Direction, fixed_target: Option<SocketAddr>| {
             let metrics = metrics.direction(direction);
@@ -173,6 +176,7 @@ impl Proxy {
                 fixed_target,
                 detect_timeout: config.detect_timeout,
                 head_limits: config.head_limits(),
+                head_budget: head_budget.clone(),
                 opaque_ports: config.opaque_ports.clone(),
                 max_connections,
                 connect_timeout: settings.connect_timeout,
@@ -303,6 +307,8 @@ struct DirectionContext {
     detect_timeout: Duration,
     /// Bounds on request heads (HTTP/1 timeouts and size, h2 header list size).
     head_limits: HeadLimits,
+    /// `MESHTRACE_MAX_PENDING_HEAD_BYTES`, shared by both directions.
+    head_budget: Option<Arc<HeadBudget>>,
     opaque_ports: PortList,
     /// `MESHTRACE_MAX_CONNECTIONS`, resolved.
     max_connections: usize,
@@ -460,7 +466,10 @@ async fn handle_connection(
                 (protocol == Protocol::Http1).then(|| Arc::new(Exchanges::new(idle_timeout)));
             let limits = context.head_limits;
             let io = match (&exchanges, limits.read_timeout) {
-                (Some(exchanges), _) => io.guard_heads(HeadGuard::new(limits, exchanges.clone())),
+                (Some(exchanges), _) => io.guard_heads(
+                    HeadGuard::new(limits, exchanges.clone())
+                        .with_budget(context.head_budget.clone()),
+                ),
                 (None, Some(timeout)) => io.guard_h2_heads(H2HeadGuard::new(timeout)),
                 (None, None) => io,
             };

@@ -26,6 +26,7 @@ pub mod error;
 pub mod expect;
 pub mod h2_head;
 pub mod head;
+pub mod head_budget;
 pub mod hop_by_hop;
 pub mod loop_check;
 pub mod pool;
