@@ -11,7 +11,9 @@
 //! `meshtrace-proxy-error` and written by the IO itself (hyper holds no response then); bytes
 //! over the limit are never handed to hyper, so nothing of such a request is forwarded. The idle
 //! timeout closes a connection that sends nothing for that long between exchanges. One timer
-//! per connection, made on its first deadline and reset for each later one.
+//! per connection, made on its first deadline and reset for each later one. A head that spans
+//! reads is also charged to the process-wide [`HeadBudget`]; chosen to make room, it is answered
+//! 431 (`request_head_budget`).
 
 use std::future::Future;
 use std::io;
