@@ -25,6 +25,7 @@ use crate::export::{self, ExporterHandle};
 use crate::fd_limit;
 use crate::forward::h2_head::H2HeadGuard;
 use crate::forward::head::{Exchanges, HeadGuard, HeadLimits};
+use crate::forward::head_budget::HeadBudget;
 use crate::forward::{self, resolve::Resolver, ConnectionService, HttpStacks, StackParams};
 use crate::listen;
 use crate::meta::{ConnMeta, Direction, Protocol};
@@ -122,11 +123,9 @@ impl Proxy {
             None => None,
         };
 
-        let max_connections = match config.max_connections {
-            0 => fd_limit::default_max_connections(fd_limit::soft_limit()),
-            set => set,
-        };
-        tracing::info!(max_connections, "connection cap per listener");
+        let max_connections = connection_cap(config.max_connections);
+        // One budget for the unfinished heads of both directions.
+        let head_budget = HeadBudget::new(config.max_pending_head_bytes);
         let resolver = Resolver::from_system();
         let direction = |direction: Direction, fixed_target: Option<SocketAddr>| {
             let metrics = metrics.direction(direction);
@@ -146,6 +145,7 @@ impl Proxy {
                 fixed_target,
                 detect_timeout: config.detect_timeout,
                 head_limits: config.head_limits(),
+                head_budget: head_budget.clone(),
                 opaque_ports: config.opaque_ports.clone(),
                 max_connections,
                 connect_timeout: settings.connect_timeout,
@@ -180,6 +180,16 @@ impl Proxy {
             _admin: admin.guard,
         })
     }
+}
+
+/// The connection cap per listener: `MESHTRACE_MAX_CONNECTIONS`, or derived from the fd limit.
+fn connection_cap(configured: usize) -> usize {
+    let cap = match configured {
+        0 => fd_limit::default_max_connections(fd_limit::soft_limit()),
+        set => set,
+    };
+    tracing::info!(max_connections = cap, "connection cap per listener");
+    cap
 }
 
 /// What [`start_admin`] hands back: the admin server's handles and the shutdown channel it
@@ -337,6 +347,8 @@ struct DirectionContext {
     detect_timeout: Duration,
     /// Bounds on request heads (HTTP/1 timeouts and size, h2 header list size).
     head_limits: HeadLimits,
+    /// `MESHTRACE_MAX_PENDING_HEAD_BYTES`, shared by both directions.
+    head_budget: Option<Arc<HeadBudget>>,
     opaque_ports: PortList,
     /// `MESHTRACE_MAX_CONNECTIONS`, resolved.
     max_connections: usize,
@@ -531,7 +543,9 @@ async fn serve_http(
     let exchanges = (protocol == Protocol::Http1).then(|| Arc::new(Exchanges::new(idle_timeout)));
     let limits = context.head_limits;
     let io = match (&exchanges, limits.read_timeout) {
-        (Some(exchanges), _) => io.guard_heads(HeadGuard::new(limits, exchanges.clone())),
+        (Some(exchanges), _) => io.guard_heads(
+            HeadGuard::new(limits, exchanges.clone()).with_budget(context.head_budget.clone()),
+        ),
         (None, Some(timeout)) => io.guard_h2_heads(H2HeadGuard::new(timeout)),
         (None, None) => io,
     };

@@ -306,3 +306,65 @@ async fn h2_header_blocks_that_never_complete_end_the_connection() {
     assert_eq!(upstream.requests().len(), 2);
     proxy.shutdown().await;
 }
+
+/// `MESHTRACE_MAX_PENDING_HEAD_BYTES`: when unfinished heads together hold more than the
+/// budget, the connection holding the largest one is answered 431 and closed first, even when
+/// another connection's bytes went over; the smaller ones stay open and complete their requests.
+#[tokio::test]
+async fn the_largest_unfinished_heads_are_cut_past_the_budget() {
+    let upstream = RawHttpUpstream::start(OK).await;
+    let proxy = common::start(Config {
+        max_pending_head_bytes: 64 * 1024,
+        http1_max_header_bytes: 256 * 1024,
+        ..common::fixed_target(upstream.addr())
+    })
+    .await;
+    let part = |bytes: usize| {
+        let mut head = b"GET /part HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+        head.resize(bytes, b'v');
+        head
+    };
+    // 40 + 10 + 10 KiB fit in the budget ...
+    let mut largest = RawClient::connect(proxy.inbound).await;
+    largest.send(&part(40 * 1024)).await;
+    let mut small = RawClient::connect(proxy.inbound).await;
+    small.send(&part(10 * 1024)).await;
+    let mut other = RawClient::connect(proxy.inbound).await;
+    other.send(&part(10 * 1024)).await;
+    // ... 8 KiB more on a small one do not: the largest goes.
+    small.send(&[b'v'; 8 * 1024]).await;
+
+    let response = largest.read_response().await;
+    assert_eq!(response.status(), 431, "{}", response.head_str());
+    assert_eq!(
+        response.header("meshtrace-proxy-error").as_deref(),
+        Some("request_head_budget")
+    );
+    assert!(
+        largest.is_closed_by_peer().await,
+        "connection kept after 431"
+    );
+
+    for client in [&mut small, &mut other] {
+        client.send(b"\r\n\r\n").await;
+        let response = client.read_response().await;
+        assert_eq!(response.status(), 200, "{}", response.head_str());
+    }
+    let request = b"GET /normal HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(exchange(proxy.inbound, request).await.status(), 200);
+    let mut paths: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        let head = upstream.next_request().await.head_str();
+        paths.extend(head.lines().next().map(str::to_string));
+    }
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "GET /normal HTTP/1.1",
+            "GET /part HTTP/1.1",
+            "GET /part HTTP/1.1"
+        ]
+    );
+    proxy.shutdown().await;
+}

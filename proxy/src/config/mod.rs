@@ -33,6 +33,10 @@ pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 /// The default bound on a request or response head: 64 KiB (Envoy's is 60 KiB).
 pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
 
+/// The default budget for unfinished request heads: 32 MiB, an eighth of the injector's 256 MiB
+/// memory limit.
+pub const DEFAULT_MAX_PENDING_HEAD_BYTES: usize = 32 * 1024 * 1024;
+
 /// meshtrace sidecar proxy: forwards a pod's inbound and outbound traffic unchanged and traces
 /// every HTTP hop.
 ///
@@ -138,6 +142,13 @@ pub struct Config {
     #[arg(long, env = "MESHTRACE_HTTP1_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = clap::value_parser!(u32).range(1024..))]
     pub http1_max_header_bytes: u32,
 
+    /// The most bytes all unfinished HTTP/1 request heads of the process may hold together
+    /// (heads that span reads); past it, the connections holding the largest ones are answered
+    /// `431` with `meshtrace-proxy-error: request_head_budget` and closed until the rest fit.
+    /// `0`: no budget.
+    #[arg(long, env = "MESHTRACE_MAX_PENDING_HEAD_BYTES", default_value_t = DEFAULT_MAX_PENDING_HEAD_BYTES)]
+    pub max_pending_head_bytes: usize,
+
     /// Most client connections each listener keeps open (each may hold an upstream connection
     /// too); at the cap, or at the process's fd limit, idle connections are shed, oldest first,
     /// to admit new clients. `0`: derived from the fd limit, (RLIMIT_NOFILE - 64) / 4.
@@ -240,6 +251,7 @@ impl Default for Config {
             http1_header_read_timeout: Duration::from_secs(60),
             http1_idle_timeout: Duration::ZERO,
             http1_max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_pending_head_bytes: DEFAULT_MAX_PENDING_HEAD_BYTES,
             max_connections: 0,
             opaque_ports: DEFAULT_OPAQUE_PORTS
                 .parse()

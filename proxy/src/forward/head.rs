@@ -11,7 +11,9 @@
 //! `meshtrace-proxy-error` and written by the IO itself (hyper holds no response then); bytes
 //! over the limit are never handed to hyper, so nothing of such a request is forwarded. The idle
 //! timeout closes a connection that sends nothing for that long between exchanges. One timer
-//! per connection, made on its first deadline and reset for each later one.
+//! per connection, made on its first deadline and reset for each later one. A head that spans
+//! reads is also charged to the process-wide [`HeadBudget`]; chosen to make room, it is answered
+//! 431 (`request_head_budget`).
 
 use std::future::Future;
 use std::io;
@@ -24,6 +26,8 @@ use std::time::Duration;
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::head_budget::{HeadBudget, PendingCharge};
 
 /// How long a rejected connection's further bytes are read and discarded after the answer, so
 /// that closing with unread data (a TCP reset) does not destroy the answer before the client
@@ -138,6 +142,8 @@ enum Phase {
 enum Cut {
     HeadTimeout,
     TooLarge,
+    /// Among the largest unfinished heads when the process-wide budget was exceeded.
+    OverBudget,
     Idle,
 }
 
@@ -151,6 +157,11 @@ const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n
     meshtrace-proxy-error: request_head_too_large\r\n\
     content-length: 0\r\nconnection: close\r\n\r\n";
 
+/// 431 for one of the largest unfinished heads when together they hold more than the budget.
+const HEAD_BUDGET_EXCEEDED: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+    meshtrace-proxy-error: request_head_budget\r\n\
+    content-length: 0\r\nconnection: close\r\n\r\n";
+
 /// Enforces [`HeadLimits`] on one HTTP/1 connection's reads.
 #[derive(Debug)]
 pub struct HeadGuard {
@@ -162,6 +173,10 @@ pub struct HeadGuard {
     /// The last write or flush did not complete: hyper may still hold part of a response, so
     /// a rejection must not be written past it.
     write_blocked: bool,
+    /// The process-wide budget for unfinished heads, if any.
+    budget: Option<Arc<HeadBudget>>,
+    /// The current head's charge, once it spans reads.
+    charge: Option<PendingCharge>,
 }
 
 impl HeadGuard {
@@ -173,7 +188,15 @@ impl HeadGuard {
             phase: Phase::Idle { since: None },
             timer: None,
             write_blocked: false,
+            budget: None,
+            charge: None,
         }
+    }
+
+    /// Charges heads that span reads to `budget` (shared by all connections).
+    pub fn with_budget(mut self, budget: Option<Arc<HeadBudget>>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Accounts `bytes` just read. `false`: they must not be handed on, the head went over
@@ -209,6 +232,17 @@ impl HeadGuard {
         }
         if head_len.is_some() {
             self.phase = Phase::Complete { begun };
+            self.charge = None;
+        } else if let Some(budget) = &self.budget {
+            let total = *total;
+            match &mut self.charge {
+                Some(charge) => charge.set(total),
+                None => self.charge = Some(budget.register(total)),
+            }
+            if self.charge.as_ref().is_some_and(PendingCharge::is_evicted) {
+                self.reject(Cut::OverBudget);
+                return false;
+            }
         }
         true
     }
@@ -263,6 +297,11 @@ impl HeadGuard {
         if let (Phase::Exchange, Some(task)) = (&self.phase, &self.exchanges.task) {
             task.register(cx.waker());
         }
+        let evicted = self.charge.as_ref().is_some_and(|c| c.evicted(cx.waker()));
+        if evicted {
+            self.reject(Cut::OverBudget);
+            return true;
+        }
         match self.poll_deadline(cx) {
             Poll::Ready(cut) => {
                 self.reject(cut);
@@ -293,6 +332,10 @@ impl HeadGuard {
             let since = self.limits.idle_timeout.map(|_| Instant::now());
             self.phase = Phase::Idle { since };
         }
+        if !matches!(self.phase, Phase::Head { .. }) {
+            // The head was parsed (from bytes hyper held): it holds nothing pending any more.
+            self.charge = None;
+        }
     }
 
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Cut> {
@@ -319,9 +362,11 @@ impl HeadGuard {
     }
 
     fn reject(&mut self, cut: Cut) {
+        self.charge = None;
         let response = match cut {
             Cut::HeadTimeout => REQUEST_TIMEOUT,
             Cut::TooLarge => HEAD_TOO_LARGE,
+            Cut::OverBudget => HEAD_BUDGET_EXCEEDED,
             Cut::Idle => {
                 self.phase = Phase::Closed;
                 return;

@@ -27,6 +27,7 @@ pub mod expect;
 pub mod h1;
 pub mod h2_head;
 pub mod head;
+pub mod head_budget;
 pub mod hop_by_hop;
 pub mod loop_check;
 pub mod pool;
