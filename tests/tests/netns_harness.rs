@@ -128,14 +128,23 @@ async fn spawned_children_are_killed_on_drop() {
     let mut child = a.spawn(sleeper).unwrap();
     let pid = child.id() as i32;
     assert!(child.try_wait().unwrap().is_none(), "still running");
-    let in_pod = a
-        .command("ip")
-        .args(["netns", "identify"])
-        .arg(pid.to_string())
-        .output();
-    // `ip netns identify <pid>` names the namespace the process is in.
-    let in_pod = String::from_utf8_lossy(&in_pod.unwrap().stdout).into_owned();
-    assert_eq!(in_pod.trim(), a.ns_name());
+    // `ip netns identify <pid>` names the namespace the process is in. The child is `ip netns
+    // exec`, which enters the namespace only after it has started: ask until it has (bounded).
+    let mut in_pod = String::new();
+    for _ in 0..100 {
+        let out = a
+            .command("ip")
+            .args(["netns", "identify"])
+            .arg(pid.to_string())
+            .output()
+            .unwrap();
+        in_pod = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !in_pod.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(in_pod, a.ns_name());
     drop(child);
     // Reaped by the drop: the pid no longer exists.
     let rc = unsafe { libc::kill(pid, 0) };
