@@ -15,6 +15,8 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::path::{Path, PathBuf};
+
+use meshtrace_benches::proxy_binary;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -857,28 +859,6 @@ fn which(name: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(name))
             .find(|path| path.is_file())
     })
-}
-
-fn proxy_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("MESHTRACE_PROXY_BIN") {
-        return PathBuf::from(path);
-    }
-    // target/release/deps/mesh-<hash> → target/release/meshtrace-proxy
-    let exe = std::env::current_exe().unwrap_or_default();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("meshtrace-proxy"))
-        .unwrap_or_default();
-    if !path.exists() {
-        eprintln!(
-            "{} missing: build it first (`cargo build --release -p meshtrace-proxy`, or use \
-             benches/run.sh) or set MESHTRACE_PROXY_BIN",
-            path.display()
-        );
-        std::process::exit(2);
-    }
-    path
 }
 
 fn free_port() -> Result<SocketAddr, String> {

@@ -15,7 +15,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use meshtrace_benches::proxy_binary;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -260,26 +262,6 @@ async fn slow_clients(bin: &Path, upstream: SocketAddr) -> Row {
             elapsed.as_secs_f64()
         ),
     }
-}
-
-fn proxy_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("MESHTRACE_PROXY_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("meshtrace-proxy"))
-        .unwrap_or_default();
-    if !path.exists() {
-        eprintln!(
-            "{} missing: cargo build --release -p meshtrace-proxy",
-            path.display()
-        );
-        std::process::exit(2);
-    }
-    path
 }
 
 fn main() {
