@@ -82,17 +82,7 @@ fn keep_te(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
+    use crate::trace::propagation::test_support::header_map as headers;
 
     fn names(map: &HeaderMap) -> Vec<String> {
         let mut names: Vec<String> = map.keys().map(|k| k.to_string()).collect();
