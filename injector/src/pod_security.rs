@@ -11,7 +11,7 @@
 //! classes, namespaces) and `enforce-version` pins to older versions of the standard.
 
 use k8s_openapi::api::core::v1::{
-    Container, EphemeralContainer, Pod, PodSecurityContext, PodSpec, SeccompProfile,
+    Container, ContainerPort, EphemeralContainer, Pod, PodSecurityContext, PodSpec, SeccompProfile,
     SecurityContext,
 };
 
@@ -81,12 +81,7 @@ fn regular<'a>(kind: &'static str, c: &'a Container) -> AnyContainer<'a> {
         kind,
         name: &c.name,
         security: c.security_context.as_ref(),
-        host_ports: c
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| p.host_port)
-            .collect(),
+        host_ports: host_ports(c.ports.as_deref()),
     }
 }
 
@@ -95,13 +90,17 @@ fn ephemeral(c: &EphemeralContainer) -> AnyContainer<'_> {
         kind: "ephemeralContainers",
         name: &c.name,
         security: c.security_context.as_ref(),
-        host_ports: c
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| p.host_port)
-            .collect(),
+        host_ports: host_ports(c.ports.as_deref()),
     }
+}
+
+/// The host ports a container's port list asks for.
+fn host_ports(ports: Option<&[ContainerPort]>) -> Vec<i32> {
+    ports
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.host_port)
+        .collect()
 }
 
 /// Init, regular and ephemeral containers: the standard applies to all of them.
