@@ -38,6 +38,7 @@ pub mod error;
 pub mod framing;
 pub mod head;
 pub mod pool;
+pub mod send;
 pub mod stream;
 pub mod target;
 
