@@ -35,6 +35,8 @@
 
 pub mod chunked;
 pub mod error;
+pub mod exchange;
+pub mod fields;
 pub mod framing;
 pub mod head;
 pub mod pool;
