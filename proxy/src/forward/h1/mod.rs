@@ -33,6 +33,7 @@
 //! server and client (`proxy/tests/h1_codec.rs`), and the fuzz bodies below, run by the
 //! cargo-fuzz targets `h1_request`, `h1_response` and `h1_chunked` (`scripts/fuzz.sh`).
 
+pub mod body;
 pub mod chunked;
 pub mod error;
 pub mod exchange;
