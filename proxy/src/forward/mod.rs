@@ -19,6 +19,7 @@
 //! upgrades through [`tunnel`]. [`streams`] runs an h2 connection's streams on its own task;
 //! [`tcp`] copies opaque connections.
 
+pub mod body;
 pub mod connect;
 pub mod connection_service;
 pub mod destination;

@@ -44,6 +44,7 @@ pub mod pool;
 pub mod stream;
 pub mod target;
 
+pub use self::body::{RecvBody, Returned};
 pub use self::chunked::{ChunkedDecoder, Decoded};
 pub use self::error::{ChunkError, HeadError};
 pub use self::framing::{request_body, response_body, BodyFraming};
