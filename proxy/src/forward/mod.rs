@@ -42,7 +42,6 @@ pub mod tunnel;
 pub mod upstream;
 pub mod validate;
 
-use hyper::body::Incoming;
 use tower::Layer;
 
 use crate::config::DirectionConfig;
@@ -53,6 +52,7 @@ use crate::trace::{
     ClientSpanLayer, ClientSpanService, ServerSpanLayer, ServerSpanService, TracedBody, Tracer,
 };
 
+pub use self::body::ProxyBody;
 pub use self::connection_service::ConnectionService;
 pub use self::error::{ErrorResponse, ErrorResponseLayer, ForwardError};
 pub use self::loop_check::OwnListeners;
@@ -78,7 +78,7 @@ pub struct StackParams {
 
 /// The HTTP stack of one client connection.
 pub type HttpStack = RequestMetrics<
-    ServerSpanService<ErrorResponse<Validate<ClientSpanService<Upstream<TracedBody<Incoming>>>>>>,
+    ServerSpanService<ErrorResponse<Validate<ClientSpanService<Upstream<TracedBody<ProxyBody>>>>>>,
 >;
 
 /// One direction's layers, built once; every client connection gets its own [`HttpStack`] from
@@ -89,7 +89,7 @@ pub struct HttpStacks {
     metrics: RequestMetricsLayer,
     server_span: ServerSpanLayer,
     client_span: ClientSpanLayer,
-    upstream: Upstream<TracedBody<Incoming>>,
+    upstream: Upstream<TracedBody<ProxyBody>>,
 }
 
 impl HttpStacks {
