@@ -33,8 +33,11 @@
 //! server and client (`proxy/tests/h1_codec.rs`), and the fuzz bodies below, run by the
 //! cargo-fuzz targets `h1_request`, `h1_response` and `h1_chunked` (`scripts/fuzz.sh`).
 
+pub mod body;
 pub mod chunked;
 pub mod error;
+pub mod exchange;
+pub mod fields;
 pub mod framing;
 pub mod head;
 pub mod pool;
@@ -42,6 +45,7 @@ pub mod send;
 pub mod stream;
 pub mod target;
 
+pub use self::body::{RecvBody, Returned};
 pub use self::chunked::{ChunkedDecoder, Decoded};
 pub use self::error::{ChunkError, HeadError};
 pub use self::framing::{request_body, response_body, BodyFraming};
