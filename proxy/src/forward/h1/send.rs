@@ -1,32 +1,27 @@
 //! Writing a message body onto a connection in the framing its head announced (RFC 9112 §6,
 //! §7.1): Content-Length counted, chunked with trailers, close-delimited raw.
 //!
-//! Nothing is buffered here: each data frame leaves in one vectored write together with its
-//! chunk framing (the chunk-size line comes from a stack buffer), the head too when the body's
-//! first frame is already there, and the last chunk with its terminator when the body says it
-//! ended. The writer is flushed whenever the body has nothing ready and at the end, so a
-//! buffered writer (TLS) never sits on bytes the peer waits for.
+//! Nothing is copied or buffered here: each data frame leaves in one vectored write together
+//! with its chunk framing (the chunk-size line comes from an inline array), the head too when
+//! the body's first frame is already there, and the last chunk with its terminator when the
+//! body says it ended. The writer is flushed whenever the body has nothing ready and at the
+//! end, so a buffered writer (TLS) never sits on bytes the peer waits for.
+//!
+//! [`BodySender`] is the state machine, polled by hand (it is `Unpin`, so the upstream client
+//! can drive it beside the response and move it elsewhere if the response comes first);
+//! [`send_body`] and [`send_message`] are the async forms.
 
 use std::future::poll_fn;
-use std::io;
-use std::pin::pin;
-use std::task::Poll;
+use std::io::{self, IoSlice};
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::Body;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
-// Until the lead's `h1/fields.rs` lands (branch wip/h1wire), a copy of its `OutFraming` as
-// H1WIRE.md defines it; replaced by `use super::fields::OutFraming` on merge.
-/// How the body that follows a written head is framed on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutFraming {
-    None,
-    Length(u64),
-    Chunked,
-    Close,
-}
+use super::fields::OutFraming;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -55,14 +50,14 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    send_message(write, &[], body, framing).await
+    send_message(write, Bytes::new(), body, framing).await
 }
 
 /// [`send_body`] after `head` (a message head, or nothing): the head leaves in the same write
 /// as the body's first frame when that frame is ready at once.
 pub async fn send_message<W, B>(
     write: &mut W,
-    head: &[u8],
+    head: Bytes,
     body: B,
     framing: OutFraming,
 ) -> Result<(), SendError>
@@ -71,171 +66,299 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let mut out = Out {
-        write,
-        head,
-        framing,
-        sent: 0,
-        ended: false,
-    };
-    if framing == OutFraming::None {
-        return out.end(None).await;
-    }
-    let mut body = pin!(body);
-    loop {
-        let ready = poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
-        let frame = match ready {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                out.flush().await?;
-                poll_fn(|cx| body.as_mut().poll_frame(cx)).await
-            }
-        };
-        let frame = match frame {
-            None => return out.end(None).await,
-            Some(Err(error)) => return Err(SendError::Body(error.into())),
-            Some(Ok(frame)) => frame,
-        };
-        match frame.into_data() {
-            Ok(data) => {
-                if body.is_end_stream() {
-                    out.last_data(data).await?;
-                    // A body that said it ended yields `None` at once; polling it lets one that
-                    // gives something back on its end (a connection's read side) do so.
-                    let _ = poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
-                    return Ok(());
-                }
-                out.data(data).await?;
-            }
-            Err(frame) => {
-                // Trailers end the body; any other kind of frame is not HTTP/1's to send.
-                if let Ok(trailers) = frame.into_trailers() {
-                    return out.end(Some(&trailers)).await;
-                }
-            }
-        }
-    }
+    let body = pin!(body);
+    let mut sender = BodySender::new(head, body, framing);
+    poll_fn(|cx| sender.poll_send(cx, Pin::new(&mut *write))).await
 }
 
-/// The write side of one message body.
-struct Out<'a, W> {
-    write: &'a mut W,
-    /// Head bytes not written yet (they go with the first write).
-    head: &'a [u8],
+/// Sends a head and the body after it; see the module documentation.
+pub struct BodySender<B> {
+    body: B,
     framing: OutFraming,
-    /// Body bytes sent so far (payload, without chunk framing).
+    /// Payload bytes taken from the body so far.
     sent: u64,
+    out: Out,
+    /// Everything is queued in `out`; nothing more comes from the body.
     ended: bool,
+    /// Bytes were written since the last flush.
+    dirty: bool,
 }
 
-/// `0\r\n`: the last chunk (without the trailer section's end).
-const LAST_CHUNK: &[u8] = b"0\r\n";
-const CRLF: &[u8] = b"\r\n";
+impl<B> std::fmt::Debug for BodySender<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodySender")
+            .field("framing", &self.framing)
+            .field("sent", &self.sent)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
 
-impl<W: AsyncWrite + Unpin> Out<'_, W> {
-    /// A data frame that is not known to be the last.
-    async fn data(&mut self, data: Bytes) -> Result<(), SendError> {
-        self.check_length(data.len())?;
-        match self.framing {
-            OutFraming::Chunked if data.is_empty() => Ok(()),
-            OutFraming::Chunked => {
-                let (line, len) = chunk_size_line(data.len());
-                let mut buf = self.head.chain(&line[..len]).chain(&data[..]).chain(CRLF);
-                self.put(&mut buf).await
-            }
-            _ => self.put(&mut self.head.chain(&data[..])).await,
+impl<B> BodySender<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// Sends `head` (may be empty) then `body` framed as `framing`.
+    pub fn new(head: Bytes, body: B, framing: OutFraming) -> Self {
+        BodySender {
+            body,
+            framing,
+            sent: 0,
+            out: Out {
+                head,
+                ..Out::default()
+            },
+            // No body: the head alone; the body is never polled.
+            ended: framing == OutFraming::None,
+            dirty: false,
         }
     }
 
-    /// The last data frame: written with the body's end in the same write.
-    async fn last_data(&mut self, data: Bytes) -> Result<(), SendError> {
-        self.check_length(data.len())?;
-        match self.framing {
-            OutFraming::Chunked if !data.is_empty() => {
-                let (line, len) = chunk_size_line(data.len());
-                let end = b"\r\n0\r\n\r\n";
-                let mut buf = self
-                    .head
-                    .chain(&line[..len])
-                    .chain(&data[..])
-                    .chain(&end[..]);
-                self.ended = true;
-                self.put(&mut buf).await?;
-            }
-            OutFraming::Chunked => {}
-            _ => self.put(&mut self.head.chain(&data[..])).await?,
-        }
-        self.end(None).await
+    /// Whether everything was sent (and flushed).
+    pub fn is_done(&self) -> bool {
+        self.ended && !self.out.has_remaining() && !self.dirty
     }
 
-    /// The body ended (with `trailers`, if any): the length is checked, the last chunk and
-    /// trailer section written, and everything flushed.
-    async fn end(&mut self, trailers: Option<&HeaderMap>) -> Result<(), SendError> {
+    /// Writes what the body has ready; `Ready(Ok(()))` once the whole message was written and
+    /// flushed. After an error the message is broken: stop polling and close the connection.
+    pub fn poll_send<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut write: Pin<&mut W>,
+    ) -> Poll<Result<(), SendError>>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            // The body is polled before anything is written, so that its first frame leaves
+            // with the head.
+            if !self.ended && self.out.holds_no_body() {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Pending => {
+                        ready!(self.poll_write_out(cx, write.as_mut()))?;
+                        if self.dirty {
+                            ready!(write.as_mut().poll_flush(cx))?;
+                            self.dirty = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(None) => self.end(None)?,
+                    Poll::Ready(Some(Err(error))) => {
+                        return Poll::Ready(Err(SendError::Body(error.into())))
+                    }
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => self.data(data, cx)?,
+                        // Trailers end the body; any other kind of frame is not HTTP/1's.
+                        Err(frame) => {
+                            if let Ok(trailers) = frame.into_trailers() {
+                                self.end(Some(&trailers))?;
+                            }
+                        }
+                    },
+                }
+            }
+            ready!(self.poll_write_out(cx, write.as_mut()))?;
+            if self.ended {
+                if self.dirty {
+                    ready!(write.as_mut().poll_flush(cx))?;
+                    self.dirty = false;
+                }
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// Writes everything queued.
+    fn poll_write_out<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut write: Pin<&mut W>,
+    ) -> Poll<Result<(), SendError>>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        while self.out.has_remaining() {
+            let n = ready!(tokio_util::io::poll_write_buf(
+                write.as_mut(),
+                cx,
+                &mut self.out
+            ))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+            }
+            self.dirty = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues a data frame, with the body's end if the body says it ended.
+    fn data(&mut self, data: Bytes, cx: &mut Context<'_>) -> Result<(), SendError> {
+        self.sent += data.len() as u64;
         if let OutFraming::Length(expected) = self.framing {
-            if self.sent != expected {
-                return Err(SendError::TooShort {
-                    sent: self.sent,
-                    expected,
-                });
+            if self.sent > expected {
+                return Err(SendError::TooLong(expected));
             }
         }
-        if self.framing == OutFraming::Chunked && !self.ended {
-            self.ended = true;
-            let mut section = Vec::new();
-            // Trailer fields as the body gives them (RFC 9112 §7.1.2); only a chunked body can
-            // carry them, so with other framings they are dropped, as hyper does.
-            for (name, value) in trailers.into_iter().flatten() {
-                section.extend_from_slice(name.as_str().as_bytes());
-                section.extend_from_slice(b": ");
-                section.extend_from_slice(value.as_bytes());
-                section.extend_from_slice(CRLF);
-            }
-            let mut buf = self.head.chain(LAST_CHUNK).chain(&section[..]).chain(CRLF);
-            self.put(&mut buf).await?;
-        } else if !self.head.is_empty() {
-            let mut head = self.head;
-            self.put(&mut head).await?;
+        let last = self.body.is_end_stream();
+        if last {
+            // A body that says it ended yields `None` at once; polling it lets one that gives
+            // something back at its end (a connection's read side) do so now.
+            let _ = Pin::new(&mut self.body).poll_frame(cx);
         }
-        self.ended = true;
-        self.flush().await
-    }
-
-    fn check_length(&mut self, len: usize) -> Result<(), SendError> {
-        self.sent += len as u64;
         match self.framing {
-            OutFraming::Length(expected) if self.sent > expected => {
-                Err(SendError::TooLong(expected))
+            OutFraming::Chunked if data.is_empty() => {
+                if last {
+                    self.end(None)?;
+                }
             }
-            _ => Ok(()),
+            OutFraming::Chunked => {
+                self.out.line = ChunkLine::size(data.len());
+                self.out.data = data;
+                if last {
+                    // The last chunk and the empty trailer section leave in the same write.
+                    self.out.tail = b"\r\n0\r\n\r\n";
+                    self.ended = true;
+                } else {
+                    self.out.tail = CRLF;
+                }
+            }
+            _ => {
+                self.out.data = data;
+                if last {
+                    self.end(None)?;
+                }
+            }
         }
-    }
-
-    async fn put(&mut self, buf: &mut impl Buf) -> Result<(), SendError> {
-        self.write.write_all_buf(buf).await?;
-        self.head = &[];
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), SendError> {
-        if !self.head.is_empty() {
-            let mut head = self.head;
-            self.put(&mut head).await?;
+    /// The body ended (with `trailers`, if any): the length is checked and the last chunk and
+    /// trailer section queued.
+    fn end(&mut self, trailers: Option<&HeaderMap>) -> Result<(), SendError> {
+        self.check_length()?;
+        self.ended = true;
+        if self.framing == OutFraming::Chunked {
+            self.out.line = ChunkLine::size(0);
+            // Trailer fields as the body gives them (RFC 9112 §7.1.2); only a chunked body can
+            // carry them, so with other framings they are dropped, as hyper does.
+            if let Some(trailers) = trailers.filter(|t| !t.is_empty()) {
+                let mut section = Vec::new();
+                for (name, value) in trailers {
+                    section.extend_from_slice(name.as_str().as_bytes());
+                    section.extend_from_slice(b": ");
+                    section.extend_from_slice(value.as_bytes());
+                    section.extend_from_slice(CRLF);
+                }
+                self.out.data = Bytes::from(section);
+            }
+            self.out.tail = CRLF;
         }
-        Ok(self.write.flush().await?)
+        Ok(())
+    }
+
+    fn check_length(&self) -> Result<(), SendError> {
+        match self.framing {
+            OutFraming::Length(expected) if self.sent != expected => Err(SendError::TooShort {
+                sent: self.sent,
+                expected,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
-/// The chunk-size line for `len` bytes: lowercase hex without leading zeros, then CRLF.
-fn chunk_size_line(len: usize) -> ([u8; 18], usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut line = [0u8; 18];
-    let digits = ((usize::BITS - len.leading_zeros()).div_ceil(4)).max(1) as usize;
-    for (at, slot) in line[..digits].iter_mut().enumerate() {
-        let shift = 4 * (digits - 1 - at);
-        *slot = HEX[(len >> shift) & 0xf];
+const CRLF: &[u8] = b"\r\n";
+
+/// A chunk-size line: lowercase hex without leading zeros, then CRLF; `at..end` is unwritten.
+#[derive(Clone, Copy, Debug, Default)]
+struct ChunkLine {
+    bytes: [u8; 18],
+    at: u8,
+    end: u8,
+}
+
+impl ChunkLine {
+    fn size(len: usize) -> ChunkLine {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut bytes = [0u8; 18];
+        let digits = ((usize::BITS - len.leading_zeros()).div_ceil(4)).max(1) as usize;
+        for (at, slot) in bytes[..digits].iter_mut().enumerate() {
+            let shift = 4 * (digits - 1 - at);
+            *slot = HEX[(len >> shift) & 0xf];
+        }
+        bytes[digits..digits + 2].copy_from_slice(CRLF);
+        ChunkLine {
+            bytes,
+            at: 0,
+            end: (digits + 2) as u8,
+        }
     }
-    line[digits..digits + 2].copy_from_slice(CRLF);
-    (line, digits + 2)
+
+    fn rest(&self) -> &[u8] {
+        &self.bytes[self.at as usize..self.end as usize]
+    }
+}
+
+/// The bytes queued for one write, in order: head, chunk-size line, data, tail.
+#[derive(Debug, Default)]
+struct Out {
+    head: Bytes,
+    line: ChunkLine,
+    data: Bytes,
+    tail: &'static [u8],
+}
+
+impl Out {
+    /// Nothing but (part of) the head is queued.
+    fn holds_no_body(&self) -> bool {
+        self.line.rest().is_empty() && self.data.is_empty() && self.tail.is_empty()
+    }
+}
+
+impl Buf for Out {
+    fn remaining(&self) -> usize {
+        self.head.len() + self.line.rest().len() + self.data.len() + self.tail.len()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        [&self.head[..], self.line.rest(), &self.data[..], self.tail]
+            .into_iter()
+            .find(|part| !part.is_empty())
+            .unwrap_or_default()
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let parts = [&self.head[..], self.line.rest(), &self.data[..], self.tail];
+        let mut n = 0;
+        for part in parts.into_iter().filter(|part| !part.is_empty()) {
+            let Some(slot) = dst.get_mut(n) else { break };
+            *slot = IoSlice::new(part);
+            n += 1;
+        }
+        n
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        let head = cnt.min(self.head.len());
+        self.head.advance(head);
+        if self.head.is_empty() {
+            // Written: let go of its buffer now, not when the next frame replaces it.
+            self.head = Bytes::new();
+        }
+        cnt -= head;
+        let line = cnt.min(self.line.rest().len());
+        self.line.at += line as u8;
+        cnt -= line;
+        let data = cnt.min(self.data.len());
+        self.data.advance(data);
+        if self.data.is_empty() {
+            self.data = Bytes::new();
+        }
+        cnt -= data;
+        let tail = cnt.min(self.tail.len());
+        self.tail = &self.tail[tail..];
+    }
 }
 
 #[cfg(test)]

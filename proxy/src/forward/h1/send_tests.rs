@@ -36,6 +36,8 @@ fn trailers(pairs: &[(&'static str, &'static str)]) -> FrameResult {
 struct Recorder {
     writes: Vec<Vec<u8>>,
     flushes: usize,
+    /// Accepts at most this many bytes per write (a full socket buffer), if set.
+    max: Option<usize>,
 }
 
 impl Recorder {
@@ -59,7 +61,8 @@ impl AsyncWrite for Recorder {
         _: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        joined.truncate(self.max.unwrap_or(usize::MAX));
         let len = joined.len();
         self.writes.push(joined);
         Poll::Ready(Ok(len))
@@ -91,10 +94,7 @@ where
 
 #[test]
 fn chunk_size_lines_are_lowercase_hex_without_leading_zeros() {
-    let line = |len| {
-        let (line, n) = chunk_size_line(len);
-        String::from_utf8(line[..n].to_vec()).unwrap()
-    };
+    let line = |len| String::from_utf8(ChunkLine::size(len).rest().to_vec()).unwrap();
     assert_eq!(line(0), "0\r\n");
     assert_eq!(line(1), "1\r\n");
     assert_eq!(line(15), "f\r\n");
@@ -160,6 +160,32 @@ async fn chunked_writes_one_chunk_per_frame_then_trailers() {
 }
 
 #[tokio::test]
+async fn short_writes_resume_where_they_stopped() {
+    let mut out = Recorder {
+        max: Some(3),
+        ..Recorder::default()
+    };
+    let body = frames(vec![
+        data(b"abcdefghijklmnopq"),
+        data(b"r"),
+        trailers(&[("x-t", "1")]),
+    ]);
+    send_message(
+        &mut out,
+        Bytes::from_static(b"HEAD\r\n\r\n"),
+        body,
+        OutFraming::Chunked,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(out.bytes()).unwrap(),
+        "HEAD\r\n\r\n11\r\nabcdefghijklmnopq\r\n1\r\nr\r\n0\r\nx-t: 1\r\n\r\n"
+    );
+    assert!(out.writes.iter().all(|write| write.len() <= 3));
+}
+
+#[tokio::test]
 async fn chunked_output_passes_the_codec_chunk_check() {
     let body = frames(vec![
         data(b"abc"),
@@ -199,10 +225,10 @@ async fn chunked_empty_and_single_frame_bodies() {
 #[tokio::test]
 async fn head_leaves_with_the_first_frame() {
     let mut out = Recorder::default();
-    let head = b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\n";
+    let head = Bytes::from_static(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\n");
     send_message(
         &mut out,
-        head,
+        head.clone(),
         Full::new(Bytes::from_static(b"hello")),
         OutFraming::Length(5),
     )
@@ -212,9 +238,14 @@ async fn head_leaves_with_the_first_frame() {
     assert_eq!(out.flushes, 1);
 
     let mut out = Recorder::default();
-    send_message(&mut out, head, Empty::<Bytes>::new(), OutFraming::None)
-        .await
-        .unwrap();
+    send_message(
+        &mut out,
+        head.clone(),
+        Empty::<Bytes>::new(),
+        OutFraming::None,
+    )
+    .await
+    .unwrap();
     assert_eq!(out.writes, vec![head.to_vec()]);
 }
 
@@ -311,8 +342,9 @@ async fn hyper_reads_the_chunked_body_and_trailers() {
         rx.recv().await.unwrap()
     });
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head =
-        b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n";
+    let head = Bytes::from_static(
+        b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n",
+    );
     let body = frames(vec![
         data(b"hello "),
         data(b"world"),
