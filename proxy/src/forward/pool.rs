@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
-use hyper::client::conn::{http2, TrySendError};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::body::ProxyBody;
 use super::connect::connect;
 use super::error::ForwardError;
 use super::h1::client::{Connection, InFlight};
+use super::h1::fields::RawHead;
 use super::h1::Limits;
 use super::streams::{self, ConnectionStreams};
 
@@ -30,6 +31,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 struct IdleHttp1 {
     conn: Connection,
+    since: Instant,
+}
+
+struct IdleHyperHttp1<B> {
+    sender: http1::SendRequest<B>,
     since: Instant,
 }
 
@@ -45,6 +51,8 @@ struct IdleHttp1 {
 pub struct Affinity<B> {
     pool: Weak<Pool<B>>,
     http1: Mutex<Option<(SocketAddr, InFlight)>>,
+    /// For requests hyper's HTTP/1 server read (see [`Pool::send_http1`]).
+    hyper_http1: Mutex<Option<(SocketAddr, http1::SendRequest<B>)>>,
     h2: Mutex<Option<(SocketAddr, http2::SendRequest<B>)>>,
 }
 
@@ -63,6 +71,7 @@ where
         Affinity {
             pool: Arc::downgrade(pool),
             http1: Mutex::new(None),
+            hyper_http1: Mutex::new(None),
             h2: Mutex::new(None),
         }
     }
@@ -90,6 +99,34 @@ where
         let replaced = lock(&self.http1).replace((addr, in_flight));
         if let Some((addr, in_flight)) = replaced {
             pool.http1_idle.return_when_idle(addr, in_flight);
+        }
+    }
+
+    /// The client connection's hyper HTTP/1 connection to `addr`, if it is free.
+    fn take_hyper_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<B>> {
+        let mut own = lock(&self.hyper_http1);
+        match own.as_ref() {
+            Some((own_addr, sender)) if *own_addr == addr && sender.is_ready() => {
+                own.take().map(|(_, sender)| sender)
+            }
+            _ => None,
+        }
+    }
+
+    /// Makes `sender` the client connection's hyper HTTP/1 connection; the one it replaces
+    /// (still busy, or to another address) goes back to the pool.
+    fn keep_hyper_http1(
+        &self,
+        pool: &Arc<Pool<B>>,
+        addr: SocketAddr,
+        sender: http1::SendRequest<B>,
+    ) {
+        let replaced = lock(&self.hyper_http1).replace((addr, sender));
+        match replaced {
+            Some((addr, sender)) if !sender.is_closed() => {
+                pool.return_hyper_when_idle(addr, sender)
+            }
+            _ => {}
         }
     }
 
@@ -131,8 +168,22 @@ impl<B> Drop for Affinity<B> {
             .take();
         // One still busy (the client left mid-exchange) comes back once its exchange ends,
         // if it can carry another request.
-        if let (Some((addr, in_flight)), Some(pool)) = (own, self.pool.upgrade()) {
+        let own_hyper = self
+            .hyper_http1
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        if let Some((addr, in_flight)) = own {
             pool.http1_idle.return_when_idle(addr, in_flight);
+        }
+        // A hyper one still busy is dropped: hyper closes it once the exchange ends.
+        if let Some((addr, sender)) = own_hyper {
+            if sender.is_ready() {
+                pool.push_idle_hyper_http1(addr, sender);
+            }
         }
     }
 }
@@ -140,6 +191,7 @@ impl<B> Drop for Affinity<B> {
 /// Connections to every destination of one direction.
 pub struct Pool<B> {
     http1_idle: Arc<Http1Idle>,
+    hyper_http1_idle: Mutex<HashMap<SocketAddr, Vec<IdleHyperHttp1<B>>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<B>>>,
     /// Serialises HTTP/2 connection attempts per destination, so that a burst of first
     /// requests shares one connection instead of racing to open one each.
@@ -156,6 +208,18 @@ impl<B> std::fmt::Debug for Pool<B> {
             .field("connect_timeout", &self.connect_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+impl<B> Pool<B> {
+    fn push_idle_hyper_http1(&self, addr: SocketAddr, sender: http1::SendRequest<B>) {
+        lock(&self.hyper_http1_idle)
+            .entry(addr)
+            .or_default()
+            .push(IdleHyperHttp1 {
+                sender,
+                since: Instant::now(),
+            });
     }
 }
 
@@ -239,6 +303,7 @@ where
     ) -> Arc<Self> {
         let pool = Arc::new(Pool {
             http1_idle: Arc::default(),
+            hyper_http1_idle: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
             h2_connecting: Mutex::new(HashMap::new()),
             connect_timeout,
@@ -268,12 +333,20 @@ where
     /// address that accepts. Connections found closed are dropped before any byte is sent on
     /// them. The connection used becomes the client connection's own. Returns the address used
     /// with the response.
+    ///
+    /// A request the codec's server read (it carries its [`RawHead`]) goes over the codec's
+    /// client, which writes its head back as received; one hyper's server read goes over
+    /// hyper's client, the only one that knows the header case hyper kept for it.
     pub async fn send_http1(
         self: &Arc<Self>,
         affinity: &Affinity<B>,
         addrs: &[SocketAddr],
         request: Request<B>,
     ) -> Result<(SocketAddr, Response<ProxyBody>), ForwardError> {
+        if request.extensions().get::<RawHead>().is_none() {
+            let (addr, response) = self.send_hyper_http1(affinity, addrs, request).await?;
+            return Ok((addr, response.map(ProxyBody::Hyper)));
+        }
         let reused = addrs.iter().find_map(|&addr| {
             let conn = affinity
                 .take_http1(addr)
@@ -297,6 +370,42 @@ where
         let (response, in_flight) = conn.send(request, &limits).await?;
         // Free again once this exchange completes (request sent, response body read).
         affinity.keep_http1(self, addr, in_flight);
+        Ok((addr, response))
+    }
+
+    /// [`Pool::send_http1`] over hyper's client. A connection that turns out to be closed
+    /// gives the request back unsent, and the next one is tried.
+    async fn send_hyper_http1(
+        self: &Arc<Self>,
+        affinity: &Affinity<B>,
+        addrs: &[SocketAddr],
+        mut request: Request<B>,
+    ) -> Result<(SocketAddr, Response<Incoming>), ForwardError> {
+        for &addr in addrs {
+            let mut own = affinity.take_hyper_http1(addr);
+            while let Some(mut sender) = own.take().or_else(|| self.take_idle_hyper_http1(addr)) {
+                let response = sender.try_send_request(request);
+                // Free again once this exchange completes (response body read to the end).
+                affinity.keep_hyper_http1(self, addr, sender);
+                match response.await {
+                    Ok(response) => return Ok((addr, response)),
+                    Err(mut error) => match error.take_message() {
+                        Some(unsent) => {
+                            tracing::debug!(%addr, error = %error.error(), "pooled connection unusable; retrying");
+                            request = unsent;
+                        }
+                        None => return Err(ForwardError::upstream(error.into_error())),
+                    },
+                }
+            }
+        }
+        let (addr, mut sender) = Box::pin(first_connected(addrs, |addr| {
+            self.connect_hyper_http1(addr)
+        }))
+        .await?;
+        let response = sender.send_request(request);
+        affinity.keep_hyper_http1(self, addr, sender);
+        let response = response.await.map_err(ForwardError::upstream)?;
         Ok((addr, response))
     }
 
@@ -366,13 +475,21 @@ where
             });
             !idle.is_empty()
         });
+        lock(&self.hyper_http1_idle).retain(|_, idle| {
+            idle.retain(|conn| {
+                now.duration_since(conn.since) < self.idle_timeout && !conn.sender.is_closed()
+            });
+            !idle.is_empty()
+        });
         lock(&self.h2).retain(|_, sender| !sender.is_closed());
         lock(&self.h2_connecting).retain(|_, gate| Arc::strong_count(gate) > 1);
     }
 
     /// Number of idle pooled HTTP/1 connections (for tests and debugging).
     pub fn idle_http1(&self) -> usize {
-        lock(&self.http1_idle.0).values().map(Vec::len).sum()
+        let codec: usize = lock(&self.http1_idle.0).values().map(Vec::len).sum();
+        let hyper: usize = lock(&self.hyper_http1_idle).values().map(Vec::len).sum();
+        codec + hyper
     }
 
     fn take_idle_http1(&self, addr: SocketAddr) -> Option<Connection> {
@@ -386,6 +503,65 @@ where
         }
         idle.remove(&addr);
         None
+    }
+
+    fn take_idle_hyper_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<B>> {
+        let mut idle = lock(&self.hyper_http1_idle);
+        let conns = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(conn) = conns.pop() {
+            if conn.sender.is_ready() && now.duration_since(conn.since) < self.idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        idle.remove(&addr);
+        None
+    }
+
+    /// Puts the connection back once the exchange in flight on it has completed (response
+    /// body read to the end). A connection that closes or was upgraded never comes back.
+    fn return_hyper_when_idle(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut sender: http1::SendRequest<B>,
+    ) {
+        if sender.is_ready() {
+            self.push_idle_hyper_http1(addr, sender);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        runtime.spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            if let Some(pool) = pool.upgrade() {
+                pool.push_idle_hyper_http1(addr, sender);
+            }
+        });
+    }
+
+    async fn connect_hyper_http1(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http1::SendRequest<B>, ForwardError> {
+        let stream = connect(addr, self.connect_timeout).await?;
+        let (sender, connection) = http1::Builder::new()
+            .preserve_header_case(true)
+            .title_case_headers(false)
+            // A response head past the limit is an upstream error, so a 502.
+            .max_header_size(self.max_header_bytes)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ForwardError::upstream)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%addr, %error, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(sender)
     }
 
     async fn connect_h2(&self, addr: SocketAddr) -> Result<http2::SendRequest<B>, ForwardError> {
