@@ -39,6 +39,7 @@ pub mod error;
 pub mod framing;
 pub mod head;
 pub mod pool;
+pub mod server;
 pub mod stream;
 pub mod target;
 
