@@ -142,6 +142,12 @@ pub struct Config {
     #[arg(long, env = "MESHTRACE_HTTP1_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = clap::value_parser!(u32).range(1024..))]
     pub http1_max_header_bytes: u32,
 
+    /// Which HTTP/1 implementation serves clients and talks to upstreams: `meshtrace`, the
+    /// proxy's own codec (heads forwarded with their bytes, field order and case; buffers held
+    /// only while a message is in flight), or `hyper`, the previous path, kept as the reference.
+    #[arg(long, env = "MESHTRACE_HTTP1_CODEC", value_enum, default_value_t = Http1Codec::Hyper)]
+    pub http1_codec: Http1Codec,
+
     /// The most bytes all unfinished HTTP/1 request heads of the process may hold together
     /// (heads that span reads); past it, the connections holding the largest ones are answered
     /// `431` with `meshtrace-proxy-error: request_head_budget` and closed until the rest fit.
@@ -228,6 +234,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// The HTTP/1 implementation of the data path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Http1Codec {
+    /// The proxy's own codec on `httparse` (`forward::h1`).
+    Meshtrace,
+    /// hyper's HTTP/1 server and client.
+    #[default]
+    Hyper,
+}
+
 /// The settings that differ between the two directions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirectionConfig {
@@ -237,6 +253,7 @@ pub struct DirectionConfig {
     pub idle_timeout: Duration,
     /// The largest response head (HTTP/1) or header list (h2) accepted from upstreams.
     pub max_header_bytes: usize,
+    pub http1_codec: Http1Codec,
 }
 
 impl Default for Config {
@@ -251,6 +268,7 @@ impl Default for Config {
             http1_header_read_timeout: Duration::from_secs(60),
             http1_idle_timeout: Duration::ZERO,
             http1_max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            http1_codec: Http1Codec::default(),
             max_pending_head_bytes: DEFAULT_MAX_PENDING_HEAD_BYTES,
             max_connections: 0,
             opaque_ports: DEFAULT_OPAQUE_PORTS
@@ -313,6 +331,7 @@ impl Config {
             response_timeout: (!response.is_zero()).then_some(response),
             idle_timeout: idle,
             max_header_bytes: self.http1_max_header_bytes as usize,
+            http1_codec: self.http1_codec,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! upgrades through [`tunnel`]. [`streams`] runs an h2 connection's streams on its own task;
 //! [`tcp`] copies opaque connections.
 
+pub mod body;
 pub mod connect;
 pub mod connection_service;
 pub mod destination;
@@ -41,7 +42,6 @@ pub mod tunnel;
 pub mod upstream;
 pub mod validate;
 
-use hyper::body::Incoming;
 use tower::Layer;
 
 use crate::config::DirectionConfig;
@@ -52,6 +52,7 @@ use crate::trace::{
     ClientSpanLayer, ClientSpanService, ServerSpanLayer, ServerSpanService, TracedBody, Tracer,
 };
 
+pub use self::body::ProxyBody;
 pub use self::connection_service::ConnectionService;
 pub use self::error::{ErrorResponse, ErrorResponseLayer, ForwardError};
 pub use self::loop_check::OwnListeners;
@@ -77,7 +78,7 @@ pub struct StackParams {
 
 /// The HTTP stack of one client connection.
 pub type HttpStack = RequestMetrics<
-    ServerSpanService<ErrorResponse<Validate<ClientSpanService<Upstream<TracedBody<Incoming>>>>>>,
+    ServerSpanService<ErrorResponse<Validate<ClientSpanService<Upstream<TracedBody<ProxyBody>>>>>>,
 >;
 
 /// One direction's layers, built once; every client connection gets its own [`HttpStack`] from
@@ -88,7 +89,7 @@ pub struct HttpStacks {
     metrics: RequestMetricsLayer,
     server_span: ServerSpanLayer,
     client_span: ClientSpanLayer,
-    upstream: Upstream<TracedBody<Incoming>>,
+    upstream: Upstream<TracedBody<ProxyBody>>,
 }
 
 impl HttpStacks {

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use super::h1::body::BodyError;
 use super::BoxError;
 
 pin_project_lite::pin_project! {
@@ -35,9 +36,15 @@ impl ClientBodyError {
     /// Whether the client stopped sending (closed or reset its connection) rather than sent a
     /// body that breaks its framing.
     pub fn is_incomplete(&self) -> bool {
-        self.0
+        let hyper = self
+            .0
             .downcast_ref::<hyper::Error>()
-            .is_some_and(|error| error.is_incomplete_message() || error.is_canceled())
+            .is_some_and(|error| error.is_incomplete_message() || error.is_canceled());
+        let codec = self
+            .0
+            .downcast_ref::<BodyError>()
+            .is_some_and(|error| matches!(error, BodyError::Incomplete | BodyError::Io(_)));
+        hyper || codec
     }
 }
 

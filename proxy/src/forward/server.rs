@@ -11,6 +11,7 @@ use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::body::ProxyBody;
 use super::connection_service::ConnectionService;
 use super::head::HeadLimits;
 use super::streams::{self, ConnectionStreams};
@@ -32,7 +33,7 @@ pub async fn serve_connection<I, S, RB>(
     limits: &HeadLimits,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<Request<Incoming>, Response = Response<RB>, Error = Infallible>
+    S: tower::Service<Request<ProxyBody>, Response = Response<RB>, Error = Infallible>
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -40,6 +41,7 @@ pub async fn serve_connection<I, S, RB>(
     RB::Error: Into<BoxError>,
 {
     let io = TokioIo::new(io);
+    let service = HyperBodies(service);
     let signaled = watch.signaled();
     let result = match protocol {
         // Boxed so that the (more common) HTTP/1 connection's task is not sized for h2.
@@ -123,5 +125,21 @@ async fn until_done<C: Future>(
             graceful(connection.as_mut());
             connection.await
         }
+    }
+}
+
+/// Hands hyper's requests to the stack with their bodies as [`ProxyBody`].
+struct HyperBodies<S>(S);
+
+impl<S> hyper::service::Service<Request<Incoming>> for HyperBodies<S>
+where
+    S: hyper::service::Service<Request<ProxyBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.0.call(request.map(ProxyBody::Hyper))
     }
 }

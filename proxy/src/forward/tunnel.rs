@@ -5,6 +5,7 @@ use std::future::Future;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::BoxError;
 use crate::meta::Direction;
 use crate::shutdown::WeakWatch;
 
@@ -21,7 +22,7 @@ impl Tunnels {
     /// finished draining.
     pub fn spawn<F, C, U>(&self, sides: F)
     where
-        F: Future<Output = Result<(C, U), hyper::Error>> + Send + 'static,
+        F: Future<Output = Result<(C, U), BoxError>> + Send + 'static,
         C: AsyncRead + AsyncWrite + Unpin + Send,
         U: AsyncRead + AsyncWrite + Unpin + Send,
     {

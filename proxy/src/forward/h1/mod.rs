@@ -36,6 +36,8 @@
 pub mod body;
 pub mod chunked;
 pub mod error;
+pub mod exchange;
+pub mod fields;
 pub mod framing;
 pub mod head;
 pub mod pool;
@@ -43,6 +45,7 @@ pub mod server;
 pub mod stream;
 pub mod target;
 
+pub use self::body::{RecvBody, Returned};
 pub use self::chunked::{ChunkedDecoder, Decoded};
 pub use self::error::{ChunkError, HeadError};
 pub use self::framing::{request_body, response_body, BodyFraming};
