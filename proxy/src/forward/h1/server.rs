@@ -31,8 +31,13 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::body::{BoxRead, RecvBody, Returned};
+use super::body::{RecvBody, Returned};
 use super::error::HeadError;
+use super::exchange::{pending, BoxRead, BoxWrite, Informational, UpgradeSender, Upgraded};
+use super::fields::{
+    request_parts, response_framing, write_response_head, write_status_line, OutFraming,
+    RequestFacts,
+};
 use super::framing::{request_body, BodyFraming};
 use super::head::{parse_request, Limits, Method, RequestHead, Version};
 use super::pool::{HeadBuf, HeadPool, HeadStorage};
@@ -41,10 +46,7 @@ use crate::meta::ErrorType;
 use crate::shutdown::Watch;
 
 mod shim;
-use self::shim::{
-    connection_close, pending, request_parts, response_framing, send_body, write_response_head,
-    BoxWrite, Informational, OutFraming, RequestFacts, UpgradeSender, Upgraded,
-};
+use self::shim::send_body;
 
 /// How long a refused connection's further bytes are read and discarded after the answer, so
 /// that closing with unread data (a TCP reset) does not destroy the answer (RFC 9112 §9.6).
@@ -216,8 +218,8 @@ where
 {
     let Parsed { mut parts, head } = parsed;
     let (body, returned) = request_body_of(conn, request_body(&head), limits);
-    let (informational, mut relayed) = mpsc::unbounded_channel();
-    parts.extensions.insert(Informational(informational));
+    let (informational, mut relayed) = Informational::channel();
+    parts.extensions.insert(informational);
     let connect = head.method == Method::Connect;
     let upgrade = (connect || head.connection.upgrade).then(|| {
         let (sender, on_upgrade) = pending();
@@ -235,8 +237,9 @@ where
         return hand_over(conn, &parts, returned, upgrade).await;
     }
     let facts = RequestFacts {
-        method: head.method,
-        version: head.version,
+        head: head.method == Method::Head,
+        connect,
+        http10: head.version == Version::Http10,
     };
     let framing = response_framing(&parts, &body.size_hint(), facts);
     let keep_alive = head.connection.keep_alive
@@ -351,12 +354,19 @@ async fn hand_over(
         return Next::Close;
     }
     let write = std::mem::replace(&mut conn.write, Box::pin(tokio::io::sink()));
-    upgrade.send(Upgraded {
+    let upgraded = Upgraded {
         read,
         write,
         prefix: std::mem::take(&mut conn.buf).freeze(),
-    });
-    Next::Upgraded
+    };
+    match upgrade.send(upgraded) {
+        Ok(()) => Next::Upgraded,
+        // Nobody waits for the connection any more: close it.
+        Err(Upgraded { write, .. }) => {
+            conn.write = write;
+            Next::Close
+        }
+    }
 }
 
 /// Tells the client whether the connection persists where its version would not assume it:
@@ -373,17 +383,25 @@ fn mark_persistence(headers: &mut http::HeaderMap, version: Version, keep_alive:
     }
 }
 
+/// Whether `Connection` holds `close`.
+fn connection_close(headers: &http::HeaderMap) -> bool {
+    headers.get_all(CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
 /// Answers a refused head with its status and `meshtrace-proxy-error`, then closes.
 async fn refuse(mut conn: Conn, error: HeadError) {
-    let status = error.status();
-    let answer = format!(
-        "HTTP/1.1 {} {}\r\nmeshtrace-proxy-error: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or(""),
-        error.error_type(),
-    );
+    let mut answer = BytesMut::new();
+    write_status_line(error.status(), &mut answer);
+    answer.extend_from_slice(b"\r\nmeshtrace-proxy-error: ");
+    answer.extend_from_slice(error.error_type().as_bytes());
+    answer.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     tracing::debug!(%error, "refusing a request head");
-    if conn.write.write_all(answer.as_bytes()).await.is_err() {
+    if conn.write.write_all(&answer).await.is_err() {
         return;
     }
     let _ = conn.write.shutdown().await;

@@ -14,9 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::serve_h1;
-use super::shim::{Informational, OnUpgrade, Upgraded};
 use crate::forward::h1::body::RecvBody;
-use crate::forward::h1::head::Limits;
+use crate::forward::h1::exchange::{Informational, OnUpgrade, Upgraded};
+use crate::forward::h1::fields::response_parts;
+use crate::forward::h1::head::{parse_response, Limits};
 use crate::forward::h1::pool::HeadPool;
 use crate::shutdown::{self, Trigger};
 
@@ -317,9 +318,7 @@ async fn no_100_continue_unless_the_service_relays_one() {
     let server = serve(|mut request: TestRequest| async move {
         let informational = request.extensions_mut().remove::<Informational>();
         let informational = informational.expect("the server sets Informational");
-        let _ = informational
-            .0
-            .send(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        informational.send(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
         echo(request).await
     })
     .await;
@@ -348,8 +347,10 @@ async fn upgraded(request: &mut TestRequest) -> Upgraded {
         .extensions_mut()
         .remove()
         .expect("OnUpgrade on an upgrade request");
-    let pending = on_upgrade.0.lock().unwrap().take().unwrap();
-    pending.await.expect("the connection is handed over")
+    on_upgrade
+        .upgraded()
+        .await
+        .expect("the connection is handed over")
 }
 
 /// Switches to a protocol that echoes the prefix, then every byte read, back.
@@ -479,4 +480,27 @@ async fn the_head_buffer_goes_back_once_parsed_and_none_is_held_while_idle() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(server.pool.idle(), 1);
+}
+
+#[tokio::test]
+async fn a_received_response_head_leaves_with_its_field_order_case_and_spacing() {
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Multi:  one\r\n\
+        set-cookie: b=2\r\nContent-Length: 2\r\n\r\n";
+    let server = serve(|_request| async {
+        let mut fields = Vec::new();
+        let head = parse_response(HEAD, &Limits::default(), &mut fields)
+            .expect("a valid head")
+            .expect("a complete head");
+        let parts = response_parts(Bytes::from_static(HEAD), &head, &fields).expect("parts");
+        Response::from_parts(parts, Full::new(Bytes::from_static(b"ok")))
+    })
+    .await;
+    let mut client = connect(&server).await;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut client).await;
+    assert_eq!(head.as_bytes(), HEAD);
+    assert_eq!(body, "ok");
 }
