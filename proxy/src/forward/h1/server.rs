@@ -86,7 +86,10 @@ enum Next {
 /// Serves one client connection until it closes, is upgraded, or shutdown winds it down
 /// (an idle connection closes at once, a busy one after the response in flight). `B` is the
 /// request body type the service takes: a [`RecvBody`] or, for a request without a body, its
-/// default (empty).
+/// default (empty). When `io` enforces the connection's head limits
+/// ([`HeadGuard`](crate::forward::head::HeadGuard)), `limits.max_head_bytes` should sit above
+/// the guard's (a backstop, as hyper's limit was), so that an oversized head gets the guard's
+/// answer (`request_head_too_large`) on either path.
 pub async fn serve_h1<I, S, B, RB>(
     io: I,
     service: &S,

@@ -13,12 +13,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::serve_h1;
+use crate::admission::Admission;
+use crate::client_io::ClientIo;
+use crate::forward::connection_service::ConnectionService;
 use crate::forward::h1::body::RecvBody;
 use crate::forward::h1::exchange::{Informational, OnUpgrade, Upgraded};
 use crate::forward::h1::fields::response_parts;
 use crate::forward::h1::head::{parse_response, Limits};
 use crate::forward::h1::pool::HeadPool;
+use crate::forward::head::{Exchanges, HeadGuard, HeadLimits};
+use crate::meta::{ConnMeta, Direction};
+use crate::metrics::DirectionMetrics;
 use crate::shutdown::{self, Trigger};
 
 /// Guards against a hang only; no test depends on how fast anything is.
@@ -503,4 +511,127 @@ async fn a_received_response_head_leaves_with_its_field_order_case_and_spacing()
     let (head, body) = read_response(&mut client).await;
     assert_eq!(head.as_bytes(), HEAD);
     assert_eq!(body, "ok");
+}
+
+/// Serves like the proxy will: the connection read through `ClientIo` with its `HeadGuard`,
+/// requests handed to a `ConnectionService` (which begins and ends the guard's exchanges).
+async fn serve_guarded<H, F>(limits: HeadLimits, handler: H) -> Server
+where
+    H: Fn(TestRequest) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pool = HeadPool::new(4, 1024, 64 * 1024);
+    let (trigger, watch, _drained) = shutdown::channel();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (server_pool, server_calls) = (pool.clone(), calls.clone());
+    // The codec's head limit is a backstop above the guard's, as hyper's was.
+    let codec_limits = Limits {
+        max_head_bytes: limits.max_bytes * 2,
+        ..Limits::default()
+    };
+    tokio::spawn(async move {
+        let mut admission =
+            Admission::new(64, Direction::Inbound, DirectionMetrics::unregistered());
+        loop {
+            let Ok((stream, client_addr)) = listener.accept().await else {
+                return;
+            };
+            let exchanges = Arc::new(Exchanges::new(limits.idle_timeout.is_some()));
+            let io = ClientIo::new(stream, Counter::default(), Counter::default())
+                .guard_heads(HeadGuard::new(limits, exchanges.clone()));
+            let (handler, calls) = (handler.clone(), server_calls.clone());
+            let stack = tower::service_fn(move |request: TestRequest| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                futures::FutureExt::map(handler(request), Ok::<_, Infallible>)
+            });
+            let meta = Arc::new(ConnMeta {
+                direction: Direction::Inbound,
+                client_addr,
+                local_addr: addr,
+                orig_dst: None,
+            });
+            let service = ConnectionService::new(stack, meta, admission.admit(), Some(exchanges));
+            let (watch, pool) = (watch.clone(), server_pool.clone());
+            tokio::spawn(async move {
+                serve_h1(io, &service, &watch, &codec_limits, &pool).await;
+            });
+        }
+    });
+    Server {
+        addr,
+        pool,
+        trigger,
+        calls,
+    }
+}
+
+fn guard_limits(read_timeout: Duration, idle_timeout: Option<Duration>) -> HeadLimits {
+    HeadLimits {
+        read_timeout: Some(read_timeout),
+        idle_timeout,
+        max_bytes: 1024,
+    }
+}
+
+#[tokio::test]
+async fn exchanges_are_not_idle_time_but_the_idle_time_after_them_is() {
+    let idle = Duration::from_millis(300);
+    let server = serve_guarded(guard_limits(HANG, Some(idle)), move |request| async move {
+        // The service takes longer than the idle timeout: the exchange is not idle time.
+        tokio::time::sleep(idle * 3).await;
+        echo(request).await
+    })
+    .await;
+    let mut client = connect(&server).await;
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut client).await;
+    assert!(head.contains("x-request: GET /slow"), "{head}");
+    // Then nothing: the idle timeout closes the connection without a response.
+    assert_eq!(read_to_close(&mut client).await, "");
+}
+
+#[tokio::test]
+async fn a_slow_body_is_not_a_slow_head() {
+    let head_timeout = Duration::from_millis(300);
+    let server = serve_guarded(guard_limits(head_timeout, None), echo).await;
+    let mut client = connect(&server).await;
+    client
+        .write_all(b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfirst")
+        .await
+        .unwrap();
+    tokio::time::sleep(head_timeout * 3).await;
+    client.write_all(b"-last").await.unwrap();
+    let (head, body) = read_response(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body, "first-last");
+}
+
+#[tokio::test]
+async fn the_head_guard_answers_slow_and_large_heads_and_the_loop_closes() {
+    let head_timeout = Duration::from_millis(300);
+    let server = serve_guarded(guard_limits(head_timeout, None), echo).await;
+    let mut client = connect(&server).await;
+    client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let text = read_to_close(&mut client).await;
+    assert!(
+        text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("meshtrace-proxy-error: request_head_timeout"));
+
+    let mut client = connect(&server).await;
+    let large = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Large: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    client.write_all(large.as_bytes()).await.unwrap();
+    let text = read_to_close(&mut client).await;
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+    assert!(text.contains("meshtrace-proxy-error: request_head_too_large"));
+    assert_eq!(server.calls.load(Ordering::SeqCst), 0);
 }
