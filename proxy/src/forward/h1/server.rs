@@ -41,12 +41,10 @@ use super::fields::{
 use super::framing::{request_body, BodyFraming};
 use super::head::{parse_request, Limits, Method, RequestHead, Version};
 use super::pool::{HeadBuf, HeadPool, HeadStorage};
+use super::send::send_message;
 use crate::forward::BoxError;
 use crate::meta::ErrorType;
 use crate::shutdown::Watch;
-
-mod shim;
-use self::shim::send_body;
 
 /// How long a refused connection's further bytes are read and discarded after the answer, so
 /// that closing with unread data (a TCP reset) does not destroy the answer (RFC 9112 §9.6).
@@ -252,11 +250,10 @@ where
     mark_persistence(&mut parts.headers, head.version, keep_alive);
     let mut out = BytesMut::new();
     write_response_head(&parts, framing, &mut out);
-    if conn.write.write_all(&out).await.is_err() {
-        return Next::Close;
-    }
-    drop(out);
-    if send_body(&mut conn.write, body, framing).await.is_err() || !keep_alive {
+    drop(parts);
+    // The head leaves with the body's first frame when that is ready at once.
+    let sent = send_message(&mut conn.write, out.freeze(), body, framing).await;
+    if sent.is_err() || !keep_alive {
         return Next::Close;
     }
     take_back(conn, returned)
