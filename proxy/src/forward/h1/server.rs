@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
@@ -39,7 +39,7 @@ use super::fields::{
     RequestFacts,
 };
 use super::framing::{request_body, BodyFraming};
-use super::head::{parse_request, Limits, Method, RequestHead, Version};
+use super::head::{parse_request, Field, Limits, Method, RequestHead, Version};
 use super::pool::{HeadBuf, HeadPool, HeadStorage};
 use super::send::send_message;
 use crate::forward::BoxError;
@@ -137,27 +137,40 @@ async fn read_head(
     };
     let mut lent: Option<HeadBuf> = None;
     if !conn.buf.is_empty() {
+        // Pipelined: parsed where it is; only an unfinished head moves to a lent buffer.
         let mut head = pool.take();
+        let storage: &mut HeadStorage = &mut head;
+        let parsed = parse(&conn.buf, &mut storage.fields, limits).map_err(NoHead::Refused)?;
+        if let Some(parsed) = parsed {
+            conn.buf.advance(parsed.head.end);
+            if conn.buf.is_empty() {
+                conn.buf = BytesMut::new();
+            }
+            return Ok(parsed);
+        }
         head.bytes.extend_from_slice(&conn.buf);
         conn.buf = BytesMut::new();
         lent = Some(head);
     }
     loop {
-        if let Some(head) = lent.as_mut() {
-            if let Some((parsed, rest)) = parse(head, limits).map_err(NoHead::Refused)? {
-                conn.buf = rest;
-                return Ok(parsed);
-            }
-        }
         let read = std::future::poll_fn(|cx| {
             if lent.is_none() && signaled.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(0));
             }
             poll_head_bytes(cx, read, pool, &mut lent)
         });
-        match read.await {
-            Ok(0) | Err(_) => return Err(NoHead::Closed),
-            Ok(_) => {}
+        let (Ok(1..), Some(head)) = (read.await, lent.as_mut()) else {
+            return Err(NoHead::Closed);
+        };
+        let storage: &mut HeadStorage = head;
+        let parsed = parse(&storage.bytes, &mut storage.fields, limits).map_err(NoHead::Refused)?;
+        if let Some(parsed) = parsed {
+            conn.buf = match &storage.bytes[parsed.head.end..] {
+                [] => BytesMut::new(),
+                rest => BytesMut::from(rest),
+            };
+            // The lent buffer goes back to the pool here.
+            return Ok(parsed);
         }
     }
 }
@@ -182,24 +195,19 @@ fn poll_head_bytes(
     result
 }
 
-/// A complete head: its parts (with a copy of only the head's bytes) and the bytes past it.
-/// The lent buffer goes back to the pool when the caller drops it.
-fn parse(head: &mut HeadBuf, limits: &Limits) -> Result<Option<(Parsed, BytesMut)>, HeadError> {
-    let storage: &mut HeadStorage = head;
-    let Some(parsed) = parse_request(&storage.bytes, limits, &mut storage.fields)? else {
+/// A complete head at the start of `bytes`: its parts, which keep a copy of only the head's
+/// bytes (not the buffer it was read into).
+fn parse(
+    bytes: &[u8],
+    fields: &mut Vec<Field>,
+    limits: &Limits,
+) -> Result<Option<Parsed>, HeadError> {
+    let Some(head) = parse_request(bytes, limits, fields)? else {
         return Ok(None);
     };
-    let bytes = Bytes::copy_from_slice(&storage.bytes[..parsed.end]);
-    let parts = request_parts(bytes, &parsed, &storage.fields)?;
-    let rest = match &storage.bytes[parsed.end..] {
-        [] => BytesMut::new(),
-        rest => BytesMut::from(rest),
-    };
-    let parsed = Parsed {
-        parts,
-        head: parsed,
-    };
-    Ok(Some((parsed, rest)))
+    let copy = Bytes::copy_from_slice(&bytes[..head.end]);
+    let parts = request_parts(copy, &head, fields)?;
+    Ok(Some(Parsed { parts, head }))
 }
 
 /// One request and its response.
