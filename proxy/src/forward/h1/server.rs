@@ -59,6 +59,9 @@ struct Conn {
     write: BoxWrite,
     /// Bytes read past the last message (pipelined), owned here only between exchanges.
     buf: BytesMut,
+    /// The client may have sent bytes that will not be read (a body left unread): closing
+    /// lingers so that they do not turn the close into a reset.
+    unread: bool,
 }
 
 /// A parsed request head.
@@ -107,13 +110,17 @@ pub async fn serve_h1<I, S, B, RB>(
         read: Some(Box::pin(read)),
         write: Box::pin(write),
         buf: BytesMut::new(),
+        unread: false,
     };
     let mut signaled = std::pin::pin!(watch.signaled());
     loop {
         let parsed = match read_head(&mut conn, signaled.as_mut(), limits, pool).await {
             Ok(parsed) => parsed,
             Err(NoHead::Closed) => break,
-            Err(NoHead::Refused(error)) => return refuse(conn, error).await,
+            Err(NoHead::Refused(error)) => {
+                refuse(&mut conn, error).await;
+                break;
+            }
         };
         match exchange(&mut conn, parsed, service, watch, limits).await {
             Next::KeepAlive if !watch.is_signaled() => {}
@@ -121,7 +128,7 @@ pub async fn serve_h1<I, S, B, RB>(
             Next::Upgraded => return,
         }
     }
-    let _ = conn.write.shutdown().await;
+    close(conn).await;
 }
 
 /// Reads and parses the next head: first from the bytes left past the last message, then from
@@ -261,10 +268,11 @@ where
     drop(parts);
     // The head leaves with the body's first frame when that is ready at once.
     let sent = send_message(&mut conn.write, out.freeze(), body, framing).await;
-    if sent.is_err() || !keep_alive {
+    let reusable = take_back(conn, returned);
+    if sent.is_err() || !keep_alive || !reusable {
         return Next::Close;
     }
-    take_back(conn, returned)
+    Next::KeepAlive
 }
 
 /// The request's body, and where its read side comes back; without a body the read side stays.
@@ -286,25 +294,25 @@ fn request_body_of<B: From<RecvBody> + Default>(
     (B::from(body), Some(returned))
 }
 
-/// The read side back from a request body read to its end, for the next request.
-fn take_back(conn: &mut Conn, returned: Option<oneshot::Receiver<Returned>>) -> Next {
+/// Takes the read side back from the request's body if it came back: whether it stands at the
+/// next message (the body was read to its end). Otherwise (the body is still held, failed, or
+/// was dropped early) the next request's start is unknown and the connection must close.
+fn take_back(conn: &mut Conn, returned: Option<oneshot::Receiver<Returned>>) -> bool {
     let Some(mut returned) = returned else {
-        return Next::KeepAlive;
+        return conn.read.is_some();
     };
-    match returned.try_recv() {
-        Ok(Returned {
-            read,
-            buf,
-            complete: true,
-        }) => {
-            conn.read = Some(read);
-            conn.buf = buf;
-            Next::KeepAlive
-        }
-        // Not read to its end (still held, failed, or dropped early): the next request's
-        // start is unknown.
-        _ => Next::Close,
-    }
+    let Ok(Returned {
+        read,
+        buf,
+        complete,
+    }) = returned.try_recv()
+    else {
+        return false;
+    };
+    conn.read = Some(read);
+    conn.buf = buf;
+    conn.unread |= !complete;
+    complete
 }
 
 /// Awaits the service's response, writing the 1xx heads it relays before it.
@@ -349,7 +357,7 @@ async fn hand_over(
     returned: Option<oneshot::Receiver<Returned>>,
     upgrade: Option<UpgradeSender>,
 ) -> Next {
-    let (Some(upgrade), Next::KeepAlive) = (upgrade, take_back(conn, returned)) else {
+    let (Some(upgrade), true) = (upgrade, take_back(conn, returned)) else {
         // A switch the request did not ask for, or a body whose end is unknown.
         return Next::Close;
     };
@@ -401,20 +409,31 @@ fn connection_close(headers: &http::HeaderMap) -> bool {
     })
 }
 
-/// Answers a refused head with its status and `meshtrace-proxy-error`, then closes.
-async fn refuse(mut conn: Conn, error: HeadError) {
+/// Answers a refused head with its status and `meshtrace-proxy-error`; the caller closes.
+async fn refuse(conn: &mut Conn, error: HeadError) {
     let mut answer = BytesMut::new();
     write_status_line(error.status(), &mut answer);
     answer.extend_from_slice(b"\r\nmeshtrace-proxy-error: ");
     answer.extend_from_slice(error.error_type().as_bytes());
     answer.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     tracing::debug!(%error, "refusing a request head");
-    if conn.write.write_all(&answer).await.is_err() {
+    // The rest of what the client sends is never read.
+    conn.unread = conn.write.write_all(&answer).await.is_ok();
+}
+
+/// Closes the connection: the write side first, so the client sees the end of the last
+/// response; then, if the client may still be sending, its bytes are read and discarded for a
+/// while, because closing a socket with unread bytes sends a reset that can destroy the
+/// response before the client read it (RFC 9112 §9.6).
+async fn close(mut conn: Conn) {
+    if conn.write.shutdown().await.is_err() {
         return;
     }
-    let _ = conn.write.shutdown().await;
-    if let Some(mut read) = conn.read.take() {
-        let mut discard = vec![0; 512];
+    let Some(read) = conn.read.as_mut() else {
+        return;
+    };
+    if conn.unread || !conn.buf.is_empty() {
+        let mut discard = vec![0; 1024];
         let _ = tokio::time::timeout(LINGER, async {
             while matches!(read.read(&mut discard).await, Ok(n) if n > 0) {}
         })

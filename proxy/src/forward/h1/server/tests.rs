@@ -349,6 +349,39 @@ async fn no_100_continue_unless_the_service_relays_one() {
     assert_eq!(body, "hello");
 }
 
+#[tokio::test]
+async fn an_answer_before_the_body_closes_lingering_not_resetting() {
+    // The service answers without reading the body (as a 413 would); the connection closes
+    // after the answer, lingering: the body bytes the client still sends must not turn the
+    // close into a reset (RFC 9112 §9.6).
+    let body_sent = Arc::new(Notify::new());
+    let answer = body_sent.clone();
+    let server = serve(move |_request: TestRequest| {
+        let answer = answer.clone();
+        async move {
+            answer.notified().await;
+            Response::new(Full::new(Bytes::from_static(b"refused")))
+        }
+    })
+    .await;
+    let mut client = connect(&server).await;
+    client
+        .write_all(b"PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n")
+        .await
+        .unwrap();
+    client.write_all(&vec![b'x'; 64 * 1024]).await.unwrap();
+    body_sent.notify_one();
+    let (head, body) = read_response(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body, "refused");
+    // A client that sends its whole body before it reads (most do) is still read from
+    // (and its bytes discarded) rather than reset.
+    let rest = client.write_all(&vec![b'x'; 256 * 1024]).await;
+    assert!(rest.is_ok(), "the rest of the body was refused: {rest:?}");
+    client.shutdown().await.unwrap();
+    assert_eq!(read_to_close(&mut client).await, "");
+}
+
 /// Takes the connection once the server hands it over.
 async fn upgraded(request: &mut TestRequest) -> Upgraded {
     let on_upgrade: OnUpgrade = request
