@@ -46,8 +46,9 @@ use crate::forward::BoxError;
 use crate::meta::ErrorType;
 use crate::shutdown::Watch;
 
-/// How long a refused connection's further bytes are read and discarded after the answer, so
-/// that closing with unread data (a TCP reset) does not destroy the answer (RFC 9112 §9.6).
+/// How long a closing connection's further bytes are read and discarded after the last
+/// answer when the client may still be sending, so that closing with unread data (a TCP
+/// reset) does not destroy the answer (RFC 9112 §9.6).
 const LINGER: Duration = Duration::from_secs(2);
 /// The least free space a head buffer reads into; it grows by its length when fuller.
 const MIN_HEAD_READ: usize = 1024;
