@@ -41,6 +41,8 @@ pub mod fields;
 pub mod framing;
 pub mod head;
 pub mod pool;
+pub mod send;
+pub mod server;
 pub mod stream;
 pub mod target;
 
