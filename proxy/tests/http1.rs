@@ -668,7 +668,7 @@ async fn repeated_fields_keep_their_order_and_case_both_ways() {
     let proxy = common::start(config).await;
 
     let request = format!(
-        "GET /a HTTP/1.1\r\nHost: app:{}\r\nX-A: 1\r\nx-b: 2\r\nX-A: 3\r\nACCEPT:  */* \r\n\r\n",
+        "GET /a HTTP/1.1\r\nHost: app:{}\r\nX-A: 1\r\nx-b: 2\r\nX-A: 3\r\nACCEPT:  */* \r\nX-Request-Id: r1\r\n\r\n",
         upstream.addr().port()
     );
     let response = exchange(proxy.inbound, request.as_bytes()).await;
