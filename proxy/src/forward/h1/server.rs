@@ -63,6 +63,9 @@ struct Conn {
     /// The client may have sent bytes that will not be read (a body left unread): closing
     /// lingers so that they do not turn the close into a reset.
     unread: bool,
+    /// The client ended its stream after pipelining requests (a half-close): they are still
+    /// answered.
+    ended: bool,
 }
 
 /// A parsed request head.
@@ -112,6 +115,7 @@ pub async fn serve_h1<I, S, B, RB>(
         write: Box::pin(write),
         buf: BytesMut::new(),
         unread: false,
+        ended: false,
     };
     let mut signaled = std::pin::pin!(watch.signaled());
     loop {
@@ -123,7 +127,7 @@ pub async fn serve_h1<I, S, B, RB>(
                 break;
             }
         };
-        match exchange(&mut conn, parsed, service, watch, limits).await {
+        match exchange(&mut conn, parsed, service, watch, limits, pool).await {
             Next::KeepAlive if !watch.is_signaled() => {}
             Next::KeepAlive | Next::Close => break,
             Next::Upgraded => return,
@@ -225,6 +229,7 @@ async fn exchange<S, B, RB>(
     service: &S,
     watch: &Watch,
     limits: &Limits,
+    pool: &HeadPool,
 ) -> Next
 where
     S: hyper::service::Service<Request<B>, Response = Response<RB>>,
@@ -244,7 +249,13 @@ where
         sender
     });
     let call = service.call(Request::from_parts(parts, body));
-    let Ok(response) = respond(call, &mut relayed, &mut conn.write).await else {
+    let mut returned = returned;
+    let watch_client = Watching {
+        returned: &mut returned,
+        pool,
+        limit: limits.max_head_bytes,
+    };
+    let Ok(response) = respond(call, &mut relayed, conn, watch_client).await else {
         return Next::Close;
     };
     drop(relayed);
@@ -300,7 +311,8 @@ fn request_body_of<B: From<RecvBody> + Default>(
 /// was dropped early) the next request's start is unknown and the connection must close.
 fn take_back(conn: &mut Conn, returned: Option<oneshot::Receiver<Returned>>) -> bool {
     let Some(mut returned) = returned else {
-        return conn.read.is_some();
+        // No body, or its read side came back while the response was awaited.
+        return conn.read.is_some() && !conn.unread;
     };
     let Ok(Returned {
         read,
@@ -316,19 +328,29 @@ fn take_back(conn: &mut Conn, returned: Option<oneshot::Receiver<Returned>>) -> 
     complete
 }
 
-/// Awaits the service's response, writing the 1xx heads it relays before it.
+/// Awaits the service's response, writing the 1xx heads it relays before it. A client that
+/// goes away meanwhile (end of stream with no request pipelined, as hyper's server without
+/// half-close) cancels the call: `Err`, and the connection closes.
 async fn respond<F, R, E>(
     call: F,
     relayed: &mut mpsc::UnboundedReceiver<Bytes>,
-    write: &mut BoxWrite,
+    conn: &mut Conn,
+    mut client: Watching<'_>,
 ) -> Result<Response<R>, ()>
 where
     F: Future<Output = Result<Response<R>, E>>,
     E: Into<BoxError>,
 {
     let mut call = std::pin::pin!(call);
-    let mut relaying = true;
+    let (mut relaying, mut watching) = (true, true);
+    let write = &mut conn.write;
     let response = loop {
+        let gone = client.gone(
+            &mut conn.read,
+            &mut conn.buf,
+            &mut conn.unread,
+            &mut conn.ended,
+        );
         tokio::select! {
             biased;
             head = relayed.recv(), if relaying => match head {
@@ -336,6 +358,10 @@ where
                 None => relaying = false,
             },
             response = call.as_mut() => break response,
+            gone = gone, if watching => match gone {
+                true => return Err(()),
+                false => watching = false,
+            },
         }
     };
     while let Ok(head) = relayed.try_recv() {
@@ -344,6 +370,79 @@ where
     response.map_err(|error| {
         tracing::debug!(error = %error.into(), "the service failed a request; closing");
     })
+}
+
+/// Watches the client while a response is awaited: reads ahead (into a lent buffer, kept only
+/// if something arrived) to see the end of its stream.
+struct Watching<'a> {
+    /// Where the read side comes back from the request's body.
+    returned: &'a mut Option<oneshot::Receiver<Returned>>,
+    pool: &'a HeadPool,
+    /// The most bytes read ahead (pipelined requests, early tunnel bytes).
+    limit: usize,
+}
+
+impl Watching<'_> {
+    /// `true` once the client went away; `false` when it can no longer be watched (its body
+    /// was not read to its end, it ended its stream after pipelining requests, or enough is
+    /// read ahead). Cancel-safe: what a read returns is in `buf` before the next await.
+    async fn gone(
+        &mut self,
+        read: &mut Option<BoxRead>,
+        buf: &mut BytesMut,
+        unread: &mut bool,
+        ended: &mut bool,
+    ) -> bool {
+        if *ended {
+            return false;
+        }
+        if read.is_none() {
+            let Some(returned) = self.returned.as_mut() else {
+                return false;
+            };
+            let back = returned.await;
+            *self.returned = None;
+            let Ok(back) = back else {
+                return false;
+            };
+            (*read, *buf) = (Some(back.read), back.buf);
+            *unread |= !back.complete;
+            if !back.complete {
+                return false;
+            }
+        }
+        let Some(read) = read.as_mut() else {
+            return false;
+        };
+        while buf.len() < self.limit {
+            let pipelined = !buf.is_empty();
+            let ahead = std::future::poll_fn(|cx| poll_ahead(cx, read, self.pool, buf)).await;
+            match ahead {
+                Ok(0) => {
+                    *ended = true;
+                    return !pipelined;
+                }
+                Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+        false
+    }
+}
+
+/// Reads what the client sent ahead into `buf`, through a buffer lent for the attempt.
+fn poll_ahead(
+    cx: &mut Context<'_>,
+    read: &mut BoxRead,
+    pool: &HeadPool,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut lent = None;
+    let result = poll_head_bytes(cx, read, pool, &mut lent);
+    if let (Poll::Ready(Ok(1..)), Some(lent)) = (&result, &lent) {
+        buf.extend_from_slice(&lent.bytes);
+    }
+    result
 }
 
 async fn write_informational(write: &mut BoxWrite, head: &[u8]) -> Result<(), ()> {

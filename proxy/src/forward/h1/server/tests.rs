@@ -382,6 +382,65 @@ async fn an_answer_before_the_body_closes_lingering_not_resetting() {
     assert_eq!(read_to_close(&mut client).await, "");
 }
 
+/// Sends on its channel when dropped: the service's future was cancelled or finished.
+struct DropSignal(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_request() {
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+    let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+    let started = Arc::new(Notify::new());
+    let handler_started = started.clone();
+    let server = serve(move |_request: TestRequest| {
+        let signal = DropSignal(dropped_tx.lock().unwrap().take());
+        let started = handler_started.clone();
+        async move {
+            let _signal = signal;
+            started.notify_one();
+            std::future::pending::<Response<Full<Bytes>>>().await
+        }
+    })
+    .await;
+    let client = connect(&server).await;
+    let mut client = client;
+    client
+        .write_all(b"GET /never HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    started.notified().await;
+    drop(client);
+    tokio::time::timeout(HANG, dropped)
+        .await
+        .expect("the service's future is dropped")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_pipelining_gets_its_answers() {
+    // The service takes a while, so that the end of the client's stream is read meanwhile.
+    let server = serve(|request| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        echo(request).await
+    })
+    .await;
+    let mut client = connect(&server).await;
+    client
+        .write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    client.shutdown().await.unwrap();
+    let text = read_to_close(&mut client).await;
+    assert_eq!(answered(&text), ["GET /1", "GET /2"], "{text}");
+}
+
 /// Takes the connection once the server hands it over.
 async fn upgraded(request: &mut TestRequest) -> Upgraded {
     let on_upgrade: OnUpgrade = request
