@@ -69,7 +69,7 @@ impl HeadError {
 impl ErrorType for HeadError {
     fn error_type(&self) -> &'static str {
         match self {
-            HeadError::HeadTooLarge => "head_too_large",
+            HeadError::HeadTooLarge => "request_head_too_large",
             HeadError::TooManyFields => "too_many_fields",
             HeadError::StartLine => "invalid_start_line",
             HeadError::Version => "unsupported_version",
