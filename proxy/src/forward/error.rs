@@ -18,6 +18,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Empty};
 
 use super::request_body::ClientBodyError;
+use super::BoxError;
 use crate::meta::{ErrorType, PROXY_ERROR_HEADER};
 
 /// Everything that can go wrong between receiving a request and receiving the upstream's
@@ -37,14 +38,15 @@ pub enum ForwardError {
     #[error("no response headers from upstream within {0:?}")]
     ResponseTimeout(Duration),
     #[error("upstream connection closed or reset: {0}")]
-    Reset(#[source] hyper::Error),
+    Reset(#[source] BoxError),
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    /// The upstream broke HTTP (e.g. a response head hyper or the codec refuses).
     #[error("upstream failed: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] BoxError),
     #[error(
         "the request does not name a destination (no absolute-form target, :authority or Host)"
     )]
@@ -57,10 +59,7 @@ pub enum ForwardError {
     InvalidHost(HostError),
     /// The client's request body broke off or broke its framing before the upstream answered.
     #[error("{source}")]
-    ClientBody {
-        incomplete: bool,
-        source: hyper::Error,
-    },
+    ClientBody { incomplete: bool, source: BoxError },
 }
 
 /// How a request's `Host` and target fail RFC 9112 §3.2 (see [`super::validate`]).
@@ -111,11 +110,11 @@ impl ForwardError {
             let incomplete = client_body.is_incomplete();
             return ForwardError::ClientBody {
                 incomplete,
-                source: error,
+                source: error.into(),
             };
         }
         if error.is_closed() || error.is_incomplete_message() || error.is_canceled() {
-            return ForwardError::Reset(error);
+            return ForwardError::Reset(error.into());
         }
         let mut source = std::error::Error::source(&error);
         while let Some(cause) = source {
@@ -127,17 +126,17 @@ impl ForwardError {
                         | io::ErrorKind::UnexpectedEof
                         | io::ErrorKind::ConnectionAborted
                 ) {
-                    return ForwardError::Reset(error);
+                    return ForwardError::Reset(error.into());
                 }
             }
             if let Some(h2) = cause.downcast_ref::<h2::Error>() {
                 if h2.is_reset() || h2.is_go_away() || h2.is_io() {
-                    return ForwardError::Reset(error);
+                    return ForwardError::Reset(error.into());
                 }
             }
             source = cause.source();
         }
-        ForwardError::Upstream(error)
+        ForwardError::Upstream(error.into())
     }
 
     /// The status the client is answered with.

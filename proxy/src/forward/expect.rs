@@ -83,7 +83,7 @@ impl<B: Body> ContinueGate<B> {
     /// Gates `request`'s body if it expects `100-continue` and has a body, and registers for
     /// the upstream's interim responses; otherwise the body passes through untouched.
     pub fn request(request: Request<B>) -> (Request<ContinueGate<B>>, ExpectAnswer) {
-        // hyper relays interim responses of HTTP/1 upstreams only.
+        // Interim responses come from HTTP/1 upstreams only.
         let gated = request.version() <= Version::HTTP_11
             && expects_continue(request.headers())
             && !request.body().is_end_stream();
@@ -103,6 +103,7 @@ impl<B: Body> ContinueGate<B> {
             (request, None)
         };
         if let Some(answer) = &answer {
+            request.extensions_mut().insert(Interim(answer.clone()));
             let answer = answer.clone();
             hyper::ext::on_informational(&mut request, move |response| {
                 if response.status() == StatusCode::CONTINUE {
@@ -111,6 +112,20 @@ impl<B: Body> ContinueGate<B> {
             });
         }
         (request, ExpectAnswer(answer))
+    }
+}
+
+/// Extension on a gated request: where an upstream client other than hyper's (the HTTP/1
+/// codec's) reports the interim responses it reads.
+#[derive(Clone, Debug)]
+pub struct Interim(Arc<Answer>);
+
+impl Interim {
+    /// The upstream sent an interim response with `status`; a `100` opens the gate.
+    pub fn received(&self, status: StatusCode) {
+        if status == StatusCode::CONTINUE {
+            self.0.set(CONTINUE);
+        }
     }
 }
 

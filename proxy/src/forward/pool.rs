@@ -1,14 +1,16 @@
 //! Upstream HTTP connections: HTTP/1 keep-alive connections pooled per destination address,
 //! one multiplexed HTTP/2 connection per destination address.
 //!
-//! Written over `hyper::client::conn` rather than hyper-util's pooled client because the proxy
-//! must choose the destination address itself (the original destination, not the request's
-//! authority) while leaving the request target and `:authority` exactly as the client sent them.
+//! HTTP/1 runs on the proxy's codec ([`h1::client`]); HTTP/2 on `hyper::client::conn` rather
+//! than hyper-util's pooled client, because the proxy must choose the destination address
+//! itself (the original destination, not the request's authority) while leaving the request
+//! target and `:authority` exactly as the client sent them.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,20 +19,30 @@ use hyper::body::{Body, Incoming};
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::body::ProxyBody;
 use super::connect::connect;
 use super::error::ForwardError;
+use super::h1::client::{Connection, InFlight};
+use super::h1::fields::RawHead;
+use super::h1::Limits;
 use super::streams::{self, ConnectionStreams};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-struct IdleHttp1<B> {
+struct IdleHttp1 {
+    conn: Connection,
+    since: Instant,
+}
+
+struct IdleHyperHttp1<B> {
     sender: http1::SendRequest<B>,
     since: Instant,
 }
 
 /// One client connection's own upstream connections: the HTTP/1 connection its last request
 /// used (HTTP/1 requests on a client connection come one at a time, so it is almost always free
-/// again for the next one) and its HTTP/2 connection. Requests use these without touching the
+/// again for the next one: its last exchange is checked without waiting) and its HTTP/2
+/// connection. Requests use these without touching the
 /// direction's shared [`Pool`], whose locks are then only taken when a connection is missing,
 /// busy or broken. When the client connection goes, its HTTP/1 connection returns to the pool.
 ///
@@ -38,7 +50,9 @@ struct IdleHttp1<B> {
 /// critical sections for h2 streams), so they are uncontended.
 pub struct Affinity<B> {
     pool: Weak<Pool<B>>,
-    http1: Mutex<Option<(SocketAddr, http1::SendRequest<B>)>>,
+    http1: Mutex<Option<(SocketAddr, InFlight)>>,
+    /// For requests hyper's HTTP/1 server read (see [`Pool::send_http1`]).
+    hyper_http1: Mutex<Option<(SocketAddr, http1::SendRequest<B>)>>,
     h2: Mutex<Option<(SocketAddr, http2::SendRequest<B>)>>,
 }
 
@@ -57,13 +71,40 @@ where
         Affinity {
             pool: Arc::downgrade(pool),
             http1: Mutex::new(None),
+            hyper_http1: Mutex::new(None),
             h2: Mutex::new(None),
         }
     }
 
-    /// The client connection's HTTP/1 connection to `addr`, if it is free.
-    fn take_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<B>> {
+    /// The client connection's HTTP/1 connection to `addr`, if it is free and open.
+    fn take_http1(&self, addr: SocketAddr) -> Option<Connection> {
         let mut own = lock(&self.http1);
+        let (own_addr, in_flight) = own.as_mut()?;
+        if *own_addr != addr {
+            return None;
+        }
+        match in_flight.try_idle() {
+            // Still busy: it goes to the pool when the next one replaces it.
+            Poll::Pending => None,
+            Poll::Ready(conn) => {
+                *own = None;
+                conn.and_then(|mut conn| conn.is_open().then_some(conn))
+            }
+        }
+    }
+
+    /// Makes `in_flight` the client connection's HTTP/1 connection; the one it replaces (still
+    /// busy, or to another address) goes back to the pool.
+    fn keep_http1(&self, pool: &Arc<Pool<B>>, addr: SocketAddr, in_flight: InFlight) {
+        let replaced = lock(&self.http1).replace((addr, in_flight));
+        if let Some((addr, in_flight)) = replaced {
+            pool.http1_idle.return_when_idle(addr, in_flight);
+        }
+    }
+
+    /// The client connection's hyper HTTP/1 connection to `addr`, if it is free.
+    fn take_hyper_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<B>> {
+        let mut own = lock(&self.hyper_http1);
         match own.as_ref() {
             Some((own_addr, sender)) if *own_addr == addr && sender.is_ready() => {
                 own.take().map(|(_, sender)| sender)
@@ -72,12 +113,19 @@ where
         }
     }
 
-    /// Makes `sender` the client connection's HTTP/1 connection; the one it replaces (still
-    /// busy, or to another address) goes back to the pool.
-    fn keep_http1(&self, pool: &Arc<Pool<B>>, addr: SocketAddr, sender: http1::SendRequest<B>) {
-        let replaced = lock(&self.http1).replace((addr, sender));
+    /// Makes `sender` the client connection's hyper HTTP/1 connection; the one it replaces
+    /// (still busy, or to another address) goes back to the pool.
+    fn keep_hyper_http1(
+        &self,
+        pool: &Arc<Pool<B>>,
+        addr: SocketAddr,
+        sender: http1::SendRequest<B>,
+    ) {
+        let replaced = lock(&self.hyper_http1).replace((addr, sender));
         match replaced {
-            Some((addr, sender)) if !sender.is_closed() => pool.return_when_idle(addr, sender),
+            Some((addr, sender)) if !sender.is_closed() => {
+                pool.return_hyper_when_idle(addr, sender)
+            }
             _ => {}
         }
     }
@@ -118,11 +166,23 @@ impl<B> Drop for Affinity<B> {
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        // One still busy (the client left mid-exchange) is dropped: hyper closes it once the
-        // exchange ends.
-        if let (Some((addr, sender)), Some(pool)) = (own, self.pool.upgrade()) {
+        // One still busy (the client left mid-exchange) comes back once its exchange ends,
+        // if it can carry another request.
+        let own_hyper = self
+            .hyper_http1
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        if let Some((addr, in_flight)) = own {
+            pool.http1_idle.return_when_idle(addr, in_flight);
+        }
+        // A hyper one still busy is dropped: hyper closes it once the exchange ends.
+        if let Some((addr, sender)) = own_hyper {
             if sender.is_ready() {
-                pool.push_idle_http1(addr, sender);
+                pool.push_idle_hyper_http1(addr, sender);
             }
         }
     }
@@ -130,7 +190,8 @@ impl<B> Drop for Affinity<B> {
 
 /// Connections to every destination of one direction.
 pub struct Pool<B> {
-    http1_idle: Mutex<HashMap<SocketAddr, Vec<IdleHttp1<B>>>>,
+    http1_idle: Arc<Http1Idle>,
+    hyper_http1_idle: Mutex<HashMap<SocketAddr, Vec<IdleHyperHttp1<B>>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<B>>>,
     /// Serialises HTTP/2 connection attempts per destination, so that a burst of first
     /// requests shares one connection instead of racing to open one each.
@@ -151,14 +212,49 @@ impl<B> std::fmt::Debug for Pool<B> {
 }
 
 impl<B> Pool<B> {
-    fn push_idle_http1(&self, addr: SocketAddr, sender: http1::SendRequest<B>) {
-        lock(&self.http1_idle)
+    fn push_idle_hyper_http1(&self, addr: SocketAddr, sender: http1::SendRequest<B>) {
+        lock(&self.hyper_http1_idle)
             .entry(addr)
             .or_default()
-            .push(IdleHttp1 {
+            .push(IdleHyperHttp1 {
                 sender,
                 since: Instant::now(),
             });
+    }
+}
+
+/// One direction's idle HTTP/1 connections, per address.
+#[derive(Default)]
+struct Http1Idle(Mutex<HashMap<SocketAddr, Vec<IdleHttp1>>>);
+
+impl Http1Idle {
+    fn push(&self, addr: SocketAddr, conn: Connection) {
+        lock(&self.0).entry(addr).or_default().push(IdleHttp1 {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// Puts the connection back once its exchange has ended (request sent, response body read
+    /// to the end), if it can carry another request; one that closes or was upgraded never
+    /// comes back.
+    fn return_when_idle(self: &Arc<Self>, addr: SocketAddr, mut in_flight: InFlight) {
+        match in_flight.try_idle() {
+            Poll::Ready(Some(conn)) => self.push(addr, conn),
+            Poll::Ready(None) => {}
+            Poll::Pending => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                let pool = Arc::downgrade(self);
+                runtime.spawn(async move {
+                    let conn = in_flight.idle().await;
+                    if let (Some(conn), Some(pool)) = (conn, pool.upgrade()) {
+                        pool.push(addr, conn);
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -206,7 +302,8 @@ where
         max_header_bytes: usize,
     ) -> Arc<Self> {
         let pool = Arc::new(Pool {
-            http1_idle: Mutex::new(HashMap::new()),
+            http1_idle: Arc::default(),
+            hyper_http1_idle: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
             h2_connecting: Mutex::new(HashMap::new()),
             connect_timeout,
@@ -233,21 +330,63 @@ where
 
     /// Sends an HTTP/1 request to one of `addrs`: over the client connection's own upstream
     /// connection when it is free, else an idle pooled one, else a new connection to the first
-    /// address that accepts. A connection that turns out to be closed gives the request back
-    /// unsent, and the next one is tried. The connection used becomes the client connection's
-    /// own. Returns the address used with the response.
+    /// address that accepts. Connections found closed are dropped before any byte is sent on
+    /// them. The connection used becomes the client connection's own. Returns the address used
+    /// with the response.
+    ///
+    /// A request the codec's server read (it carries its [`RawHead`]) goes over the codec's
+    /// client, which writes its head back as received; one hyper's server read goes over
+    /// hyper's client, the only one that knows the header case hyper kept for it.
     pub async fn send_http1(
+        self: &Arc<Self>,
+        affinity: &Affinity<B>,
+        addrs: &[SocketAddr],
+        request: Request<B>,
+    ) -> Result<(SocketAddr, Response<ProxyBody>), ForwardError> {
+        if request.extensions().get::<RawHead>().is_none() {
+            let (addr, response) = self.send_hyper_http1(affinity, addrs, request).await?;
+            return Ok((addr, response.map(ProxyBody::Hyper)));
+        }
+        let reused = addrs.iter().find_map(|&addr| {
+            let conn = affinity
+                .take_http1(addr)
+                .or_else(|| self.take_idle_http1(addr))?;
+            Some((addr, conn))
+        });
+        let (addr, conn) = match reused {
+            Some(reused) => reused,
+            None => {
+                let timeout = self.connect_timeout;
+                Box::pin(first_connected(addrs, |addr| {
+                    Connection::connect(addr, timeout)
+                }))
+                .await?
+            }
+        };
+        let limits = Limits {
+            max_head_bytes: self.max_header_bytes,
+            ..Limits::default()
+        };
+        let (response, in_flight) = conn.send(request, &limits).await?;
+        // Free again once this exchange completes (request sent, response body read).
+        affinity.keep_http1(self, addr, in_flight);
+        Ok((addr, response))
+    }
+
+    /// [`Pool::send_http1`] over hyper's client. A connection that turns out to be closed
+    /// gives the request back unsent, and the next one is tried.
+    async fn send_hyper_http1(
         self: &Arc<Self>,
         affinity: &Affinity<B>,
         addrs: &[SocketAddr],
         mut request: Request<B>,
     ) -> Result<(SocketAddr, Response<Incoming>), ForwardError> {
         for &addr in addrs {
-            let mut own = affinity.take_http1(addr);
-            while let Some(mut sender) = own.take().or_else(|| self.take_idle_http1(addr)) {
+            let mut own = affinity.take_hyper_http1(addr);
+            while let Some(mut sender) = own.take().or_else(|| self.take_idle_hyper_http1(addr)) {
                 let response = sender.try_send_request(request);
                 // Free again once this exchange completes (response body read to the end).
-                affinity.keep_http1(self, addr, sender);
+                affinity.keep_hyper_http1(self, addr, sender);
                 match response.await {
                     Ok(response) => return Ok((addr, response)),
                     Err(mut error) => match error.take_message() {
@@ -260,10 +399,12 @@ where
                 }
             }
         }
-        let (addr, mut sender) =
-            Box::pin(first_connected(addrs, |addr| self.connect_http1(addr))).await?;
+        let (addr, mut sender) = Box::pin(first_connected(addrs, |addr| {
+            self.connect_hyper_http1(addr)
+        }))
+        .await?;
         let response = sender.send_request(request);
-        affinity.keep_http1(self, addr, sender);
+        affinity.keep_hyper_http1(self, addr, sender);
         let response = response.await.map_err(ForwardError::upstream)?;
         Ok((addr, response))
     }
@@ -328,7 +469,13 @@ where
     /// Drops idle HTTP/1 connections older than the idle timeout and closed HTTP/2 ones.
     pub fn evict_idle(&self) {
         let now = Instant::now();
-        lock(&self.http1_idle).retain(|_, idle| {
+        lock(&self.http1_idle.0).retain(|_, idle| {
+            idle.retain_mut(|idle| {
+                now.duration_since(idle.since) < self.idle_timeout && idle.conn.is_open()
+            });
+            !idle.is_empty()
+        });
+        lock(&self.hyper_http1_idle).retain(|_, idle| {
             idle.retain(|conn| {
                 now.duration_since(conn.since) < self.idle_timeout && !conn.sender.is_closed()
             });
@@ -340,11 +487,26 @@ where
 
     /// Number of idle pooled HTTP/1 connections (for tests and debugging).
     pub fn idle_http1(&self) -> usize {
-        lock(&self.http1_idle).values().map(Vec::len).sum()
+        let codec: usize = lock(&self.http1_idle.0).values().map(Vec::len).sum();
+        let hyper: usize = lock(&self.hyper_http1_idle).values().map(Vec::len).sum();
+        codec + hyper
     }
 
-    fn take_idle_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<B>> {
-        let mut idle = lock(&self.http1_idle);
+    fn take_idle_http1(&self, addr: SocketAddr) -> Option<Connection> {
+        let mut idle = lock(&self.http1_idle.0);
+        let conns = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(mut conn) = conns.pop() {
+            if now.duration_since(conn.since) < self.idle_timeout && conn.conn.is_open() {
+                return Some(conn.conn);
+            }
+        }
+        idle.remove(&addr);
+        None
+    }
+
+    fn take_idle_hyper_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<B>> {
+        let mut idle = lock(&self.hyper_http1_idle);
         let conns = idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(conn) = conns.pop() {
@@ -358,9 +520,13 @@ where
 
     /// Puts the connection back once the exchange in flight on it has completed (response
     /// body read to the end). A connection that closes or was upgraded never comes back.
-    fn return_when_idle(self: &Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<B>) {
+    fn return_hyper_when_idle(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut sender: http1::SendRequest<B>,
+    ) {
         if sender.is_ready() {
-            self.push_idle_http1(addr, sender);
+            self.push_idle_hyper_http1(addr, sender);
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -372,12 +538,15 @@ where
                 return;
             }
             if let Some(pool) = pool.upgrade() {
-                pool.push_idle_http1(addr, sender);
+                pool.push_idle_hyper_http1(addr, sender);
             }
         });
     }
 
-    async fn connect_http1(&self, addr: SocketAddr) -> Result<http1::SendRequest<B>, ForwardError> {
+    async fn connect_hyper_http1(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http1::SendRequest<B>, ForwardError> {
         let stream = connect(addr, self.connect_timeout).await?;
         let (sender, connection) = http1::Builder::new()
             .preserve_header_case(true)

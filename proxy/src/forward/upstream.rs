@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{Either, Empty};
-use hyper::body::{Body, Incoming};
-use hyper_util::rt::TokioIo;
+use hyper::body::Body;
 
+use super::body::ProxyBody;
 use super::connect::connect;
 use super::destination::explicit_targets;
 use super::error::ForwardError;
 use super::expect::ContinueGate;
+use super::h1::exchange;
 use super::hop_by_hop::{is_upgrade, strip_hop_by_hop};
 use super::loop_check::OwnListeners;
 use super::pool::{self, Affinity, Pool};
@@ -28,9 +28,10 @@ use super::BoxError;
 use crate::meta::{ConnMeta, Direction, UpstreamPeer};
 use crate::shutdown::WeakWatch;
 
-/// The body of a response produced by [`Upstream`]: the upstream's own, or empty for a tunnel
-/// the proxy opened itself (explicit `CONNECT`).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// The body of a response produced by [`Upstream`]: the upstream's own (read by hyper for h2,
+/// by the codec for HTTP/1), or empty (no body, or a tunnel the proxy opened itself for an
+/// explicit `CONNECT`).
+pub type UpstreamBody = ProxyBody;
 
 /// What [`Upstream`] needs to know about its direction.
 #[derive(Clone, Debug)]
@@ -180,11 +181,12 @@ where
 
         let upgrade = is_upgrade(request.headers());
         strip_hop_by_hop(request.headers_mut(), upgrade);
-        let client_upgrade = (upgrade || is_connect).then(|| hyper::upgrade::on(&mut request));
+        let client_upgrade = (upgrade || is_connect).then(|| exchange::on_request(&mut request));
         let (request, expect) = ContinueGate::request(request.map(ClientBody::new));
         let send = async {
             if request.version() == Version::HTTP_2 {
-                self.pool.send_h2(&affinity, targets, request).await
+                let (target, response) = self.pool.send_h2(&affinity, targets, request).await?;
+                Ok((target, response.map(ProxyBody::Hyper)))
             } else {
                 self.pool.send_http1(&affinity, targets, request).await
             }
@@ -202,14 +204,12 @@ where
         let switching_protocols = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(response.headers_mut(), switching_protocols);
         if let (Some(client_upgrade), true) = (client_upgrade, switched) {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            self.tunnels.spawn(async move {
-                let (client, upstream) = tokio::try_join!(client_upgrade, upstream_upgrade)?;
-                Ok((TokioIo::new(client), TokioIo::new(upstream)))
-            });
+            let upstream_upgrade = exchange::on_response(&mut response);
+            self.tunnels
+                .spawn(async move { tokio::try_join!(client_upgrade, upstream_upgrade) });
         }
         response.extensions_mut().insert(UpstreamPeer(target));
-        Ok(response.map(Either::Left))
+        Ok(response)
     }
 
     /// Explicit mode `CONNECT host:port`: the proxy itself opens the TCP connection and answers
@@ -222,10 +222,10 @@ where
         let timeout = self.settings.connect_timeout;
         let (target, upstream) =
             pool::first_connected(targets, |addr| connect(addr, timeout)).await?;
-        let client_upgrade = hyper::upgrade::on(&mut request);
+        let client_upgrade = exchange::on_request(&mut request);
         self.tunnels
-            .spawn(async move { Ok((TokioIo::new(client_upgrade.await?), upstream)) });
-        let mut response = Response::new(Either::Right(Empty::new()));
+            .spawn(async move { Ok((client_upgrade.await?, upstream)) });
+        let mut response = Response::new(ProxyBody::Empty);
         response.extensions_mut().insert(UpstreamPeer(target));
         Ok(response)
     }

@@ -35,6 +35,7 @@
 
 pub mod body;
 pub mod chunked;
+pub mod client;
 pub mod error;
 pub mod exchange;
 pub mod fields;
