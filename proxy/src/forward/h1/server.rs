@@ -241,7 +241,10 @@ where
     let Parsed { mut parts, head } = parsed;
     let (body, returned) = request_body_of(conn, request_body(&head), limits);
     let (informational, mut relayed) = Informational::channel();
-    parts.extensions.insert(informational);
+    // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2).
+    if head.version == Version::Http11 {
+        parts.extensions.insert(informational);
+    }
     let connect = head.method == Method::Connect;
     let upgrade = (connect || head.connection.upgrade).then(|| {
         let (sender, on_upgrade) = pending();

@@ -441,6 +441,35 @@ async fn a_client_that_half_closes_after_pipelining_gets_its_answers() {
     assert_eq!(answered(&text), ["GET /1", "GET /2"], "{text}");
 }
 
+#[tokio::test]
+async fn no_1xx_reaches_an_http10_client() {
+    let server = serve(|mut request: TestRequest| async move {
+        if let Some(informational) = request.extensions_mut().remove::<Informational>() {
+            informational.send(Bytes::from_static(b"HTTP/1.1 103 Early Hints\r\n\r\n"));
+        }
+        echo(request).await
+    })
+    .await;
+    let mut client = connect(&server).await;
+    client
+        .write_all(b"GET /old HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_to_close(&mut client).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+
+    let mut client = connect(&server).await;
+    client
+        .write_all(b"GET /new HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_to_close(&mut client).await;
+    assert!(
+        text.starts_with("HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{text}"
+    );
+}
+
 /// Takes the connection once the server hands it over.
 async fn upgraded(request: &mut TestRequest) -> Upgraded {
     let on_upgrade: OnUpgrade = request
