@@ -12,12 +12,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::ProxyBody;
-use super::h1::{self, HeadPool};
-use crate::config::Http1Codec;
 use super::connection_service::ConnectionService;
+use super::h1::{self, HeadPool};
 use super::head::HeadLimits;
 use super::streams::{self, ConnectionStreams};
 use super::BoxError;
+use crate::config::Http1Codec;
 use crate::meta::Protocol;
 use crate::shutdown::Watch;
 

@@ -39,9 +39,10 @@ use super::fields::{
     RequestFacts,
 };
 use super::framing::{request_body, BodyFraming};
-use super::head::{parse_request, Field, Limits, Method, RequestHead, Version};
+use super::head::{parse_request_deferring_host, Field, Limits, Method, RequestHead, Version};
 use super::pool::{HeadBuf, HeadPool, HeadStorage};
 use super::send::send_message;
+use crate::forward::validate::RefusedHost;
 use crate::forward::BoxError;
 use crate::meta::ErrorType;
 use crate::shutdown::Watch;
@@ -214,11 +215,15 @@ fn parse(
     fields: &mut Vec<Field>,
     limits: &Limits,
 ) -> Result<Option<Parsed>, HeadError> {
-    let Some(head) = parse_request(bytes, limits, fields)? else {
+    let Some(head) = parse_request_deferring_host(bytes, limits, fields)? else {
         return Ok(None);
     };
     let copy = Bytes::copy_from_slice(&bytes[..head.end]);
-    let parts = request_parts(copy, &head, fields)?;
+    let mut parts = request_parts(copy, &head, fields)?;
+    if let Some(error) = head.host_error.as_ref().and_then(HeadError::host_error) {
+        // Answered, counted and traced by the stack, as on the hyper path.
+        parts.extensions.insert(RefusedHost(error));
+    }
     Ok(Some(Parsed { parts, head }))
 }
 

@@ -25,6 +25,7 @@ use crate::forward::h1::fields::response_parts;
 use crate::forward::h1::head::{parse_response, Limits};
 use crate::forward::h1::pool::HeadPool;
 use crate::forward::head::{Exchanges, HeadGuard, HeadLimits};
+use crate::forward::validate::RefusedHost;
 use crate::meta::{ConnMeta, Direction};
 use crate::metrics::DirectionMetrics;
 use crate::shutdown::{self, Trigger};
@@ -271,9 +272,9 @@ async fn refused_heads_get_their_status_and_error_name_and_close() {
             "content_length_with_transfer_encoding",
         ),
         (
-            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX: a\nb\r\n\r\n",
             "400 Bad Request",
-            "missing_host",
+            "invalid_field",
         ),
         (
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: br, chunked\r\n\r\n",
@@ -300,6 +301,35 @@ async fn refused_heads_get_their_status_and_error_name_and_close() {
         0,
         "nothing was forwarded"
     );
+}
+
+/// A head faulty only in where it goes (Host, userinfo) reaches the service, marked, so the
+/// stack's `Validate` answers, counts and traces it as on the hyper path.
+#[tokio::test]
+async fn host_faults_reach_the_service_marked_for_refusal() {
+    let server = serve(|request: TestRequest| async move {
+        let refused = request.extensions().get::<RefusedHost>().copied();
+        let name = refused.map_or("none", |RefusedHost(error)| error.error_type());
+        Response::builder()
+            .header("x-refused", name)
+            .body(Full::default())
+            .unwrap()
+    })
+    .await;
+    for (request, name) in [
+        (&b"GET / HTTP/1.1\r\n\r\n"[..], "missing_host"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "duplicate_host",
+        ),
+        (b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n", "userinfo"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "none"),
+    ] {
+        let mut client = connect(&server).await;
+        client.write_all(request).await.unwrap();
+        let (head, _) = read_response(&mut client).await;
+        assert!(head.contains(&format!("x-refused: {name}\r\n")), "{head}");
+    }
 }
 
 #[tokio::test]
