@@ -26,6 +26,7 @@ use crate::fd_limit;
 use crate::forward::h2_head::H2HeadGuard;
 use crate::forward::head::{Exchanges, HeadGuard, HeadLimits};
 use crate::forward::head_budget::HeadBudget;
+use crate::forward::server::Http1Server;
 use crate::forward::{self, resolve::Resolver, ConnectionService, HttpStacks, StackParams};
 use crate::listen;
 use crate::meta::{ConnMeta, Direction, Protocol};
@@ -151,6 +152,7 @@ impl Proxy {
                 connect_timeout: settings.connect_timeout,
                 metrics,
                 stack,
+                http1: Http1Server::new(settings.http1_codec),
             })
         };
         let inbound = direction(Direction::Inbound, inbound_target);
@@ -355,6 +357,8 @@ struct DirectionContext {
     connect_timeout: Duration,
     metrics: DirectionMetrics,
     stack: HttpStacks,
+    /// Which codec serves HTTP/1 clients, and its head buffers.
+    http1: Http1Server,
 }
 
 /// Accepts connections until shutdown, within the listener's connection cap: a new client at
@@ -555,5 +559,13 @@ async fn serve_http(
         slot.clone(),
         exchanges,
     );
-    forward::serve_connection(protocol, io, service, watch, &context.head_limits).await;
+    forward::serve_connection(
+        protocol,
+        io,
+        service,
+        watch,
+        &context.head_limits,
+        &context.http1,
+    )
+    .await;
 }

@@ -653,3 +653,32 @@ async fn an_invalid_chunked_request_body_is_the_clients_error() {
         );
     }
 }
+
+/// Issue 17: repeated fields with other fields between them (`A`, `B`, `A`) and unusual case
+/// leave in the order and bytes received, in the request and in the response (hyper regroups
+/// them as `A, A, B`).
+#[tokio::test]
+async fn repeated_fields_keep_their_order_and_case_both_ways() {
+    const INTERLEAVED: &[u8] = b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Multi: m\r\nSet-Cookie: b=2\r\nx-MIXED:  spaced  \r\nContent-Length: 2\r\n\r\nok";
+    let upstream = RawHttpUpstream::start(INTERLEAVED).await;
+    let config = Config {
+        http1_codec: meshtrace_proxy::config::Http1Codec::Meshtrace,
+        ..common::fixed_target(upstream.addr())
+    };
+    let proxy = common::start(config).await;
+
+    let request = format!(
+        "GET /a HTTP/1.1\r\nHost: app:{}\r\nX-A: 1\r\nx-b: 2\r\nX-A: 3\r\nACCEPT:  */* \r\nX-Request-Id: r1\r\n\r\n",
+        upstream.addr().port()
+    );
+    let response = exchange(proxy.inbound, request.as_bytes()).await;
+    let received = upstream.next_request().await;
+
+    assert_eq!(without_propagation(&received.head_str()), request);
+    assert_eq!(
+        response.head_str(),
+        "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Multi: m\r\nSet-Cookie: b=2\r\nx-MIXED:  spaced  \r\nContent-Length: 2\r\n\r\n"
+    );
+    assert_eq!(response.body, b"ok");
+    proxy.shutdown().await;
+}

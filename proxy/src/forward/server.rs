@@ -13,9 +13,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::ProxyBody;
 use super::connection_service::ConnectionService;
+use super::h1::{self, HeadPool};
 use super::head::HeadLimits;
 use super::streams::{self, ConnectionStreams};
 use super::BoxError;
+use crate::config::Http1Codec;
 use crate::meta::Protocol;
 use crate::shutdown::Watch;
 
@@ -31,6 +33,7 @@ pub async fn serve_connection<I, S, RB>(
     service: ConnectionService<S>,
     watch: &Watch,
     limits: &HeadLimits,
+    http1: &Http1Server,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<ProxyBody>, Response = Response<RB>, Error = Infallible>
@@ -40,6 +43,13 @@ pub async fn serve_connection<I, S, RB>(
     RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
 {
+    if protocol == Protocol::Http1 && http1.codec == Http1Codec::Meshtrace {
+        let limits = h1::Limits {
+            max_head_bytes: limits.max_bytes,
+            max_fields: MAX_HEADER_FIELDS,
+        };
+        return h1::server::serve_h1(io, &service, watch, &limits, &http1.heads).await;
+    }
     let io = TokioIo::new(io);
     let service = HyperBodies(service);
     let signaled = watch.signaled();
@@ -96,6 +106,31 @@ pub async fn serve_connection<I, S, RB>(
         tracing::debug!(%error, "client connection ended with an error");
     }
 }
+
+/// How HTTP/1 client connections are served: by which codec, and (for the proxy's own) from
+/// which pool their head buffers come.
+#[derive(Clone, Debug)]
+pub struct Http1Server {
+    pub codec: Http1Codec,
+    pub heads: HeadPool,
+}
+
+impl Http1Server {
+    pub fn new(codec: Http1Codec) -> Self {
+        Http1Server {
+            codec,
+            heads: HeadPool::new(HEAD_POOL_CAP, HEAD_BUF_BYTES, HEAD_BUF_RETAIN_BYTES),
+        }
+    }
+}
+
+/// Free head buffers a listener keeps: enough for a burst of new heads without allocating,
+/// few enough that an idle proxy holds little (at most this × [`HEAD_BUF_RETAIN_BYTES`]).
+const HEAD_POOL_CAP: usize = 64;
+/// A head buffer's first size: most request heads fit.
+const HEAD_BUF_BYTES: usize = 2 * 1024;
+/// Buffers that grew past this (large heads) are freed rather than pooled.
+const HEAD_BUF_RETAIN_BYTES: usize = 16 * 1024;
 
 /// The most fields an HTTP/1 head may have: well above what legal traffic uses (100
 /// `tracestate` lines are legal); heads are bounded by size first.

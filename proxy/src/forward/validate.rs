@@ -43,12 +43,22 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        match check_host(&request) {
+        let checked = match request.extensions().get::<RefusedHost>() {
+            Some(RefusedHost(error)) => Err(*error),
+            None => check_host(&request),
+        };
+        match checked {
             Ok(()) => Either::Left(self.inner.call(request)),
             Err(error) => Either::Right(ready(Err(ForwardError::InvalidHost(error)))),
         }
     }
 }
+
+/// Extension set by the HTTP/1 codec's server on a request whose head it found faulty in its
+/// Host or userinfo ([`super::h1::HeadError::is_host_class`]): refused here as such, whatever
+/// [`check_host`] would say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefusedHost(pub HostError);
 
 /// Checks the request's `Host` and target against each other (HTTP/1 only; h2's
 /// `:authority` is checked by the h2 codec).

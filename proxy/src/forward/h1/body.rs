@@ -16,16 +16,13 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncRead;
 use tokio::sync::oneshot;
 
 use super::chunked::{ChunkedDecoder, Decoded};
 use super::error::ChunkError;
+use super::exchange::BoxRead;
 use super::framing::BodyFraming;
 use super::head::{trim_ows, DEFAULT_MAX_HEAD_BYTES};
-
-/// A connection's read side, boxed once per connection.
-pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
 
 /// The first read's size; later reads double it while they fill the buffer, up to [`MAX_READ`].
 const FIRST_READ: usize = 4 * 1024;

@@ -5,6 +5,7 @@
 
 use http::StatusCode;
 
+use crate::forward::error::HostError;
 use crate::meta::ErrorType;
 
 /// A message head the codec refuses to forward (RFC 9112 §2–§6, RFC 9110 §5, §7.2).
@@ -51,6 +52,24 @@ pub enum HeadError {
 }
 
 impl HeadError {
+    /// The stack's name for a Host-class refusal.
+    pub fn host_error(&self) -> Option<HostError> {
+        match self {
+            HeadError::HostMissing => Some(HostError::Missing),
+            HeadError::HostRepeated => Some(HostError::Several),
+            HeadError::HostInvalid => Some(HostError::Invalid),
+            HeadError::HostMismatch => Some(HostError::Mismatch),
+            HeadError::Userinfo => Some(HostError::Userinfo),
+            _ => None,
+        }
+    }
+
+    /// A refusal about where the request goes (Host, userinfo), not about its framing: the
+    /// codec's server leaves these to the service stack (`forward::validate`).
+    pub fn is_host_class(&self) -> bool {
+        self.host_error().is_some()
+    }
+
     /// The status a client gets for a refused request head (RFC 9110 §15.5.1, RFC 6585 §5,
     /// RFC 9112 §6.1 for 501, RFC 9110 §15.6.6 for 505). A refused response head becomes a 502
     /// for the client instead; that mapping belongs to the wiring.
@@ -69,7 +88,7 @@ impl HeadError {
 impl ErrorType for HeadError {
     fn error_type(&self) -> &'static str {
         match self {
-            HeadError::HeadTooLarge => "head_too_large",
+            HeadError::HeadTooLarge => "request_head_too_large",
             HeadError::TooManyFields => "too_many_fields",
             HeadError::StartLine => "invalid_start_line",
             HeadError::Version => "unsupported_version",

@@ -179,6 +179,9 @@ pub struct RequestHead {
     pub connection: ConnectionFacts,
     /// `Expect: 100-continue` (RFC 9110 §10.1.1).
     pub expect_continue: bool,
+    /// A Host-class refusal ([`HeadError::is_host_class`]) that [`parse_request_deferring_host`]
+    /// left for the service stack to answer; always `None` from [`parse_request`].
+    pub host_error: Option<HeadError>,
 }
 
 /// A checked response head.
@@ -195,6 +198,24 @@ pub struct ResponseHead {
 /// Parses and checks a request head at the start of `buf`. `Ok(None)`: not complete yet (and
 /// within the limits); read more. `fields` is cleared and receives the head's field lines.
 pub fn parse_request(
+    buf: &[u8],
+    limits: &Limits,
+    fields: &mut Vec<Field>,
+) -> Result<Option<RequestHead>, HeadError> {
+    match parse_request_deferring_host(buf, limits, fields)? {
+        Some(RequestHead {
+            host_error: Some(error),
+            ..
+        }) => Err(error),
+        head => Ok(head),
+    }
+}
+
+/// As [`parse_request`], except that a head whose only fault is its Host or userinfo (where
+/// the request goes, not how it is framed) is returned with that fault in `host_error` and no
+/// `authority`: the proxy's service stack refuses it (`forward::validate`), so that it is
+/// answered, counted and traced as on every other path.
+pub fn parse_request_deferring_host(
     buf: &[u8],
     limits: &Limits,
     fields: &mut Vec<Field>,
@@ -220,8 +241,20 @@ pub fn parse_request(
     let method_span = Span::of(buf, method.as_bytes());
     let method = Method::of(method.as_bytes());
     let target = Span::of(buf, path.as_bytes());
-    let parsed_target = target::parse(method, path.as_bytes())?;
-    let authority = target::check_host(buf, fields, version, &parsed_target, target.start)?;
+    let (parsed_target, mut host_error) = match target::parse(method, path.as_bytes()) {
+        Err(error) if error.is_host_class() => {
+            (target::ParsedTarget::unrouted(method), Some(error))
+        }
+        parsed => (parsed?, None),
+    };
+    let authority = match target::check_host(buf, fields, version, &parsed_target, target.start) {
+        _ if host_error.is_some() => None,
+        Err(error) if error.is_host_class() => {
+            host_error = Some(error);
+            None
+        }
+        checked => checked?,
+    };
     Ok(Some(RequestHead {
         start,
         end,
@@ -234,6 +267,7 @@ pub fn parse_request(
         body: body_fields(buf, fields, version)?,
         connection: connection_facts(buf, fields, version),
         expect_continue: expect_continue(buf, fields),
+        host_error,
     }))
 }
 

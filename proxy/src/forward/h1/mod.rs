@@ -1,37 +1,38 @@
-//! The HTTP/1 codec on `httparse` (issue 17), built to replace hyper on the proxy's HTTP/1 data
-//! path: pure functions, bytes in and decisions out, no I/O.
+//! The proxy's HTTP/1 data path on `httparse` (issue 17): heads forwarded with their bytes,
+//! field order, case and repeats; framing that two parsers could read differently refused;
+//! buffers held only while a message is in flight. hyper stays for h2, the admin server and
+//! as the reference the tests compare against (`MESHTRACE_HTTP1_CODEC=hyper` selects it).
 //!
+//! The codec (pure functions, bytes in and decisions out):
 //! - [`head`]: request and response heads, parsed in place (fields as offsets into the
-//!   caller's buffer, order, case and repeats kept, so the original bytes can be forwarded),
-//!   indexed by the few fields the proxy reads, and checked against the rules that decide
-//!   framing (RFC 9112 §2.2, §3.2, §5, §6; RFC 9110 §5, §7.2, §8.6), with [`target`] for the
-//!   request-target's form and Host.
+//!   caller's buffer), indexed by the few fields the proxy reads, and checked against the
+//!   rules that decide framing (RFC 9112 §2.2, §3.2, §5, §6; RFC 9110 §5, §7.2, §8.6), with
+//!   [`target`] for the request-target's form and Host.
 //! - [`framing`]: the body length decision (RFC 9112 §6.3).
-//! - [`chunked`]: a chunked-body checker that passes the bytes through unchanged (§7.1).
+//! - [`chunked`]: a chunked-body checker (§7.1).
 //! - [`error`]: one variant per refusal, its status (400/431/501/505) and its stable
 //!   `meshtrace-proxy-error` name.
-//! - [`pool`]: head buffers lent only while a head is in flight.
-//! - [`stream`]: the pieces composed over a buffered stream of pipelined requests (for the
+//! - [`fields`]: heads to `http` parts and back; the parts keep the received head
+//!   ([`fields::RawHead`]), so fields the layers left alone leave byte for byte, in place.
+//!
+//! The connection side:
+//! - [`server`]: one client connection: heads read into buffers lent by [`pool`], requests
+//!   handed to the connection's service stack (the tracing layers see `http` parts as on the
+//!   hyper path), responses written in order (pipelining), keep-alive, 1xx relay, upgrades.
+//! - [`client`]: one upstream connection: the request written from its parts, its body sent
+//!   beside the response ([`send`]), the response read into parts; pooled by
+//!   `forward::pool`.
+//! - [`body`]: a message body read from a connection by its framing, handing the connection
+//!   back at its end; [`send`]: a body written in its framing.
+//! - [`exchange`]: what server and client pass through a message's extensions: the
+//!   connection after a protocol switch, interim (1xx) responses.
+//! - [`stream`]: the codec over a buffered stream of pipelined requests (for the
 //!   differential test in `proxy/tests/h1_codec.rs` and for fuzzing).
 //!
-//! Not yet wired in; what the next session does to put it on the data path:
-//! - a connection task per client connection that reads into a [`pool::HeadBuf`] taken on the
-//!   first byte of a head (the head timeout counts from there), calls [`head::parse_request`]
-//!   until complete, answers a [`error::HeadError`] with its status and `meshtrace-proxy-error`,
-//!   and drops the buffer once the head was written upstream;
-//! - writing the head upstream from the original bytes minus hop-by-hop fields (by their spans)
-//!   plus the trace fields (one vectored write), then the body by [`framing::request_body`],
-//!   Content-Length counted and chunked checked by [`chunked::ChunkedDecoder`] as it streams;
-//!   a body error before anything was sent → 400, after → reset/close both sides;
-//! - the response side the same way with [`head::parse_response`] and [`framing::response_body`]
-//!   (a refused response head → 502), 1xx relayed (100-continue decided by the application),
-//!   101 and 2xx-to-CONNECT handed to the tunnel code, pipelining in order, keep-alive and the
-//!   upstream pool; the `MESHTRACE_HTTP1_MAX_HEADER_BYTES` setting into [`head::Limits`]; the
-//!   tracing layers on top.
-//!
-//! Proof so far: unit tests per RFC rule (`tests.rs`), the differential test against hyper's
-//! server and client (`proxy/tests/h1_codec.rs`), and the fuzz bodies below, run by the
-//! cargo-fuzz targets `h1_request`, `h1_response` and `h1_chunked` (`scripts/fuzz.sh`).
+//! Proof: unit tests per RFC rule (`tests.rs`) and per module, the differential test against
+//! hyper's server and client (`proxy/tests/h1_codec.rs`), every data-path test of the proxy on
+//! this path, and the fuzz bodies below, run by the cargo-fuzz targets `h1_request`,
+//! `h1_response` and `h1_chunked` (`scripts/fuzz.sh`).
 
 pub mod body;
 pub mod chunked;
@@ -43,6 +44,7 @@ pub mod framing;
 pub mod head;
 pub mod pool;
 pub mod send;
+pub mod server;
 pub mod stream;
 pub mod target;
 

@@ -26,6 +26,21 @@ pub struct ParsedTarget {
     default_port: Option<&'static [u8]>,
 }
 
+impl ParsedTarget {
+    /// The target of a request refused for its userinfo: its form by the method, no authority.
+    pub fn unrouted(method: Method) -> Self {
+        let form = match method {
+            Method::Connect => TargetForm::Authority,
+            _ => TargetForm::Absolute,
+        };
+        ParsedTarget {
+            form,
+            authority: None,
+            default_port: None,
+        }
+    }
+}
+
 /// RFC 9110 §5.6.2 `tchar`.
 pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)

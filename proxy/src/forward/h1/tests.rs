@@ -156,7 +156,10 @@ fn head_limit_counts_head_bytes_and_answers_431() {
     let parsed = parse_request(unfinished.as_bytes(), &limits, &mut Vec::new());
     assert_eq!(parsed, Err(HeadError::HeadTooLarge));
     assert_eq!(HeadError::HeadTooLarge.status(), 431);
-    assert_eq!(HeadError::HeadTooLarge.error_type(), "head_too_large");
+    assert_eq!(
+        HeadError::HeadTooLarge.error_type(),
+        "request_head_too_large"
+    );
     let exact = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
     let fits = Limits {
         max_head_bytes: exact.len(),
