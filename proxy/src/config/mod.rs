@@ -145,7 +145,7 @@ pub struct Config {
     /// Which HTTP/1 implementation serves clients and talks to upstreams: `meshtrace`, the
     /// proxy's own codec (heads forwarded with their bytes, field order and case; buffers held
     /// only while a message is in flight), or `hyper`, the previous path, kept as the reference.
-    #[arg(long, env = "MESHTRACE_HTTP1_CODEC", value_enum, default_value_t = Http1Codec::Hyper)]
+    #[arg(long, env = "MESHTRACE_HTTP1_CODEC", value_enum, default_value_t = Http1Codec::Meshtrace)]
     pub http1_codec: Http1Codec,
 
     /// The most bytes all unfinished HTTP/1 request heads of the process may hold together
@@ -238,9 +238,9 @@ pub enum LogFormat {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Http1Codec {
     /// The proxy's own codec on `httparse` (`forward::h1`).
+    #[default]
     Meshtrace,
     /// hyper's HTTP/1 server and client.
-    #[default]
     Hyper,
 }
 

@@ -1,7 +1,7 @@
 //! The forwarding pipeline, written once and parameterised by direction.
 //!
 //! ```text
-//! server (hyper conn) → ConnectionService → RequestMetrics → [SERVER-span slot]
+//! server (HTTP/1: h1::server; h2: hyper) → ConnectionService → RequestMetrics → [SERVER-span slot]
 //!     → error→response mapping (400/502/504 + meshtrace-proxy-error) → Validate (Host)
 //!     → [CLIENT-span slot] → Upstream
 //! ```
