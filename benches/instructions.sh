@@ -10,6 +10,12 @@
 # streams), and prints instructions per request (user space: the kernel is not counted) and the
 # functions with the most instructions of their own. The callgrind file stays in
 # target/instructions/ (`callgrind_annotate` reads it).
+# Environment (see benches/tools/serve.sh): MESHTRACE_CONTEXT_INFERENCE and
+# MESHTRACE_REQUEST_ID_HEADER are passed to the proxy; MESHTRACE_BENCH_APP=forwards-nothing or
+# forwards-request-id puts an app behind the proxy that calls the upstream through the same
+# proxy's outbound listener (two hops per request, both counted); MESHTRACE_BENCH_SEQUENTIAL=1
+# sends one request at a time (one connection) instead of 50 concurrent ones. With an app, the
+# proxy's context-source counts (`meshtrace_trace_context_source_total`) are printed too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/tools/serve.sh
@@ -45,18 +51,24 @@ valgrind_pid=$!
 pids+=("$valgrind_pid")
 for _ in $(seq 150); do curl -sf "http://$admin/ready" >/dev/null 2>&1 && break; sleep 0.2; done
 
-if [ "$protocol" = h1 ]; then
-    load=(h2load --h1 -c50)
+if [ -n "${MESHTRACE_BENCH_SEQUENTIAL:-}" ]; then
+    load=(h2load -c1 -m1)
+elif [ "$protocol" = h1 ]; then
+    load=(h2load -c50)
 else
     load=(h2load -c10 -m5)
 fi
+if [ "$protocol" = h1 ]; then load+=(--h1); fi
 "${load[@]}" -n 2000 "http://$inbound/" >/dev/null 2>&1 # warm-up: connections, pools, buffers
 callgrind_control -z "$valgrind_pid" >/dev/null
 report=$("${load[@]}" -n "$requests" "http://$inbound/" 2>&1)
-echo "$report" | grep -E "^requests:"
+echo "$report" | grep -E "^requests:|^status codes:"
 sleep 1 # let the exporter finish what it holds (it is counted: it is per-request work)
 callgrind_control -d "$valgrind_pid" >/dev/null
 sleep 1
+if [ "${MESHTRACE_BENCH_APP:-none}" != none ]; then
+    curl -sf "http://$admin/metrics" | grep '^meshtrace_trace_context_source_total' || true
+fi
 kill "$valgrind_pid" 2>/dev/null || true
 wait "$valgrind_pid" 2>/dev/null || true
 succeeded=$(echo "$report" | sed -n 's/.* \([0-9]*\) succeeded.*/\1/p')

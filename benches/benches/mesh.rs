@@ -89,7 +89,8 @@ fn main() {
     let sink = runtime.block_on(serve(otlp_sink_service));
     if std::env::args().any(|a| a == "--serve") {
         // For profiling by hand: keep the upstream and the sink up, run a proxy under `perf`.
-        println!("upstream {upstream}\nOTLP sink {sink}");
+        let apps = runtime.block_on(serve_apps(upstream));
+        println!("upstream {upstream}\n{apps}OTLP sink {sink}");
         runtime.block_on(std::future::pending::<()>());
     }
     let tools = Tools::find();
@@ -499,6 +500,13 @@ fn spawn_proxy(
         .env("MESHTRACE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    // Context inference's settings pass through from the benchmark's environment, for on/off
+    // comparisons; the proxy's defaults (`infer`, `x-request-id`) otherwise.
+    for name in ["MESHTRACE_CONTEXT_INFERENCE", "MESHTRACE_REQUEST_ID_HEADER"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
     match export {
         Export::Off => {
             command.env("MESHTRACE_TRACING", "off");
@@ -970,6 +978,131 @@ async fn upstream_service(
     Ok(Response::new(Full::new(Bytes::from_static(
         b"hello from upstream\n",
     ))))
+}
+
+/// The application of a meshed pod, for `--serve --app-via ADDR` (`ADDR`: the outbound listener
+/// of the proxy in front of it): for each request it serves, it calls the upstream once through
+/// that proxy, so each request crosses the proxy twice, inbound and outbound, which is what
+/// context inference (the `correlate` step) works on. One app forwards no header of the request
+/// it serves, the other only `x-request-id`; neither forwards trace context.
+struct App {
+    /// `http://{upstream}/`: the authority the proxy's explicit outbound mode forwards to.
+    upstream: http::Uri,
+    http1: AppClient,
+    /// The app calls out with HTTP/2 when it was called with HTTP/2.
+    h2c: AppClient,
+}
+
+type AppClient = hyper_util::client::legacy::Client<Via, http_body_util::Empty<Bytes>>;
+
+static APP: std::sync::OnceLock<App> = std::sync::OnceLock::new();
+
+/// Starts the two apps when `--app-via ADDR` is given; returns their `app ...` lines for the
+/// `--serve` banner (empty without it).
+async fn serve_apps(upstream: SocketAddr) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(via) = args
+        .iter()
+        .position(|a| a == "--app-via")
+        .and_then(|i| args.get(i + 1))
+    else {
+        return String::new();
+    };
+    let via: SocketAddr = via
+        .parse()
+        .expect("--app-via: an address such as 127.0.0.1:4140");
+    let builder = || hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    let app = App {
+        upstream: format!("http://{upstream}/").parse().expect("upstream URI"),
+        http1: builder().build(Via(via)),
+        h2c: builder().http2_only(true).build(Via(via)),
+    };
+    if APP.set(app).is_err() {
+        panic!("apps started twice");
+    }
+    let nothing = serve(app_forwarding_nothing).await;
+    let request_id = serve(app_forwarding_request_id).await;
+    format!("app forwarding nothing {nothing}\napp forwarding x-request-id {request_id}\n")
+}
+
+async fn app_forwarding_nothing(
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    app_call(request, false).await
+}
+
+async fn app_forwarding_request_id(
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    app_call(request, true).await
+}
+
+/// Serves a request by calling the upstream through the proxy's outbound listener and answering
+/// with what it answered (502 if the call failed).
+async fn app_call(
+    request: Request<Incoming>,
+    forward_request_id: bool,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let Some(app) = APP.get() else {
+        return Ok(app_error("app not configured"));
+    };
+    let (client, version) = if request.version() == http::Version::HTTP_2 {
+        (&app.h2c, http::Version::HTTP_2)
+    } else {
+        (&app.http1, http::Version::HTTP_11)
+    };
+    let mut call = Request::new(http_body_util::Empty::new());
+    *call.uri_mut() = app.upstream.clone();
+    *call.version_mut() = version;
+    if forward_request_id {
+        if let Some(id) = request.headers().get("x-request-id") {
+            call.headers_mut().insert("x-request-id", id.clone());
+        }
+    }
+    let response = match client.request(call).await {
+        Ok(response) => response,
+        Err(error) => return Ok(app_error(&error.to_string())),
+    };
+    let (parts, body) = response.into_parts();
+    match body.collect().await {
+        Ok(body) => Ok(Response::from_parts(parts, Full::new(body.to_bytes()))),
+        Err(error) => Ok(app_error(&error.to_string())),
+    }
+}
+
+fn app_error(message: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("app: {message}\n"))));
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response
+}
+
+/// The app's connector: every connection goes to the proxy's outbound listener, whatever the
+/// request's authority (which names the upstream, for the proxy's explicit mode).
+#[derive(Clone)]
+struct Via(SocketAddr);
+
+impl tower::Service<http::Uri> for Via {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let via = self.0;
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(via).await?;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
+    }
 }
 
 /// What the sink answers with: a body, and for gRPC its trailers.

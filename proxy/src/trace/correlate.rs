@@ -22,16 +22,17 @@
 //! thread that does it, uncontended while tasks stay on their thread. Inferring reads every
 //! shard (a few of them, each briefly) because the application's outbound request may be
 //! served by another thread than its inbound one. Nothing is allocated per request in steady
-//! state (ids up to [`INLINE_ID`] bytes are stored inline); memory is bounded by
-//! [`CorrelateSettings::max_in_flight`] and [`CorrelateSettings::max_recent`], the oldest
-//! entries being evicted and counted.
+//! state (ids up to [`INLINE_ID`] bytes are stored inline), and a request's id is hashed once
+//! (`IdKey`); memory is bounded by [`CorrelateSettings::max_in_flight`] and
+//! [`CorrelateSettings::max_recent`], the oldest entries being evicted and counted.
 //!
 //! Time is injected ([`Clock`]) so the whole structure is tested without I/O or sleeping.
 
 use std::cell::Cell;
+use std::collections::hash_map::{Entry as MapEntry, RandomState};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -259,6 +260,9 @@ pub struct Correlator {
     /// without taking any lock.
     candidates: AtomicUsize,
     evicted: EvictionCounters,
+    /// Hashes request ids (keyed: see [`IdKey`]); one for all shards, so that a lookup's key
+    /// matches in every shard.
+    id_hasher: RandomState,
 }
 
 /// Request ids up to this many bytes are stored without an allocation (a UUID is 36).
@@ -292,6 +296,7 @@ impl Correlator {
             next_seq: AtomicU64::new(1),
             candidates: AtomicUsize::new(0),
             evicted,
+            id_hasher: RandomState::new(),
         })
     }
 
@@ -313,7 +318,9 @@ impl Correlator {
             (ContextInference::Off, _) | (ContextInference::RequestId, None) => {
                 return InFlight::none()
             }
-            (_, id) => id.filter(|id| !id.is_empty()).map(IdKey::new),
+            (_, id) => id
+                .filter(|id| !id.is_empty())
+                .map(|id| IdKey::new(id, &self.id_hasher)),
         };
         let now = self.clock.now();
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -384,7 +391,7 @@ impl Correlator {
         if id.is_empty() {
             return None;
         }
-        let key = IdKey::new(id);
+        let key = IdKey::new(id, &self.id_hasher);
         let mut newest: Option<(u64, ParentContext)> = None;
         for index in 0..self.shards.len() {
             let shard = self.lock(index);
@@ -401,7 +408,7 @@ impl Correlator {
 
     fn in_flight_candidates(&self, now: Instant) -> Inferred {
         let oldest_start = now.checked_sub(self.settings.max_age);
-        let mut newest = Newest::new(self.settings.max_links.max(1));
+        let mut newest = Newest::new(self.settings.max_links.max(1), self.shards.len());
         let mut total = 0;
         for index in 0..self.shards.len() {
             let mut shard = self.lock(index);
@@ -523,38 +530,54 @@ impl Drop for InFlight {
     }
 }
 
-/// A request id as a map key: inline up to [`INLINE_ID`] bytes.
+/// A request id as a map key: its bytes (inline up to [`INLINE_ID`] bytes) and their hash,
+/// computed once, when the key is made, with the correlator's keyed hasher (SipHash with random
+/// keys: ids come from clients, and a keyed hash keeps collisions out of their reach). The maps
+/// hash a key by that number alone ([`Prehashed`]), so a request's id is hashed once, not again
+/// when it is inserted, remembered, looked up and forgotten. Equality compares the bytes.
 #[derive(Clone)]
-enum IdKey {
+struct IdKey {
+    hash: u64,
+    bytes: IdBytes,
+}
+
+#[derive(Clone)]
+enum IdBytes {
     Inline { len: u8, bytes: [u8; INLINE_ID] },
     Heap(Box<[u8]>),
 }
 
 impl IdKey {
-    fn new(id: &[u8]) -> IdKey {
-        if id.len() <= INLINE_ID {
+    fn new(id: &[u8], hasher: &RandomState) -> IdKey {
+        let mut state = hasher.build_hasher();
+        state.write(id);
+        let bytes = if id.len() <= INLINE_ID {
             let mut bytes = [0; INLINE_ID];
             bytes[..id.len()].copy_from_slice(id);
-            IdKey::Inline {
+            IdBytes::Inline {
                 len: id.len() as u8,
                 bytes,
             }
         } else {
-            IdKey::Heap(id.into())
+            IdBytes::Heap(id.into())
+        };
+        IdKey {
+            hash: state.finish(),
+            bytes,
         }
     }
 
     fn as_bytes(&self) -> &[u8] {
-        match self {
-            IdKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            IdKey::Heap(bytes) => bytes,
+        match &self.bytes {
+            IdBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            IdBytes::Heap(bytes) => bytes,
         }
     }
 }
 
 impl PartialEq for IdKey {
     fn eq(&self, other: &IdKey) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.hash == other.hash && self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -562,9 +585,32 @@ impl Eq for IdKey {}
 
 impl Hash for IdKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
+        state.write_u64(self.hash);
     }
 }
+
+/// The hasher of maps keyed by [`IdKey`]: the key's hash, already computed, as it is.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+
+    /// Only `write_u64` is used ([`IdKey`]'s `Hash`); anything else is still hashed, by FNV-1a.
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap<V> = HashMap<IdKey, V, BuildHasherDefault<Prehashed>>;
 
 impl fmt::Debug for IdKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -630,7 +676,7 @@ struct Shard {
     live: usize,
     candidates_live: usize,
     others_live: usize,
-    ids: HashMap<IdKey, IdEntry>,
+    ids: IdMap<IdEntry>,
     /// Finished requests' ids in the order their windows end.
     recent: VecDeque<(Instant, u64, IdKey)>,
     max_live: usize,
@@ -647,7 +693,7 @@ impl Shard {
             live: 0,
             candidates_live: 0,
             others_live: 0,
-            ids: HashMap::new(),
+            ids: IdMap::default(),
             recent: VecDeque::new(),
             max_live,
             max_recent,
@@ -778,7 +824,7 @@ impl Shard {
         let mut evicted = 0;
         while self.recent.len() > self.max_recent {
             if let Some((_, seq, id)) = self.recent.pop_front() {
-                evicted += u64::from(self.forget(&id, seq));
+                evicted += u64::from(self.forget(id, seq));
             }
         }
         evicted
@@ -791,21 +837,22 @@ impl Shard {
                 break;
             }
             if let Some((_, seq, id)) = self.recent.pop_front() {
-                self.forget(&id, seq);
+                self.forget(id, seq);
             }
         }
     }
 
     /// Removes a finished id if it still belongs to request `seq`.
-    fn forget(&mut self, id: &IdKey, seq: u64) -> bool {
-        let finished = self
-            .ids
-            .get(id)
-            .is_some_and(|entry| entry.seq == seq && entry.expires.is_some());
-        if finished {
-            self.ids.remove(id);
+    fn forget(&mut self, id: IdKey, seq: u64) -> bool {
+        match self.ids.entry(id) {
+            MapEntry::Occupied(entry)
+                if entry.get().seq == seq && entry.get().expires.is_some() =>
+            {
+                entry.remove();
+                true
+            }
+            _ => false,
         }
-        finished
     }
 
     /// Moves candidates that started before `oldest_start` to `others`; returns how many.
@@ -885,17 +932,23 @@ impl Shard {
     }
 }
 
-/// The newest candidates seen across shards; allocates only when there are two or more.
+/// The newest candidates seen across shards; allocates only when there are two or more, and
+/// then once: for all that `shards` shards can offer, `max` each (up to [`Newest::RESERVE`]).
 struct Newest {
     max: usize,
+    shards: usize,
     one: Option<(u64, ParentContext)>,
     many: Vec<(u64, ParentContext)>,
 }
 
 impl Newest {
-    fn new(max: usize) -> Newest {
+    /// Most candidates reserved for at once (more grow the list as they come).
+    const RESERVE: usize = 64;
+
+    fn new(max: usize, shards: usize) -> Newest {
         Newest {
             max,
+            shards,
             one: None,
             many: Vec::new(),
         }
@@ -907,6 +960,8 @@ impl Newest {
             return;
         }
         if let Some(first) = self.one.take() {
+            let all = self.max.saturating_mul(self.shards);
+            self.many.reserve_exact(all.clamp(2, Newest::RESERVE));
             self.many.push(first);
         }
         self.many.push((seq, context.clone()));
