@@ -2,7 +2,9 @@
 //! connection and with nginx, in one run, so the ratios compare like with like.
 //!
 //! `cargo bench --bench mesh [-- --quick] [-- --out PATH]` (or `benches/run.sh`, which builds
-//! the release proxy first). The upstream server and the OTLP sink run in this process, pinned
+//! the release proxy first); `-- --memory-only` runs only the 1,000-connection memory phase, and
+//! `-- --proxy-env KEY=VALUE` (repeatable; or `MESHTRACE_BENCH_PROXY_ENV="K=V K=V"`) adds to every
+//! proxy's environment, e.g. `MESHTRACE_HTTP1_CODEC=meshtrace` to compare code paths. The upstream server and the OTLP sink run in this process, pinned
 //! with the load generators to CPU 0; proxies and nginx run as child processes pinned to CPU 1,
 //! so their CPU time and peak RSS are read from `/proc` alone.
 //!
@@ -36,6 +38,10 @@ const PROXY_CPU: usize = 1;
 
 struct Settings {
     quick: bool,
+    /// Only the 1,000-connection memory phase (`--memory-only`).
+    memory_only: bool,
+    /// When the memory phase samples RSS after the load, in seconds after it ends.
+    after_load_secs: Vec<u64>,
     throughput_secs: u64,
     latency_secs: u64,
     concurrency: u32,
@@ -47,26 +53,84 @@ impl Settings {
     fn from_args() -> Settings {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let quick = args.iter().any(|a| a == "--quick");
+        let memory_only = args.iter().any(|a| a == "--memory-only");
         let out = args
             .iter()
             .position(|a| a == "--out")
             .and_then(|i| args.get(i + 1))
             .map(PathBuf::from)
             .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join(if quick {
-                    "results/mesh-quick.json"
-                } else {
-                    "results/mesh.json"
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(match (memory_only, quick) {
+                    (true, _) => "results/mesh-memory.json",
+                    (false, true) => "results/mesh-quick.json",
+                    (false, false) => "results/mesh.json",
                 })
             });
+        let after_load_secs = args
+            .iter()
+            .position(|a| a == "--after-load")
+            .and_then(|i| args.get(i + 1))
+            .map(|list| {
+                list.split(',')
+                    .filter_map(|secs| secs.trim().parse().ok())
+                    .collect::<Vec<u64>>()
+            })
+            .filter(|secs| !secs.is_empty())
+            .unwrap_or_else(|| AFTER_LOAD_SECS.to_vec());
         Settings {
             quick,
+            memory_only,
+            after_load_secs,
             throughput_secs: if quick { 3 } else { 8 },
             latency_secs: if quick { 3 } else { 8 },
             concurrency: 50,
             rate: 2000,
             out,
         }
+    }
+}
+
+/// The proxy the benchmark starts: its binary and what it adds to each proxy's environment.
+struct ProxyCommand {
+    bin: PathBuf,
+    /// `--proxy-env KEY=VALUE` (repeatable) and `MESHTRACE_BENCH_PROXY_ENV="KEY=VALUE ..."`.
+    env: Vec<(String, String)>,
+}
+
+impl ProxyCommand {
+    fn from_args() -> Result<ProxyCommand, String> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let from_flags = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(flag, _)| *flag == "--proxy-env")
+            .map(|(_, pair)| pair.clone());
+        let from_env = std::env::var("MESHTRACE_BENCH_PROXY_ENV").unwrap_or_default();
+        let pairs: Vec<String> = from_env
+            .split_whitespace()
+            .map(str::to_string)
+            .chain(from_flags)
+            .collect();
+        let env = pairs
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+                _ => Err(format!("proxy env {pair:?}: expected KEY=VALUE")),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ProxyCommand {
+            bin: proxy_binary(),
+            env,
+        })
+    }
+
+    /// `KEY=VALUE KEY=VALUE`, for the report.
+    fn env_text(&self) -> String {
+        self.env
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -95,9 +159,72 @@ fn main() {
     }
     let tools = Tools::find();
     eprintln!("upstream {upstream}, OTLP sink {sink}; tools: {tools:?}");
-    let proxy_bin = proxy_binary();
-    eprintln!("proxy binary: {}", proxy_bin.display());
+    let proxy = match ProxyCommand::from_args() {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            eprintln!("mesh: {error}");
+            std::process::exit(2);
+        }
+    };
+    eprintln!(
+        "proxy binary: {}; extra proxy env: [{}]",
+        proxy.bin.display(),
+        proxy.env_text()
+    );
 
+    let results = if settings.memory_only {
+        Vec::new()
+    } else {
+        run_paths(&settings, &tools, &proxy, upstream, sink)
+    };
+    let memory = memory_phase(&settings, &tools, &proxy, upstream, sink);
+
+    let mut table = if settings.memory_only {
+        String::new()
+    } else {
+        markdown(&results)
+    };
+    table.push_str(&memory_markdown(&memory, &settings.after_load_secs));
+    println!("\n{table}");
+    let proxy_peak = memory
+        .iter()
+        .find(|m| m.path != PathKind::Nginx)
+        .and_then(|m| m.peak_kib);
+    let report = json!({
+        "machine": machine(),
+        "quick": settings.quick,
+        "memory_only": settings.memory_only,
+        "proxy_env": proxy.env_text(),
+        "concurrency": settings.concurrency,
+        "rate_rps": settings.rate,
+        "throughput_secs": settings.throughput_secs,
+        "latency_secs": settings.latency_secs,
+        "latency_tool": tools.latency_tool_name(),
+        "results": results.iter().map(PathResult::to_json).collect::<Vec<_>>(),
+        "rss_kib_1000_connections": proxy_peak,
+        "memory_1000_connections": memory.iter().map(MemoryResult::to_json).collect::<Vec<_>>(),
+        "table": table,
+    });
+    if let Some(dir) = settings.out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(
+        &settings.out,
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    ) {
+        Ok(()) => eprintln!("wrote {}", settings.out.display()),
+        Err(error) => eprintln!("cannot write {}: {error}", settings.out.display()),
+    }
+}
+
+/// Throughput, latency, CPU and RSS of every path, HTTP/1.1 then h2c.
+fn run_paths(
+    settings: &Settings,
+    tools: &Tools,
+    proxy: &ProxyCommand,
+    upstream: SocketAddr,
+    sink: SocketAddr,
+) -> Vec<PathResult> {
     let mut results = Vec::new();
     for protocol in [Protocol::Http1, Protocol::H2c] {
         for path in [
@@ -113,9 +240,7 @@ fn main() {
                 continue;
             }
             let started = Instant::now();
-            match run_path(
-                &settings, &tools, &proxy_bin, upstream, sink, path, protocol,
-            ) {
+            match run_path(settings, tools, proxy, upstream, sink, path, protocol) {
                 Ok(result) => {
                     eprintln!(
                         "{} {}: {:.0} req/s, p50 {:?} us ({:.1}s)",
@@ -131,35 +256,7 @@ fn main() {
             }
         }
     }
-    let rss_1000 = rss_with_many_connections(&settings, &tools, &proxy_bin, upstream, sink);
-
-    let table = markdown(&results, rss_1000.as_ref().ok().copied());
-    println!("\n{table}");
-    if let Err(error) = &rss_1000 {
-        println!("RSS with 1,000 connections: not measured: {error}");
-    }
-    let report = json!({
-        "machine": machine(),
-        "quick": settings.quick,
-        "concurrency": settings.concurrency,
-        "rate_rps": settings.rate,
-        "throughput_secs": settings.throughput_secs,
-        "latency_secs": settings.latency_secs,
-        "latency_tool": tools.latency_tool_name(),
-        "results": results.iter().map(PathResult::to_json).collect::<Vec<_>>(),
-        "rss_kib_1000_connections": rss_1000.as_ref().ok(),
-        "table": table,
-    });
-    if let Some(dir) = settings.out.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    match std::fs::write(
-        &settings.out,
-        serde_json::to_string_pretty(&report).unwrap_or_default(),
-    ) {
-        Ok(()) => eprintln!("wrote {}", settings.out.display()),
-        Err(error) => eprintln!("cannot write {}: {error}", settings.out.display()),
-    }
+    results
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,16 +393,39 @@ impl Fleet {
 
     /// The largest VmHWM among the processes.
     fn peak_rss_kib(&self) -> Option<u64> {
+        self.status_kib_max("VmHWM:")
+    }
+
+    /// The largest VmRSS among the processes (for nginx, its worker).
+    fn rss_kib(&self) -> Option<u64> {
+        self.status_kib_max("VmRSS:")
+    }
+
+    /// The largest value of a `/proc/<pid>/status` field in kB (`VmHWM:`, `VmRSS:`).
+    fn status_kib_max(&self, field: &str) -> Option<u64> {
         self.pids()
             .into_iter()
             .filter_map(|pid| {
                 let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
                 status
                     .lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .find_map(|l| l.strip_prefix(field))
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             })
             .max()
+    }
+
+    /// Open descriptors summed over the processes.
+    fn open_fds(&self) -> Option<u64> {
+        let counts: Vec<u64> = self
+            .pids()
+            .into_iter()
+            .filter_map(|pid| {
+                let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+                Some(dir.count() as u64)
+            })
+            .collect();
+        (!counts.is_empty()).then(|| counts.iter().sum())
     }
 
     /// Sums a counter family (`spans_exported`, `spans_dropped`) over every proxy's `/metrics`.
@@ -361,13 +481,13 @@ fn child_pids(pid: u32) -> Vec<u32> {
 fn run_path(
     settings: &Settings,
     tools: &Tools,
-    proxy_bin: &Path,
+    proxy: &ProxyCommand,
     upstream: SocketAddr,
     sink: SocketAddr,
     path: PathKind,
     protocol: Protocol,
 ) -> Result<PathResult, String> {
-    let (fleet, target) = start_path(tools, proxy_bin, upstream, sink, path, protocol)?;
+    let (fleet, target) = start_path(tools, proxy, upstream, sink, path, protocol)?;
     // Warm up connections and pools.
     tools.throughput(&target, protocol, settings.concurrency, 1)?;
     let cpu_before = fleet.cpu_us();
@@ -405,7 +525,7 @@ fn run_path(
 
 fn start_path(
     tools: &Tools,
-    proxy_bin: &Path,
+    proxy: &ProxyCommand,
     upstream: SocketAddr,
     sink: SocketAddr,
     path: PathKind,
@@ -423,7 +543,7 @@ fn start_path(
                 PathKind::ProxySampledGrpc => Export::Grpc,
                 _ => Export::Off,
             };
-            let (child, ports) = spawn_proxy(proxy_bin, upstream, sink, export)?;
+            let (child, ports) = spawn_proxy(proxy, upstream, sink, export)?;
             fleet.children.push(child);
             fleet.admins.push(ports.admin);
             Target {
@@ -432,10 +552,10 @@ fn start_path(
             }
         }
         PathKind::TwoProxies => {
-            let (server_side, server_ports) = spawn_proxy(proxy_bin, upstream, sink, Export::Http)?;
+            let (server_side, server_ports) = spawn_proxy(proxy, upstream, sink, Export::Http)?;
             fleet.children.push(server_side);
             fleet.admins.push(server_ports.admin);
-            let (client_side, client_ports) = spawn_proxy(proxy_bin, upstream, sink, Export::Http)?;
+            let (client_side, client_ports) = spawn_proxy(proxy, upstream, sink, Export::Http)?;
             fleet.children.push(client_side);
             fleet.admins.push(client_ports.admin);
             // The app talks to its outbound proxy, naming the peer's inbound listener.
@@ -477,7 +597,7 @@ struct ProxyPorts {
 }
 
 fn spawn_proxy(
-    proxy_bin: &Path,
+    proxy: &ProxyCommand,
     upstream: SocketAddr,
     sink: SocketAddr,
     export: Export,
@@ -491,7 +611,7 @@ fn spawn_proxy(
     command
         .arg("-c")
         .arg(PROXY_CPU.to_string())
-        .arg(proxy_bin)
+        .arg(&proxy.bin)
         .env_clear()
         .env("MESHTRACE_INBOUND_ADDR", ports.inbound.to_string())
         .env("MESHTRACE_OUTBOUND_ADDR", ports.outbound.to_string())
@@ -523,9 +643,10 @@ fn spawn_proxy(
                 .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol);
         }
     }
+    command.envs(proxy.env.iter().map(|(key, value)| (key, value)));
     let child = command
         .spawn()
-        .map_err(|e| format!("spawn {}: {e}", proxy_bin.display()))?;
+        .map_err(|e| format!("spawn {}: {e}", proxy.bin.display()))?;
     wait_for_listener(ports.admin)?;
     wait_for_listener(ports.inbound)?;
     wait_for_listener(ports.outbound)?;
@@ -575,27 +696,149 @@ fn spawn_nginx(
     Ok((child, listen))
 }
 
-/// Peak RSS of one proxy (100% sampled, exporting) while 1,000 HTTP/1.1 connections send load.
-fn rss_with_many_connections(
+/// Concurrent HTTP/1.1 connections of the memory phase.
+const MANY_CONNECTIONS: u32 = 1000;
+/// When RSS is sampled again after the load generator exits and its connections close
+/// (`--after-load 1,5,15,60` changes it).
+const AFTER_LOAD_SECS: [u64; 3] = [1, 5, 15];
+
+/// Memory of one path (a proxy or nginx) around `wrk -c1000`, from `/proc/<pid>/status`.
+struct MemoryResult {
+    path: PathKind,
+    /// VmRSS after start-up and a warm-up request.
+    idle_kib: Option<u64>,
+    /// VmHWM after the load.
+    peak_kib: Option<u64>,
+    /// (seconds after the load ended, VmRSS, open descriptors).
+    after: Vec<(u64, Option<u64>, Option<u64>)>,
+    throughput_rps: f64,
+    errors: u64,
+}
+
+impl MemoryResult {
+    fn to_json(&self) -> Value {
+        json!({
+            "path": self.path.name(),
+            "connections": MANY_CONNECTIONS,
+            "idle_rss_kib": self.idle_kib,
+            "peak_rss_kib": self.peak_kib,
+            "after_load": self.after.iter().map(|(secs, rss, fds)| json!({
+                "secs": secs,
+                "rss_kib": rss,
+                "open_fds": fds,
+            })).collect::<Vec<_>>(),
+            "throughput_rps": self.throughput_rps,
+            "errors": self.errors,
+        })
+    }
+}
+
+/// The 1,000-connection phase, for one proxy (100% sampled, exporting) and for nginx.
+fn memory_phase(
     settings: &Settings,
     tools: &Tools,
-    proxy_bin: &Path,
+    proxy: &ProxyCommand,
     upstream: SocketAddr,
     sink: SocketAddr,
-) -> Result<u64, String> {
-    let (fleet, target) = start_path(
-        tools,
-        proxy_bin,
-        upstream,
-        sink,
-        PathKind::ProxySampled,
-        Protocol::Http1,
-    )?;
+) -> Vec<MemoryResult> {
+    let mut out = Vec::new();
+    for path in [PathKind::ProxySampled, PathKind::Nginx] {
+        if path == PathKind::Nginx && tools.nginx.is_none() {
+            eprintln!("nginx not installed (apt-get install nginx-light): no nginx memory row");
+            continue;
+        }
+        match memory_with_many_connections(settings, tools, proxy, upstream, sink, path) {
+            Ok(result) => out.push(result),
+            Err(error) => eprintln!("{} with 1,000 connections: FAILED: {error}", path.name()),
+        }
+    }
+    out
+}
+
+/// RSS of one path idle, its peak under `wrk -c1000`, and RSS at +1/+5/+15 s after wrk exits
+/// (its connections closed).
+fn memory_with_many_connections(
+    settings: &Settings,
+    tools: &Tools,
+    proxy: &ProxyCommand,
+    upstream: SocketAddr,
+    sink: SocketAddr,
+    path: PathKind,
+) -> Result<MemoryResult, String> {
+    let (fleet, target) = start_path(tools, proxy, upstream, sink, path, Protocol::Http1)?;
+    // One request through the path (its upstream connection, and a span for the exporter),
+    // then time for the export and start-up to settle.
+    let warm_up = http_get(target.connect, "/")?;
+    if !warm_up.starts_with("HTTP/1.1 200") {
+        return Err(format!("warm-up request: {:?}", warm_up.lines().next()));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_kib = fleet.rss_kib();
     let secs = if settings.quick { 2 } else { 4 };
-    tools.throughput(&target, Protocol::Http1, 1000, secs)?;
-    let rss = fleet.peak_rss_kib().ok_or("no VmHWM")?;
-    eprintln!("RSS with 1,000 connections: {rss} KiB");
-    Ok(rss)
+    let (throughput_rps, _, errors) =
+        tools.throughput(&target, Protocol::Http1, MANY_CONNECTIONS, secs)?;
+    let ended = Instant::now();
+    let mut after = Vec::new();
+    for &secs in &settings.after_load_secs {
+        let at = ended + Duration::from_secs(secs);
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        after.push((secs, fleet.rss_kib(), fleet.open_fds()));
+    }
+    // Read last: closing the connections can still raise RSS after the load.
+    let peak_kib = fleet.peak_rss_kib();
+    let kib = |v: Option<u64>| v.map_or("?".to_string(), |k| k.to_string());
+    eprintln!(
+        "{} with 1,000 connections: idle {} KiB, peak {} KiB, after {:?} ({throughput_rps:.0} req/s, {errors} errors)",
+        path.name(),
+        kib(idle_kib),
+        kib(peak_kib),
+        after,
+    );
+    Ok(MemoryResult {
+        path,
+        idle_kib,
+        peak_kib,
+        after,
+        throughput_rps,
+        errors,
+    })
+}
+
+fn memory_markdown(memory: &[MemoryResult], after_load_secs: &[u64]) -> String {
+    let mib = |v: Option<u64>| v.map_or("–".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let mut out = format!(
+        "\n\n{MANY_CONNECTIONS} concurrent HTTP/1.1 connections (`wrk -c{MANY_CONNECTIONS}`); RSS in MiB \
+         (proxy: 100% sampled, exporting; nginx: its worker); +N s = after wrk exits and its \
+         connections close\n\n| path | idle RSS | peak RSS (VmHWM) |"
+    );
+    for secs in after_load_secs {
+        out.push_str(&format!(" +{secs} s RSS |"));
+    }
+    let last = after_load_secs.last().copied().unwrap_or(0);
+    out.push_str(&format!(
+        " fds at +{last} s | req/s | errors |\n|---|---:|---:|"
+    ));
+    out.push_str(&"---:|".repeat(after_load_secs.len() + 3));
+    out.push('\n');
+    for m in memory {
+        out.push_str(&format!(
+            "| {} | {} | {} |",
+            m.path.name(),
+            mib(m.idle_kib),
+            mib(m.peak_kib)
+        ));
+        for (_, rss, _) in &m.after {
+            out.push_str(&format!(" {} |", mib(*rss)));
+        }
+        let fds = m.after.last().and_then(|(_, _, fds)| *fds);
+        out.push_str(&format!(
+            " {} | {:.0} | {} |\n",
+            fds.map_or("–".to_string(), |n| n.to_string()),
+            m.throughput_rps,
+            m.errors
+        ));
+    }
+    out
 }
 
 #[derive(Debug)]
@@ -1138,7 +1381,7 @@ async fn otlp_sink_service(request: Request<Incoming>) -> Result<Response<SinkBo
     Ok(response)
 }
 
-fn markdown(results: &[PathResult], rss_1000: Option<u64>) -> String {
+fn markdown(results: &[PathResult]) -> String {
     let mut out = String::new();
     out.push_str(
         "| protocol | path | throughput req/s | × direct | p50 µs | p90 µs | p99 µs | max µs | added p50 µs | added p99 µs | proxy peak RSS MiB | proxy CPU µs/req | spans exported | spans dropped | errors |\n",
@@ -1207,12 +1450,6 @@ fn markdown(results: &[PathResult], rss_1000: Option<u64>) -> String {
                 sampled / nginx
             ));
         }
-    }
-    if let Some(kib) = rss_1000 {
-        out.push_str(&format!(
-            "\n\nOne proxy (100% sampled, exporting), 1,000 concurrent HTTP/1.1 connections: peak RSS {:.1} MiB\n",
-            kib as f64 / 1024.0
-        ));
     }
     out
 }

@@ -9,6 +9,14 @@ use meshtrace_proxy::await_ready;
 use meshtrace_proxy::config::{Config, Invocation, LogFormat};
 use meshtrace_proxy::init;
 
+/// jemalloc with a background thread: pages freed after a burst go back to the OS within its
+/// decay time (10 s; `_RJEM_MALLOC_CONF=dirty_decay_ms:N` changes it), where glibc malloc keeps
+/// them, and it executes fewer instructions per request (benches/README.md, "Memory at 1,000
+/// connections: allocator").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     match Invocation::from_command_line() {
         Invocation::Init(args) => match args.config().and_then(|config| init::run(&config)) {
