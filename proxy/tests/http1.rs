@@ -682,3 +682,31 @@ async fn repeated_fields_keep_their_order_and_case_both_ways() {
     assert_eq!(response.body, b"ok");
     proxy.shutdown().await;
 }
+
+/// With context inference off, request ids serve nothing, so the inbound proxy adds none (the
+/// default adds one to a request without it).
+#[tokio::test]
+async fn no_request_id_is_added_when_context_inference_is_off() {
+    let upstream = RawHttpUpstream::start(OK).await;
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    for (inference, added) in [
+        (meshtrace_proxy::config::ContextInference::Off, false),
+        (meshtrace_proxy::config::ContextInference::Infer, true),
+    ] {
+        let mut config = common::fixed_target(upstream.addr());
+        config.trace.context_inference = inference;
+        let proxy = common::start(config).await;
+        assert_eq!(exchange(proxy.inbound, request).await.status(), 200);
+        let head = upstream
+            .next_request()
+            .await
+            .head_str()
+            .to_ascii_lowercase();
+        assert_eq!(
+            head.contains("\r\nx-request-id: "),
+            added,
+            "{inference:?}: {head}"
+        );
+        proxy.shutdown().await;
+    }
+}

@@ -21,7 +21,7 @@ pub use await_ready::AwaitReadyArgs;
 pub use export::ExportArgs;
 pub use init::{InitArgs, IptablesMode};
 pub use meshtrace_ports::PortList;
-pub use trace::{PropagationFormat, TraceArgs, TraceResponse};
+pub use trace::{ContextInference, PropagationFormat, TraceArgs, TraceResponse};
 
 use crate::forward::head::HeadLimits;
 use crate::meta::Direction;

@@ -196,7 +196,10 @@ fn register_inbound(
         return register(tracer, parts, None, trace, client_span_id, flags);
     };
     if !parts.headers.contains_key(name) {
-        if let Ok(value) = HeaderValue::from_bytes(&ids::new_request_id()) {
+        if let Ok(mut value) = HeaderValue::from_bytes(&ids::new_request_id()) {
+            // Unique per request: h2 sends it as a never-indexed literal instead of filling
+            // the HPACK table with values that never repeat (~2,000 instructions each).
+            value.set_sensitive(true);
             parts.headers.insert(name.clone(), value);
         }
     }

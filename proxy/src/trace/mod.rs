@@ -80,7 +80,7 @@ pub(crate) struct TracerState {
     /// The pod's in-flight inbound requests, for outbound requests without context; `None`
     /// when inference is off.
     correlator: Option<Arc<Correlator>>,
-    /// `MESHTRACE_REQUEST_ID_HEADER`; `None` for `none`.
+    /// `MESHTRACE_REQUEST_ID_HEADER`; `None` for `none` and when inference is off.
     request_id_header: Option<HeaderName>,
 }
 
@@ -142,8 +142,9 @@ impl Tracer {
                 trace_response: args.trace_response,
                 sink,
                 metrics,
+                // Inference off: request ids would serve nothing, so none are added.
+                request_id_header: correlator.as_ref().and(args.request_id_header.0.clone()),
                 correlator,
-                request_id_header: args.request_id_header.0.clone(),
             }),
         }
     }
