@@ -64,7 +64,7 @@ proxy_env() {
         env_vars+=(MESHTRACE_TRACING=off)
     fi
     local name
-    for name in MESHTRACE_CONTEXT_INFERENCE MESHTRACE_REQUEST_ID_HEADER; do
+    for name in MESHTRACE_CONTEXT_INFERENCE MESHTRACE_REQUEST_ID_HEADER MESHTRACE_HTTP1_CODEC; do
         if [ -n "${!name:-}" ]; then env_vars+=("$name=${!name}"); fi
     done
 }

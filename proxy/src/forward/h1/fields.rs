@@ -322,18 +322,22 @@ fn write_fields(
     framing: OutFraming,
     out: &mut BytesMut,
 ) {
-    let mut framing_written = false;
-    if let Some(raw) = raw {
-        framing_written = write_received(raw, headers, framing, out);
-    }
-    for name in headers.keys() {
-        if *name == TRANSFER_ENCODING || raw.is_some_and(|raw| raw.has_field(name.as_str())) {
-            continue;
+    // Room for the received head and the usual additions (trace context): no regrowth.
+    out.reserve(raw.map_or(0, |raw| raw.bytes.len()) + ADDED_FIELDS_ROOM);
+    let start = out.len();
+    let framing_written = match raw.map(|raw| (raw, write_in_order(raw, headers, framing, out))) {
+        Some((_, Some(te_written))) => te_written,
+        Some((raw, None)) => {
+            out.truncate(start);
+            let te_written = write_received(raw, headers, framing, out);
+            write_added(Some(raw), headers, out);
+            te_written
         }
-        for value in headers.get_all(name) {
-            write_line(name.as_str().as_bytes(), value.as_bytes(), out);
+        None => {
+            write_added(None, headers, out);
+            false
         }
-    }
+    };
     match framing {
         OutFraming::Chunked if !framing_written => {
             write_line(b"transfer-encoding", b"chunked", out);
@@ -346,6 +350,89 @@ fn write_fields(
         _ => {}
     }
     out.put_slice(b"\r\n");
+}
+
+/// Bytes reserved beyond the received head for the fields the layers add.
+const ADDED_FIELDS_ROOM: usize = 512;
+/// Received heads with more field lines than this take the general path.
+const IN_ORDER_MAX_FIELDS: usize = 64;
+
+/// The fields of `headers` the received head did not have, after the received ones.
+fn write_added(raw: Option<&RawHead>, headers: &HeaderMap, out: &mut BytesMut) {
+    for name in headers.keys() {
+        if *name == TRANSFER_ENCODING || raw.is_some_and(|raw| raw.has_field(name.as_str())) {
+            continue;
+        }
+        for value in headers.get_all(name) {
+            write_line(name.as_str().as_bytes(), value.as_bytes(), out);
+        }
+    }
+}
+
+/// What became of the received lines of one name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Unknown,
+    /// The parts hold the same values: the lines leave as received.
+    Kept,
+    /// Changed (written at the first line) or removed: later lines are not written.
+    Replaced,
+}
+
+/// [`write_received`] and [`write_added`] in one pass over both, without hashing, for the
+/// common case: the parts hold the received names in the order of their first lines (some
+/// removed), then the added ones (how `request_parts` builds them and the layers change them).
+/// `None`, with `out` partly written, when the layers moved a field: the caller starts over the
+/// general way. Returns whether a Transfer-Encoding line was written for a chunked body.
+fn write_in_order(
+    raw: &RawHead,
+    headers: &HeaderMap,
+    framing: OutFraming,
+    out: &mut BytesMut,
+) -> Option<bool> {
+    if raw.fields.len() > IN_ORDER_MAX_FIELDS {
+        return None;
+    }
+    let mut fates = [Fate::Unknown; IN_ORDER_MAX_FIELDS];
+    let mut entries = headers
+        .iter()
+        .filter(|(name, _)| **name != TRANSFER_ENCODING)
+        .peekable();
+    let mut te_written = false;
+    for (at, field) in raw.fields.iter().enumerate() {
+        let name = field.name.get(&raw.bytes);
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if framing == OutFraming::Chunked {
+                write_line(name, field.value.get(&raw.bytes), out);
+                te_written = true;
+            }
+            continue;
+        }
+        let first = raw.first_line_of(at);
+        if first == at {
+            fates[at] = match entries.peek() {
+                Some((key, _)) if same_name(name, key) => {
+                    let key: &HeaderName = key;
+                    raw.compare_group(at, key, &mut entries, headers, out)
+                }
+                // Not next in the parts: removed, unless the layers moved it.
+                _ if headers.contains_key(std::str::from_utf8(name).ok()?) => return None,
+                _ => Fate::Replaced,
+            };
+        }
+        if fates[first] == Fate::Kept {
+            raw.write_line_as_received(field, out);
+        }
+    }
+    for (name, value) in entries {
+        write_line(name.as_str().as_bytes(), value.as_bytes(), out);
+    }
+    Some(te_written)
+}
+
+fn same_name(received: &[u8], name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    received.len() == name.len() && received.eq_ignore_ascii_case(name)
 }
 
 /// The received field lines, as [`write_fields`] describes; whether a Transfer-Encoding line
@@ -372,10 +459,7 @@ fn write_received(
             continue;
         };
         if raw.values_unchanged(first, name_str, headers) {
-            // The whole line as received, its spacing included.
-            let start = field.name.start as usize;
-            out.put_slice(&raw.bytes[start..line_end(&raw.bytes, start)]);
-            out.put_slice(b"\r\n");
+            raw.write_line_as_received(field, out);
         } else if first == at {
             for value in headers.get_all(name_str) {
                 write_line(name, value.as_bytes(), out);
@@ -386,6 +470,43 @@ fn write_received(
 }
 
 impl RawHead {
+    /// Consumes the values of `key` (the next name in `entries`, the name of line `at`, its
+    /// first) and compares them with the received lines of that name. Changed: the parts'
+    /// values are written here, under the received name's case.
+    fn compare_group<'a>(
+        &self,
+        at: usize,
+        key: &HeaderName,
+        entries: &mut std::iter::Peekable<impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>>,
+        headers: &HeaderMap,
+        out: &mut BytesMut,
+    ) -> Fate {
+        let name = self.fields[at].name.get(&self.bytes);
+        let mut received = self.fields[at..]
+            .iter()
+            .filter(|field| same_name(field.name.get(&self.bytes), key));
+        let mut kept = true;
+        while let Some((_, value)) = entries.next_if(|(next, _)| *next == key) {
+            kept &= received
+                .next()
+                .is_some_and(|field| field.value.get(&self.bytes) == value.as_bytes());
+        }
+        if kept && received.next().is_none() {
+            return Fate::Kept;
+        }
+        for value in headers.get_all(key) {
+            write_line(name, value.as_bytes(), out);
+        }
+        Fate::Replaced
+    }
+
+    /// The whole line as received, its spacing included.
+    fn write_line_as_received(&self, field: &Field, out: &mut BytesMut) {
+        let start = field.name.start as usize;
+        out.put_slice(&self.bytes[start..line_end(&self.bytes, start)]);
+        out.put_slice(b"\r\n");
+    }
+
     /// The index of the first field line with the same name as line `at`.
     fn first_line_of(&self, at: usize) -> usize {
         let name = self.fields[at].name.get(&self.bytes);

@@ -229,3 +229,88 @@ fn head_without_raw_is_written_from_the_header_map() {
         "GET /x HTTP/1.1\r\nhost: h\r\na: 1\r\ntransfer-encoding: chunked\r\n\r\n"
     );
 }
+
+/// The general way of writing fields, for comparison with the one-pass way.
+fn general(parts: &http::request::Parts, framing: OutFraming) -> String {
+    let raw = parts.extensions.get::<RawHead>().expect("raw head");
+    let mut out = BytesMut::new();
+    let te = write_received(raw, &parts.headers, framing, &mut out);
+    write_added(Some(raw), &parts.headers, &mut out);
+    if framing == OutFraming::Chunked && !te {
+        write_line(b"transfer-encoding", b"chunked", &mut out);
+    }
+    String::from_utf8(out.to_vec()).expect("ascii")
+}
+
+fn one_pass(parts: &http::request::Parts, framing: OutFraming) -> Option<String> {
+    let raw = parts.extensions.get::<RawHead>().expect("raw head");
+    let mut out = BytesMut::new();
+    let te = write_in_order(raw, &parts.headers, framing, &mut out)?;
+    if framing == OutFraming::Chunked && !te {
+        write_line(b"transfer-encoding", b"chunked", &mut out);
+    }
+    Some(String::from_utf8(out.to_vec()).expect("ascii"))
+}
+
+#[test]
+fn one_pass_writes_what_the_general_way_writes() {
+    const RAW: &[u8] = b"POST / HTTP/1.1\r\nHost: x\r\nA: 1\r\nConnection: keep-alive, X-Hop\r\nB: 2\r\nX-Hop: h\r\nA: 3\r\nTraceparent: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let changes: [fn(&mut HeaderMap); 6] = [
+        |_| {},
+        |headers| strip_hop_by_hop(headers, false),
+        |headers| {
+            headers.insert("traceparent", HeaderValue::from_static("new"));
+        },
+        |headers| {
+            headers.insert("a", HeaderValue::from_static("only"));
+            headers.append("b3", HeaderValue::from_static("x"));
+        },
+        |headers| {
+            headers.append("a", HeaderValue::from_static("4"));
+            headers.remove("host");
+        },
+        |headers| {
+            strip_hop_by_hop(headers, false);
+            headers.insert("x-request-id", HeaderValue::from_static("r"));
+            headers.insert("traceparent", HeaderValue::from_static("new"));
+        },
+    ];
+    for (case, change) in changes.iter().enumerate() {
+        for framing in [OutFraming::None, OutFraming::Chunked] {
+            let mut parts = request(RAW);
+            change(&mut parts.headers);
+            let fast = one_pass(&parts, framing).unwrap_or_else(|| panic!("case {case}"));
+            assert_eq!(fast, general(&parts, framing), "case {case}");
+        }
+    }
+}
+
+#[test]
+fn moved_fields_take_the_general_way() {
+    let mut parts = request(b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n");
+    let a = parts.headers.remove("a").expect("a");
+    parts.headers.insert("a", a);
+    assert_eq!(one_pass(&parts, OutFraming::None), None);
+    assert_eq!(
+        written_request(&parts, OutFraming::None),
+        "GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n",
+        "a value kept leaves in its received place"
+    );
+}
+
+#[test]
+fn heads_with_many_fields_are_written_the_general_way() {
+    let mut raw = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for n in 0..100 {
+        raw.extend_from_slice(format!("X-{n}: {n}\r\nRepeated: {n}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    let raw: &'static [u8] = Box::leak(raw.into_boxed_slice());
+    let parts = request(raw);
+    assert_eq!(one_pass(&parts, OutFraming::None), None);
+    assert_eq!(
+        written_request(&parts, OutFraming::None).as_bytes(),
+        raw,
+        "unchanged, byte for byte"
+    );
+}
