@@ -401,11 +401,8 @@ fn write_in_order(
     let mut te_written = false;
     for (at, field) in raw.fields.iter().enumerate() {
         let name = field.name.get(&raw.bytes);
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if framing == OutFraming::Chunked {
-                write_line(name, field.value.get(&raw.bytes), out);
-                te_written = true;
-            }
+        if let Some(written) = raw.transfer_encoding_line(field, framing, out) {
+            te_written |= written;
             continue;
         }
         let first = raw.first_line_of(at);
@@ -446,12 +443,8 @@ fn write_received(
     let mut te_written = false;
     for (at, field) in raw.fields.iter().enumerate() {
         let name = field.name.get(&raw.bytes);
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // The received codings (`gzip, chunked` too), since the body stays chunked.
-            if framing == OutFraming::Chunked {
-                write_line(name, field.value.get(&raw.bytes), out);
-                te_written = true;
-            }
+        if let Some(written) = raw.transfer_encoding_line(field, framing, out) {
+            te_written |= written;
             continue;
         }
         let first = raw.first_line_of(at);
@@ -498,6 +491,26 @@ impl RawHead {
             write_line(name, value.as_bytes(), out);
         }
         Fate::Replaced
+    }
+
+    /// For a Transfer-Encoding line: written (with the received codings, `gzip, chunked` too,
+    /// since the body stays chunked) when the body is chunked, else dropped; `Some(written)`.
+    /// `None` for any other line.
+    fn transfer_encoding_line(
+        &self,
+        field: &Field,
+        framing: OutFraming,
+        out: &mut BytesMut,
+    ) -> Option<bool> {
+        let name = field.name.get(&self.bytes);
+        if !name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return None;
+        }
+        let chunked = framing == OutFraming::Chunked;
+        if chunked {
+            write_line(name, field.value.get(&self.bytes), out);
+        }
+        Some(chunked)
     }
 
     /// The whole line as received, its spacing included.
