@@ -37,20 +37,6 @@ enum StartLine {
     Response { status: StatusCode },
 }
 
-impl RawHead {
-    /// The field lines as received: (name, value) bytes, in order.
-    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.fields
-            .iter()
-            .map(|field| (field.name.get(&self.bytes), field.value.get(&self.bytes)))
-    }
-
-    /// Whether the head had a Content-Length or Transfer-Encoding field.
-    pub fn had_framing_fields(&self) -> bool {
-        self.framed
-    }
-}
-
 /// Builds a request's parts (method, target, version, fields) from a checked head, with a
 /// [`RawHead`] extension. `bytes` is the buffer the head was parsed from (the spans in `head`
 /// and `fields` index into it), at least up to `head.end`.
@@ -163,16 +149,6 @@ pub struct RequestFacts {
     pub connect: bool,
     /// The client speaks HTTP/1.0: no chunked responses.
     pub http10: bool,
-}
-
-impl RequestFacts {
-    pub fn of(method: &Method, version: Version) -> Self {
-        RequestFacts {
-            head: method == Method::HEAD,
-            connect: method == Method::CONNECT,
-            http10: version == Version::HTTP_10,
-        }
-    }
 }
 
 /// The framing of a request sent upstream: its Content-Length, else none for a body known to
