@@ -281,13 +281,18 @@ pub enum SendError {
 
 /// The producer side of the bounded span queue. Cheap to clone; never blocks.
 ///
-/// The queue is a lock-free bounded array (`crossbeam-channel`): a span costs the producer one
-/// compare-and-swap and the consumer another. Tokio's bounded channel, used before, cost several
+/// The queue is a lock-free list of blocks of 31 spans (`crossbeam-channel`'s list flavour),
+/// bounded by its length: a span costs the producer one compare-and-swap and the consumer
+/// another, and the queue holds memory only for the spans in it (an array of `capacity` spans
+/// would hold ~370 KiB at the default 2,048 even when idle). Producers racing at the bound can
+/// exceed it by at most one span each. Tokio's bounded channel, used before, cost several
 /// atomics per span on each side plus a mutex on every receive (its semaphore's permit release),
 /// more than a span's recording. The consumer is woken through [`QueueSignal`] instead.
 #[derive(Clone, Debug)]
 pub struct SpanSink {
     tx: Option<Sender<SpanRecord>>,
+    /// Spans queued beyond this are dropped and counted.
+    capacity: usize,
     dropped_queue_full: Arc<AtomicU64>,
     signal: Arc<QueueSignal>,
     /// Set when the consumer stops taking spans (shutdown) or is gone.
@@ -330,7 +335,7 @@ impl QueueSignal {
     /// length, only when the signal is armed.
     ///
     /// No fence here: the queue's tail is advanced by a sequentially consistent
-    /// compare-and-swap (crossbeam-channel's array flavour) and read by the consumer's length
+    /// compare-and-swap (crossbeam-channel's list flavour) and read by the consumer's length
     /// check with a sequentially consistent load, so this `SeqCst` load of `armed` and the
     /// consumer's `SeqCst` store of it are in one total order with them: either the producer
     /// sees the signal armed, or the consumer's check after arming sees the span. A fence per
@@ -437,13 +442,14 @@ impl SpanSink {
     /// A bounded queue of `capacity` spans (at least 1).
     pub fn bounded(capacity: usize) -> (SpanSink, SpanQueue) {
         let capacity = capacity.max(1);
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let (tx, rx) = crossbeam_channel::unbounded();
         let dropped = Arc::new(AtomicU64::new(0));
         let signal = Arc::new(QueueSignal::default());
         let closed = Arc::new(AtomicBool::new(false));
         (
             SpanSink {
                 tx: Some(tx),
+                capacity,
                 dropped_queue_full: dropped.clone(),
                 signal: signal.clone(),
                 closed: closed.clone(),
@@ -462,6 +468,7 @@ impl SpanSink {
     pub fn disabled() -> SpanSink {
         SpanSink {
             tx: None,
+            capacity: 0,
             dropped_queue_full: Arc::new(AtomicU64::new(0)),
             signal: Arc::new(QueueSignal::default()),
             closed: Arc::new(AtomicBool::new(true)),
@@ -482,16 +489,16 @@ impl SpanSink {
         if self.closed.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
+        if tx.len() >= self.capacity {
+            self.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+            return Err(SendError::QueueFull);
+        }
         match tx.try_send(span) {
             Ok(()) => {
                 self.signal.on_queued(|| tx.len());
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => {
-                self.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
-                Err(SendError::QueueFull)
-            }
-            Err(TrySendError::Disconnected(_)) => Err(SendError::Closed),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(SendError::Closed),
         }
     }
 

@@ -96,19 +96,28 @@ impl BatchEncoder {
         self.finish(batch)
     }
 
-    /// An empty batch with room for about `spans` spans. Spans are appended as they arrive
+    /// An empty batch for about `spans` spans. Spans are appended as they arrive
     /// ([`BatchEncoder::append`]) and the request is completed by [`BatchEncoder::finish`].
+    /// Nothing is allocated until the first span arrives: an exporter waiting for spans holds
+    /// no buffer.
     pub fn start(&self, spans: usize) -> EncodedBatch {
-        // The prefix (request → ResourceSpans → resource, ScopeSpans → scope) is written last,
-        // right before the spans, once their total length is known: reserve room for it.
-        let headroom = self.headroom();
-        let mut buf = Vec::with_capacity(headroom + self.last_len.max(spans * 512));
-        buf.resize(headroom, 0);
-        EncodedBatch { buf, spans: 0 }
+        EncodedBatch {
+            buf: Vec::new(),
+            spans: 0,
+            expected_bytes: self.last_len.max(spans * 512),
+        }
     }
 
     /// Appends `spans` to `batch`.
     pub fn append(&self, batch: &mut EncodedBatch, spans: &[SpanRecord]) {
+        if batch.buf.is_empty() && !spans.is_empty() {
+            // The prefix (request → ResourceSpans → resource, ScopeSpans → scope) is written
+            // last, right before the spans, once their total length is known: room for it
+            // first, and for the whole batch in one allocation.
+            let headroom = self.headroom();
+            batch.buf.reserve_exact(headroom + batch.expected_bytes);
+            batch.buf.resize(headroom, 0);
+        }
         for (i, span) in spans.iter().enumerate() {
             if let Some(ahead) = spans.get(i + PREFETCH_AHEAD) {
                 touch(ahead);
@@ -122,6 +131,10 @@ impl BatchEncoder {
     pub fn finish(&mut self, batch: EncodedBatch) -> Bytes {
         let EncodedBatch { mut buf, .. } = batch;
         let headroom = self.headroom();
+        if buf.len() < headroom {
+            // No span was appended.
+            buf.resize(headroom, 0);
+        }
         let spans_len = buf.len() - headroom;
         self.last_len = spans_len;
 
@@ -159,8 +172,11 @@ impl BatchEncoder {
 /// A request being encoded: the spans appended so far, behind room for the prefix.
 #[derive(Debug)]
 pub struct EncodedBatch {
+    /// Empty until the first span, then the headroom for the prefix and the spans.
     buf: Vec<u8>,
     spans: usize,
+    /// Room reserved for the spans when the first arrives.
+    expected_bytes: usize,
 }
 
 impl EncodedBatch {

@@ -24,6 +24,7 @@ use super::connect::connect;
 use super::error::ForwardError;
 use super::h1::client::{Connection, InFlight};
 use super::h1::fields::RawHead;
+use super::h1::pool::HeadPool;
 use super::h1::Limits;
 use super::streams::{self, ConnectionStreams};
 
@@ -200,7 +201,16 @@ pub struct Pool<B> {
     idle_timeout: Duration,
     /// The largest response head (HTTP/1) or header list (h2) accepted from upstreams.
     max_header_bytes: usize,
+    /// Buffers HTTP/1 response heads are read into, lent while a head arrives.
+    heads: HeadPool,
 }
+
+/// Free response head buffers a direction keeps (at most this × [`HEAD_BUF_RETAIN_BYTES`]).
+const HEAD_POOL_CAP: usize = 64;
+/// A response head buffer's first size: the head and the start of its body, in one read.
+const HEAD_BUF_BYTES: usize = 4 * 1024;
+/// Buffers that grew past this (large heads) are freed rather than pooled.
+const HEAD_BUF_RETAIN_BYTES: usize = 16 * 1024;
 
 impl<B> std::fmt::Debug for Pool<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -309,6 +319,7 @@ where
             connect_timeout,
             idle_timeout,
             max_header_bytes,
+            heads: HeadPool::new(HEAD_POOL_CAP, HEAD_BUF_BYTES, HEAD_BUF_RETAIN_BYTES),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&pool);
@@ -367,7 +378,7 @@ where
             max_head_bytes: self.max_header_bytes,
             ..Limits::default()
         };
-        let (response, in_flight) = conn.send(request, &limits).await?;
+        let (response, in_flight) = conn.send(request, &limits, &self.heads).await?;
         // Free again once this exchange completes (request sent, response body read).
         affinity.keep_http1(self, addr, in_flight);
         Ok((addr, response))

@@ -4,9 +4,10 @@
 //! duplex: an upstream may answer before the request body ends), interim (1xx) heads relayed,
 //! the response body read by [`RecvBody`] straight from the connection.
 //!
-//! A connection holds no buffer while idle: the response head is read into a buffer that grows
-//! only while the head does, the head's bytes go with the response (its `RawHead`), and the
-//! response body hands the read side back with nothing buffered. A connection can carry another
+//! A connection holds no buffer while idle, nor while it waits for the response: the response
+//! head is read into a buffer lent by the [`HeadPool`] once its first bytes arrive, a copy of
+//! only the head's bytes goes with the response (its `RawHead`) and the buffer goes back to the
+//! pool; the response body hands the read side back with nothing buffered. A connection can carry another
 //! request ([`InFlight::try_idle`]) only when its request body was sent whole, its response
 //! body read to the end, and both sides allow keep-alive; otherwise it is closed.
 
@@ -30,7 +31,8 @@ use super::body::{RecvBody, Returned};
 use super::exchange::{self, BoxRead, BoxWrite, Informational, Upgraded};
 use super::fields;
 use super::framing::{response_body, BodyFraming};
-use super::head::{self, parse_response, Field, Limits, ResponseHead};
+use super::head::{self, parse_response, Limits, ResponseHead};
+use super::pool::{HeadBuf, HeadPool, HeadStorage};
 use super::send::{BodySender, SendError};
 use crate::forward::body::ProxyBody;
 use crate::forward::connect::connect;
@@ -39,15 +41,10 @@ use crate::forward::expect::Interim;
 use crate::forward::request_body::ClientBodyError;
 use crate::forward::BoxError;
 
-/// The response head buffer's first size; it doubles while a head fills it (up to the limit).
-const FIRST_READ: usize = 4 * 1024;
-
 /// An idle upstream HTTP/1 connection.
 pub struct Connection {
     read: BoxRead,
     write: BoxWrite,
-    /// Bytes read past the last message; empty (and unallocated) while idle.
-    buf: BytesMut,
 }
 
 impl std::fmt::Debug for Connection {
@@ -64,11 +61,7 @@ impl Connection {
     }
 
     pub fn new(read: BoxRead, write: BoxWrite) -> Connection {
-        Connection {
-            read,
-            write,
-            buf: BytesMut::new(),
-        }
+        Connection { read, write }
     }
 
     /// Whether the idle connection can still carry a request: a look at the read side that
@@ -88,11 +81,12 @@ impl Connection {
     /// [`Informational`] and [`Interim`] extensions). The response's body reads from this
     /// connection; the [`InFlight`] gives the connection back once the exchange is over.
     /// A 101 (or a 2xx to CONNECT) hands the connection to the response's
-    /// [`exchange::OnUpgrade`] instead.
+    /// [`exchange::OnUpgrade`] instead. The response head is read into a buffer of `heads`.
     pub async fn send<B>(
         mut self,
         request: Request<B>,
         limits: &Limits,
+        heads: &HeadPool,
     ) -> Result<(Response<ProxyBody>, InFlight), ForwardError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -113,11 +107,17 @@ impl Connection {
         // The request's head buffer (its RawHead) goes now, before the response arrives.
         drop(parts);
         let mut sender = BodySender::new(head.freeze(), body, framing);
-        let mut fields = Vec::new();
+        let mut lent = None;
         let (head, sent) = self
-            .exchange_head(&mut sender, limits, &interim, &mut fields)
+            .exchange_head(&mut sender, limits, &interim, heads, &mut lent)
             .await?;
-        let (response, after) = self.response(head, &fields, sent, exchange, limits)?;
+        let Some(lent) = lent else {
+            // A parsed head was read into a lent buffer.
+            return Err(ForwardError::Upstream(
+                "response head without its buffer".into(),
+            ));
+        };
+        let (response, after) = self.response(head, lent, sent, exchange, limits)?;
         let state = match after {
             After::Ready(state) => state,
             After::SendRest {
@@ -129,14 +129,15 @@ impl Connection {
         Ok((response, InFlight(state)))
     }
 
-    /// Sends the request while reading the response, until the final response head arrived:
-    /// that head, and whether the request was sent whole by then.
+    /// Sends the request while reading the response, until the final response head arrived
+    /// (in `lent`): that head, and whether the request was sent whole by then.
     async fn exchange_head<B>(
         &mut self,
         sender: &mut BodySender<B>,
         limits: &Limits,
         interim: &InterimTo,
-        fields: &mut Vec<Field>,
+        heads: &HeadPool,
+        lent: &mut Option<HeadBuf>,
     ) -> Result<(ResponseHead, bool), ForwardError>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -158,33 +159,40 @@ impl Connection {
                 }
             }
             loop {
-                let head = ready!(poll_head(cx, &mut self.read, &mut self.buf, limits, fields))?;
+                let head = ready!(poll_head(cx, &mut self.read, heads, lent, limits))?;
                 if !(100..200).contains(&head.status) || head.status == 101 {
                     return Poll::Ready(Ok((head, sent)));
                 }
-                interim.relay(self.buf.split_to(head.end).freeze(), &head);
+                if let Some(buf) = lent.as_mut() {
+                    interim.relay(&buf.bytes, &head);
+                    buf.bytes.drain(..head.end);
+                }
             }
         })
         .await
     }
 
-    /// The response for a final head; with what becomes of the connection.
+    /// The response for a final head, read into `lent` (which goes back to its pool here: the
+    /// response keeps a copy of the head's bytes only, the body the bytes read past it); with
+    /// what becomes of the connection.
     fn response(
         self,
         head: ResponseHead,
-        fields: &[Field],
+        lent: HeadBuf,
         sent: bool,
         exchange: Exchange,
         limits: &Limits,
     ) -> Result<(Response<ProxyBody>, After), ForwardError> {
-        let Connection {
-            read,
-            write,
-            mut buf,
-        } = self;
-        let head_bytes = buf.split_to(head.end).freeze();
-        let mut parts = fields::response_parts(head_bytes, &head, fields)
+        let Connection { read, write } = self;
+        let storage: &HeadStorage = &lent;
+        let head_bytes = Bytes::copy_from_slice(&storage.bytes[..head.end]);
+        let mut parts = fields::response_parts(head_bytes, &head, &storage.fields)
             .map_err(|error| ForwardError::Upstream(error.into()))?;
+        let buf = match &storage.bytes[head.end..] {
+            [] => BytesMut::new(),
+            rest => BytesMut::from(rest),
+        };
+        drop(lent);
         let switched = head.status == 101
             || (exchange.method == head::Method::Connect && (200..300).contains(&head.status));
         if switched {
@@ -205,12 +213,11 @@ impl Connection {
         let keep_alive = exchange.keep_alive
             && head.connection.keep_alive
             && framing != BodyFraming::CloseDelimited;
-        let buf = if buf.is_empty() { BytesMut::new() } else { buf };
         if framing == BodyFraming::None {
             // Complete already. A request body still being sent is abandoned: the upstream
             // answered without it.
             let reusable = sent && keep_alive && buf.is_empty();
-            let conn = reusable.then(|| Connection { read, write, buf });
+            let conn = reusable.then_some(Connection { read, write });
             let response = Response::from_parts(parts, ProxyBody::Empty);
             return Ok((response, After::Ready(State::Done(conn))));
         }
@@ -250,12 +257,13 @@ struct InterimTo {
 }
 
 impl InterimTo {
-    fn relay(&self, bytes: Bytes, head: &ResponseHead) {
+    /// Relays the interim `head` at the start of `buf`.
+    fn relay(&self, buf: &[u8], head: &ResponseHead) {
         if let (Some(gate), Ok(status)) = (&self.gate, StatusCode::from_u16(head.status)) {
             gate.received(status);
         }
         if let Some(client) = &self.client {
-            client.send(bytes.slice(head.start..));
+            client.send(Bytes::copy_from_slice(&buf[head.start..head.end]));
         }
     }
 }
@@ -348,7 +356,6 @@ fn reusable(returned: Returned, write: BoxWrite, keep_alive: bool) -> Option<Con
     (returned.complete && keep_alive && returned.buf.is_empty()).then(|| Connection {
         read: returned.read,
         write,
-        buf: BytesMut::new(),
     })
 }
 
@@ -385,29 +392,28 @@ where
     })
 }
 
-/// Reads until a complete response head is buffered; `buf` keeps what follows it.
+/// Reads until a complete response head is buffered in `lent` (a buffer of `heads`, taken when
+/// the head's first bytes arrive), which keeps what follows it.
 fn poll_head(
     cx: &mut Context<'_>,
     read: &mut BoxRead,
-    buf: &mut BytesMut,
+    heads: &HeadPool,
+    lent: &mut Option<HeadBuf>,
     limits: &Limits,
-    fields: &mut Vec<Field>,
 ) -> Poll<Result<ResponseHead, ForwardError>> {
     loop {
-        if !buf.is_empty() {
-            match parse_response(buf, limits, fields) {
+        if let Some(buf) = lent.as_mut().filter(|buf| !buf.bytes.is_empty()) {
+            let storage: &mut HeadStorage = buf;
+            match parse_response(&storage.bytes, limits, &mut storage.fields) {
                 Ok(Some(head)) => return Poll::Ready(Ok(head)),
                 Ok(None) => {}
                 // A head the codec refuses is the upstream's error: a 502, as with hyper.
                 Err(error) => return Poll::Ready(Err(ForwardError::Upstream(error.into()))),
             }
         }
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.capacity().max(FIRST_READ));
-        }
-        let n = ready!(tokio_util::io::poll_read_buf(read.as_mut(), cx, buf)).map_err(io_failed)?;
+        let n = ready!(heads.poll_read(cx, read, lent)).map_err(io_failed)?;
         if n == 0 {
-            let error: BoxError = if buf.is_empty() {
+            let error: BoxError = if lent.as_ref().is_none_or(|buf| buf.bytes.is_empty()) {
                 "the upstream closed the connection without a response".into()
             } else {
                 "the upstream closed the connection within the response head".into()

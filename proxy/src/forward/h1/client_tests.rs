@@ -130,6 +130,11 @@ fn request<B>(raw: &'static [u8], body: B) -> Request<B> {
     Request::from_parts(parts, body)
 }
 
+/// A pool for the response heads of one test.
+fn heads() -> HeadPool {
+    HeadPool::new(4, 4 * 1024, 16 * 1024)
+}
+
 fn empty() -> Empty<Bytes> {
     Empty::new()
 }
@@ -162,7 +167,7 @@ async fn requests_leave_with_their_head_and_body_as_framed() {
     let body = Full::new(Bytes::from_static(b"hello"));
     let (_, in_flight) = connection(&upstream)
         .await
-        .send(request(head, body), &limits)
+        .send(request(head, body), &limits, &heads())
         .await
         .unwrap();
     assert!(matches!(in_flight.0, State::Done(Some(_))));
@@ -182,7 +187,7 @@ async fn requests_leave_with_their_head_and_body_as_framed() {
     let body = StreamBody::new(futures::stream::iter(frames));
     connection(&upstream)
         .await
-        .send(request(head, body), &limits)
+        .send(request(head, body), &limits, &heads())
         .await
         .unwrap();
     let sent = String::from_utf8(upstream.next_request().await).unwrap();
@@ -197,10 +202,65 @@ async fn requests_leave_with_their_head_and_body_as_framed() {
     let head = b"GET /c HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n";
     connection(&upstream)
         .await
-        .send(request(head, empty()), &limits)
+        .send(request(head, empty()), &limits, &heads())
         .await
         .unwrap();
     assert_eq!(upstream.next_request().await, head);
+}
+
+#[tokio::test]
+async fn a_head_buffer_is_lent_only_while_the_response_head_arrives() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_request, request_arrived) = tokio::sync::oneshot::channel();
+    let (answer, answer_now) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let mut read = Vec::new();
+        while !read.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            read.extend_from_slice(&buf[..n]);
+        }
+        let _ = got_request.send(());
+        let _ = answer_now.await;
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        let _ = stream.read(&mut buf).await;
+    });
+    let heads = HeadPool::new(1, 4 * 1024, 16 * 1024);
+    drop(heads.take());
+    assert_eq!(heads.idle(), 1, "one free buffer to start with");
+
+    let conn = Connection::connect(addr, 10 * SECOND).await.unwrap();
+    let pool = heads.clone();
+    let sent = tokio::spawn(async move {
+        let limits = Limits::default();
+        let (response, _) = conn.send(request(GET, empty()), &limits, &pool).await?;
+        Ok::<_, ForwardError>(response)
+    });
+    request_arrived.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        heads.idle(),
+        1,
+        "no buffer is held while the upstream has not answered"
+    );
+
+    answer.send(()).unwrap();
+    let response = sent.await.unwrap().unwrap();
+    assert_eq!(
+        heads.idle(),
+        1,
+        "the buffer went back once the head was parsed"
+    );
+    let (data, _) = read_body(response.into_body()).await;
+    assert_eq!(
+        data, b"hello",
+        "the body bytes read with the head were kept"
+    );
 }
 
 /// Sends a GET (or `method`) and reads the whole response.
@@ -216,7 +276,7 @@ async fn exchange(
     .await;
     let (response, mut in_flight) = connection(&upstream)
         .await
-        .send(request(raw_request, empty()), &Limits::default())
+        .send(request(raw_request, empty()), &Limits::default(), &heads())
         .await
         .unwrap();
     let (parts, body) = response.into_parts();
@@ -290,7 +350,7 @@ async fn a_response_head_over_the_limit_is_a_502() {
     };
     let error = connection(&upstream)
         .await
-        .send(request(GET, empty()), &limits)
+        .send(request(GET, empty()), &limits, &heads())
         .await
         .unwrap_err();
     assert!(matches!(error, ForwardError::Upstream(_)), "{error:?}");
@@ -313,7 +373,7 @@ async fn a_connection_is_reused_only_after_its_response_body_was_read() {
     let limits = Limits::default();
     let (response, mut in_flight) = connection(&upstream)
         .await
-        .send(request(GET, empty()), &limits)
+        .send(request(GET, empty()), &limits, &heads())
         .await
         .unwrap();
     assert!(
@@ -325,12 +385,11 @@ async fn a_connection_is_reused_only_after_its_response_body_was_read() {
     let Poll::Ready(Some(conn)) = in_flight.try_idle() else {
         panic!("the connection is idle once the body was read");
     };
-    assert!(
-        conn.buf.is_empty() && conn.buf.capacity() == 0,
-        "no buffer at rest"
-    );
 
-    let (response, mut in_flight) = conn.send(request(GET, empty()), &limits).await.unwrap();
+    let (response, mut in_flight) = conn
+        .send(request(GET, empty()), &limits, &heads())
+        .await
+        .unwrap();
     read_body(response.into_body()).await;
     let conn = match in_flight.try_idle() {
         Poll::Ready(Some(conn)) => conn,
@@ -344,7 +403,10 @@ async fn a_connection_is_reused_only_after_its_response_body_was_read() {
     upstream.next_request().await;
 
     // A body dropped before its end leaves the connection unusable.
-    let (response, mut in_flight) = conn.send(request(GET, empty()), &limits).await.unwrap();
+    let (response, mut in_flight) = conn
+        .send(request(GET, empty()), &limits, &heads())
+        .await
+        .unwrap();
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "hello");
@@ -361,7 +423,7 @@ async fn connection_close_and_http10_responses_are_not_reused() {
         let upstream = RawUpstream::start(vec![step(b"\r\n\r\n", reply)]).await;
         let (_, mut in_flight) = connection(&upstream)
             .await
-            .send(request(GET, empty()), &Limits::default())
+            .send(request(GET, empty()), &Limits::default(), &heads())
             .await
             .unwrap();
         assert!(matches!(in_flight.try_idle(), Poll::Ready(None)));
@@ -384,7 +446,11 @@ async fn an_upstream_may_answer_before_the_request_body_ends() {
     let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
     let (response, mut in_flight) = connection(&upstream)
         .await
-        .send(request(head, StreamBody::new(rx)), &Limits::default())
+        .send(
+            request(head, StreamBody::new(rx)),
+            &Limits::default(),
+            &heads(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -420,7 +486,11 @@ async fn a_response_that_ends_first_abandons_the_request_body() {
     let head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n";
     let (response, in_flight) = connection(&upstream)
         .await
-        .send(request(head, StreamBody::new(rx)), &Limits::default())
+        .send(
+            request(head, StreamBody::new(rx)),
+            &Limits::default(),
+            &heads(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
@@ -442,7 +512,7 @@ async fn interim_responses_are_relayed_before_the_final_one() {
     request.extensions_mut().insert(informational);
     let (response, _) = connection(&upstream)
         .await
-        .send(request, &Limits::default())
+        .send(request, &Limits::default(), &heads())
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -474,7 +544,7 @@ async fn switching_protocols_hands_the_connection_over() {
     let raw = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n";
     let conn = Connection::connect(addr, 10 * SECOND).await.unwrap();
     let (mut response, mut in_flight) = conn
-        .send(request(raw, empty()), &Limits::default())
+        .send(request(raw, empty()), &Limits::default(), &heads())
         .await
         .unwrap();
     assert_eq!(response.status(), 101);
@@ -500,7 +570,7 @@ async fn an_upstream_that_closes_without_answering_is_a_reset() {
     .await;
     let error = connection(&upstream)
         .await
-        .send(request(GET, empty()), &Limits::default())
+        .send(request(GET, empty()), &Limits::default(), &heads())
         .await
         .unwrap_err();
     assert_eq!(error.error_type(), "reset");

@@ -6,11 +6,17 @@
 //! heads does not pin memory after it. The free list is a lock-free bounded queue
 //! (`crossbeam-channel`'s array flavour): no lock is shared across connections.
 
+use std::io;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::exchange::BoxRead;
 use super::head::Field;
+
+/// The least free space a head buffer reads into; it grows by its length when fuller.
+const MIN_HEAD_READ: usize = 1024;
 
 /// The storage of one head: its bytes and its field offsets.
 #[derive(Debug, Default)]
@@ -62,6 +68,27 @@ impl HeadPool {
             storage,
             pool: self.clone(),
         }
+    }
+
+    /// Reads into the head buffer `lent`, taking one from the pool for the attempt and giving
+    /// it back if nothing arrived yet: a connection waiting for a head holds no buffer until
+    /// the head's first bytes arrive.
+    pub fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        read: &mut BoxRead,
+        lent: &mut Option<HeadBuf>,
+    ) -> Poll<io::Result<usize>> {
+        let mut head = lent.take().unwrap_or_else(|| self.take());
+        let bytes = &mut head.bytes;
+        if bytes.capacity() - bytes.len() < MIN_HEAD_READ {
+            bytes.reserve(bytes.len().max(MIN_HEAD_READ));
+        }
+        let result = tokio_util::io::poll_read_buf(read.as_mut(), cx, bytes);
+        if !(result.is_pending() && head.bytes.is_empty()) {
+            *lent = Some(head);
+        }
+        result
     }
 
     /// Free buffers held now.

@@ -51,8 +51,6 @@ use crate::shutdown::Watch;
 /// answer when the client may still be sending, so that closing with unread data (a TCP
 /// reset) does not destroy the answer (RFC 9112 §9.6).
 const LINGER: Duration = Duration::from_secs(2);
-/// The least free space a head buffer reads into; it grows by its length when fuller.
-const MIN_HEAD_READ: usize = 1024;
 
 /// The connection between exchanges.
 struct Conn {
@@ -170,7 +168,7 @@ async fn read_head(
             if lent.is_none() && signaled.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(0));
             }
-            poll_head_bytes(cx, read, pool, &mut lent)
+            pool.poll_read(cx, read, &mut lent)
         });
         let (Ok(1..), Some(head)) = (read.await, lent.as_mut()) else {
             return Err(NoHead::Closed);
@@ -186,26 +184,6 @@ async fn read_head(
             return Ok(parsed);
         }
     }
-}
-
-/// Reads into the head buffer, taking one from the pool for the attempt and giving it back if
-/// nothing arrived yet: a connection waiting for its next request holds no buffer.
-fn poll_head_bytes(
-    cx: &mut Context<'_>,
-    read: &mut BoxRead,
-    pool: &HeadPool,
-    lent: &mut Option<HeadBuf>,
-) -> Poll<io::Result<usize>> {
-    let mut head = lent.take().unwrap_or_else(|| pool.take());
-    let bytes = &mut head.bytes;
-    if bytes.capacity() - bytes.len() < MIN_HEAD_READ {
-        bytes.reserve(bytes.len().max(MIN_HEAD_READ));
-    }
-    let result = tokio_util::io::poll_read_buf(read.as_mut(), cx, bytes);
-    if !(result.is_pending() && head.bytes.is_empty()) {
-        *lent = Some(head);
-    }
-    result
 }
 
 /// A complete head at the start of `bytes`: its parts, which keep a copy of only the head's
@@ -446,7 +424,7 @@ fn poll_ahead(
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
     let mut lent = None;
-    let result = poll_head_bytes(cx, read, pool, &mut lent);
+    let result = pool.poll_read(cx, read, &mut lent);
     if let (Poll::Ready(Ok(1..)), Some(lent)) = (&result, &lent) {
         buf.extend_from_slice(&lent.bytes);
     }
