@@ -160,3 +160,51 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .expect("proxy exited");
     assert!(status.success(), "{status:?}");
 }
+
+/// `MESHTRACE_LOG` takes `target=level` directives: a target's level is applied (the proxy's
+/// `info` lines appear under `warn,meshtrace_proxy::app=info`), and a filter that is not one is
+/// refused at start-up with a clear message instead of being ignored.
+#[test]
+fn log_filter_directives_apply_and_bad_ones_are_refused() {
+    let run = |filter: &str| {
+        Command::new(env!("CARGO_BIN_EXE_meshtrace-proxy"))
+            .env("MESHTRACE_INBOUND_ADDR", "127.0.0.1:0")
+            .env("MESHTRACE_OUTBOUND_ADDR", "127.0.0.1:0")
+            .env("MESHTRACE_ADMIN_ADDR", "127.0.0.1:0")
+            .env("MESHTRACE_INBOUND_TARGET", "127.0.0.1:9")
+            .env("MESHTRACE_LOG", filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn meshtrace-proxy")
+    };
+
+    let refused = run("meshtrace_proxy=loud")
+        .wait_with_output()
+        .expect("wait");
+    assert!(!refused.status.success(), "an invalid level is refused");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("invalid MESHTRACE_LOG"),
+        "the refusal names the variable: {stderr}"
+    );
+
+    let mut child = run("warn,meshtrace_proxy::app=info");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let bound = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("listeners bound"));
+        let _ = tx.send(bound);
+    });
+    let bound = rx.recv_timeout(PATIENCE);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        bound,
+        Ok(true),
+        "the target's info line is logged under a warn default"
+    );
+}

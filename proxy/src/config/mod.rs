@@ -209,7 +209,7 @@ pub struct Config {
     #[arg(long, env = "MESHTRACE_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
 
-    /// Log filter, in `tracing-subscriber` `EnvFilter` syntax (`info`, `meshtrace_proxy=debug`).
+    /// Log filter, `tracing-subscriber` `Targets` syntax (`info`, `info,meshtrace_proxy=debug`).
     #[arg(long, env = "MESHTRACE_LOG", default_value = "info")]
     pub log: String,
 
