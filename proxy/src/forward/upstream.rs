@@ -28,6 +28,9 @@ use super::BoxError;
 use crate::meta::{ConnMeta, Direction, UpstreamPeer};
 use crate::shutdown::WeakWatch;
 
+/// A client connection's upgraded IO, once handed over.
+type UpgradeFuture = Pin<Box<dyn Future<Output = Result<exchange::BoxIo, BoxError>> + Send>>;
+
 /// The body of a response produced by [`Upstream`]: the upstream's own (read by hyper for h2,
 /// by the codec for HTTP/1), or empty (no body, or a tunnel the proxy opened itself for an
 /// explicit `CONNECT`).
@@ -181,21 +184,19 @@ where
 
         let upgrade = is_upgrade(request.headers());
         strip_hop_by_hop(request.headers_mut(), upgrade);
-        let client_upgrade = (upgrade || is_connect).then(|| exchange::on_request(&mut request));
+        // Boxed (as are the other rare branches): an upgrade's hand-off waits beside the request.
+        let client_upgrade = (upgrade || is_connect)
+            .then(|| -> UpgradeFuture { Box::pin(exchange::on_request(&mut request)) });
         let (request, expect) = ContinueGate::request(request.map(ClientBody::new));
-        let send = async {
-            if request.version() == Version::HTTP_2 {
-                let (target, response) = self.pool.send_h2(&affinity, targets, request).await?;
-                Ok((target, response.map(ProxyBody::Hyper)))
-            } else {
-                self.pool.send_http1(&affinity, targets, request).await
-            }
-        };
-        let (target, mut response) = match self.settings.response_timeout {
-            Some(limit) => tokio::time::timeout(limit, send)
-                .await
-                .map_err(|_| ForwardError::ResponseTimeout(limit))??,
-            None => send.await?,
+        // Sent without an `async` block around the pool's future, which would hold the request
+        // a second time.
+        let timeout = self.settings.response_timeout;
+        let (target, mut response) = if request.version() == Version::HTTP_2 {
+            let send = self.pool.send_h2(&affinity, targets, request);
+            let (target, response) = within(timeout, send).await??;
+            (target, response.map(ProxyBody::Hyper))
+        } else {
+            within(timeout, self.pool.send_http1(&affinity, targets, request)).await??
         };
         expect.final_response(response.status());
 
@@ -228,5 +229,41 @@ where
         let mut response = Response::new(ProxyBody::Empty);
         response.extensions_mut().insert(UpstreamPeer(target));
         Ok(response)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `inner`, failed with [`ForwardError::ResponseTimeout`] unless it completes within the
+    /// response timeout (if any). The timer sits beside the future rather than around an
+    /// `async` block, so that the request's future holds the pool's future once.
+    struct Within<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        limit: Duration,
+    }
+}
+
+fn within<F: Future>(limit: Option<Duration>, inner: F) -> Within<F> {
+    Within {
+        inner,
+        timer: limit.map(tokio::time::sleep),
+        limit: limit.unwrap_or_default(),
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Result<F::Output, ForwardError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.inner.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(ForwardError::ResponseTimeout(*this.limit))),
+            _ => Poll::Pending,
+        }
     }
 }
