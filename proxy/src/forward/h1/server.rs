@@ -137,39 +137,46 @@ where
     RB::Error: Into<BoxError>,
 {
     let mut signaled = std::pin::pin!(watch.signaled());
+    let mut refused = None;
     loop {
         let parsed = match read_head(&mut conn, signaled.as_mut(), &limits, pool).await {
             Ok(parsed) => parsed,
             Err(NoHead::Closed) => break,
             Err(NoHead::Refused(error)) => {
-                refuse(&mut conn, error).await;
+                refused = Some(error);
                 break;
             }
         };
         let (request, mut exchange) = begin(&mut conn, parsed, &limits);
-        // The call's future lives only until the response head: the response's body takes its
-        // place.
-        let response = {
-            let call = std::pin::pin!(service.call(request));
-            let watching = Watching {
-                returned: &mut exchange.returned,
-                pool,
-                limit: limits.max_head_bytes,
+        // Each value lives in the narrowest scope, which is what lets the compiler lay the
+        // phases of an exchange over each other in the connection's future: the call's future
+        // only until the response head, the response's body in its place after.
+        let head;
+        let body = std::pin::pin!({
+            let response = {
+                let call = std::pin::pin!(service.call(request));
+                let watching = Watching {
+                    returned: &mut exchange.returned,
+                    pool,
+                    limit: limits.max_head_bytes,
+                };
+                respond(call, &mut conn, watching).await
             };
-            respond(call, &mut conn, watching).await
-        };
-        let Ok(response) = response else {
-            break;
-        };
-        let (parts, body) = response.into_parts();
-        let head = response_head(&mut conn, parts, &body, &exchange, watch);
-        let body = std::pin::pin!(body);
-        let next = finish(&mut conn, head, body, exchange).await;
-        match next {
+            let Ok(response) = response else {
+                break;
+            };
+            let (parts, body) = response.into_parts();
+            head = response_head(&mut conn, parts, &body, &exchange, watch);
+            body
+        });
+        match finish(&mut conn, head, body, exchange).await {
             Next::KeepAlive if !watch.is_signaled() => {}
             Next::KeepAlive | Next::Close => break,
             Next::Upgraded => return,
         }
+    }
+    if let Some(error) = refused {
+        refuse(&mut conn, error).await;
     }
     close(conn).await;
 }
