@@ -20,7 +20,7 @@ fn size_of_serve_http<A, B, C, D, E, G, F: Future>(_: impl FnOnce(A, B, C, D, E,
     size_of::<F>()
 }
 
-/// The most a connection's task may take (1,560 bytes with rustc 1.95).
+/// The most a connection's task may take (1,376 bytes with rustc 1.95).
 const CONNECTION_TASK_BOUND: usize = 2 * 1024;
 
 #[test]

@@ -128,57 +128,71 @@ where
     serve(conn, service, watch, limits, pool)
 }
 
-async fn serve<S, B, RB>(mut conn: Conn, service: S, watch: &Watch, limits: Limits, pool: &HeadPool)
+/// The connection's loop. An `async` block rather than an `async fn`, which would keep its
+/// arguments twice (as passed, and as moved into its body).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn serve<'a, S, B, RB>(
+    mut conn: Conn,
+    service: S,
+    watch: &'a Watch,
+    limits: Limits,
+    pool: &'a HeadPool,
+) -> impl Future<Output = ()> + 'a
 where
-    S: hyper::service::Service<Request<B>, Response = Response<RB>>,
+    S: hyper::service::Service<Request<B>, Response = Response<RB>> + 'a,
     S::Error: Into<BoxError>,
-    B: From<RecvBody> + Default,
-    RB: Body<Data = Bytes>,
+    B: From<RecvBody> + Default + 'a,
+    RB: Body<Data = Bytes> + 'a,
     RB::Error: Into<BoxError>,
 {
-    let mut signaled = std::pin::pin!(watch.signaled());
-    let mut refused = None;
-    loop {
-        let parsed = match read_head(&mut conn, signaled.as_mut(), &limits, pool).await {
-            Ok(parsed) => parsed,
-            Err(NoHead::Closed) => break,
-            Err(NoHead::Refused(error)) => {
-                refused = Some(error);
-                break;
-            }
-        };
-        let (request, mut exchange) = begin(&mut conn, parsed, &limits);
-        // Each value lives in the narrowest scope, which is what lets the compiler lay the
-        // phases of an exchange over each other in the connection's future: the call's future
-        // only until the response head, the response's body in its place after.
-        let head;
-        let body = std::pin::pin!({
-            let response = {
-                let call = std::pin::pin!(service.call(request));
-                let watching = Watching {
-                    returned: &mut exchange.returned,
-                    pool,
-                    limit: limits.max_head_bytes,
+    async move {
+        let mut signaled = std::pin::pin!(watch.signaled());
+        let mut refused = None;
+        loop {
+            let parsed = match read_head(&mut conn, signaled.as_mut(), &limits, pool).await {
+                Ok(parsed) => parsed,
+                Err(NoHead::Closed) => break,
+                Err(NoHead::Refused(error)) => {
+                    refused = Some(error);
+                    break;
+                }
+            };
+            let (request, mut exchange) = begin(&mut conn, parsed, &limits);
+            // Each value lives in the narrowest scope, which is what lets the compiler lay the
+            // phases of an exchange over each other in the connection's future: the call's future
+            // only until the response head, the response's body in its place after.
+            let head;
+            let body = std::pin::pin!({
+                let response = {
+                    let call = std::pin::pin!(service.call(request));
+                    let watching = Watching {
+                        returned: &mut exchange.returned,
+                        pool,
+                        limit: limits.max_head_bytes,
+                    };
+                    respond(call, &mut conn, watching).await
                 };
-                respond(call, &mut conn, watching).await
-            };
-            let Ok(response) = response else {
-                break;
-            };
-            let (parts, body) = response.into_parts();
-            head = response_head(&mut conn, parts, &body, &exchange, watch);
-            body
-        });
-        match finish(&mut conn, head, body, exchange).await {
-            Next::KeepAlive if !watch.is_signaled() => {}
-            Next::KeepAlive | Next::Close => break,
-            Next::Upgraded => return,
+                let Ok(response) = response else {
+                    break;
+                };
+                let (parts, body) = response.into_parts();
+                head = response_head(&mut conn, parts, &body, &exchange, watch);
+                body
+            });
+            match finish(&mut conn, head, body, exchange).await {
+                Next::KeepAlive if !watch.is_signaled() => {}
+                Next::KeepAlive | Next::Close => break,
+                Next::Upgraded => return,
+            }
         }
+        if let Some(error) = refused {
+            refuse(&mut conn, error).await;
+        }
+        close(conn).await;
     }
-    if let Some(error) = refused {
-        refuse(&mut conn, error).await;
-    }
-    close(conn).await;
 }
 
 /// Reads and parses the next head: first from the bytes left past the last message, then from
