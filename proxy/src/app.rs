@@ -398,30 +398,34 @@ async fn accept_loop(listener: TcpListener, context: Arc<DirectionContext>, watc
             }
         }
         let slot = admission.admit();
-        let context = context.clone();
-        let watch = watch.clone();
-        tokio::spawn(async move {
-            serve_admitted(&context, stream, client, slot, &watch).await;
-            drop(watch);
-        });
+        tokio::spawn(serve_task(
+            context.clone(),
+            stream,
+            client,
+            slot,
+            watch.clone(),
+        ));
     }
     tracing::debug!(direction = direction.as_str(), "stopped accepting");
 }
 
-/// Serves an admitted connection until it ends or is shed.
-async fn serve_admitted(
-    context: &DirectionContext,
+/// An admitted connection's task: serves it until it ends or is shed. Its future is what every
+/// open connection costs beside its buffers, so it is kept small: paths that are rare or large
+/// are boxed below it (see the `future_sizes` test).
+async fn serve_task(
+    context: Arc<DirectionContext>,
     stream: TcpStream,
     client_addr: SocketAddr,
     slot: Arc<ConnSlot>,
-    watch: &Watch,
+    watch: Watch,
 ) {
     tokio::select! {
-        () = handle_connection(context, stream, client_addr, &slot, watch) => {}
+        () = handle_connection(&context, stream, client_addr, &slot, &watch) => {}
         () = slot.shed() => {
             tracing::debug!(%client_addr, direction = context.direction.as_str(), "connection shed");
         }
     }
+    drop(watch);
 }
 
 async fn handle_connection(
@@ -431,17 +435,38 @@ async fn handle_connection(
     slot: &Arc<ConnSlot>,
     watch: &Watch,
 ) {
-    let direction = context.direction.as_str();
     let _open = context.metrics.open_connection();
-    let Ok(local_addr) = stream.local_addr() else {
+    let Some((io, protocol, meta)) = accept(context, stream, client_addr, slot, watch).await else {
         return;
     };
+    match protocol {
+        // Boxed: the task of every HTTP connection would be sized for it.
+        Protocol::Opaque => {
+            let (orig_dst, timeout) = (meta.orig_dst, context.connect_timeout);
+            Box::pin(forward_opaque(io, orig_dst, client_addr, timeout)).await
+        }
+        Protocol::Http1 | Protocol::H2 => {
+            serve_http(context, protocol, io, Arc::new(meta), slot, watch).await
+        }
+    }
+}
+
+/// Readies an accepted connection: its destination, its protocol (detected from its first
+/// bytes, which its IO replays). `None`: closed. A function of its own so that the
+/// connection's task does not keep what detection needed while the connection is served.
+async fn accept(
+    context: &DirectionContext,
+    stream: TcpStream,
+    client_addr: SocketAddr,
+    slot: &Arc<ConnSlot>,
+    watch: &Watch,
+) -> Option<(ClientIo<TcpStream>, Protocol, ConnMeta)> {
+    let direction = context.direction.as_str();
+    let local_addr = stream.local_addr().ok()?;
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
-    let Some(orig_dst) = original_destination(context, &stream, client_addr, local_addr) else {
-        return;
-    };
+    let orig_dst = original_destination(context, &stream, client_addr, local_addr)?;
 
     let mut io = context.metrics.count_bytes(stream);
     let opaque_port = orig_dst.is_some_and(|dst| context.opaque_ports.contains(dst.port()));
@@ -453,10 +478,10 @@ async fn handle_connection(
                 Ok(detected) => detected,
                 Err(error) => {
                     tracing::debug!(%client_addr, %error, "connection failed during detection");
-                    return;
+                    return None;
                 }
             },
-            _ = watch.signaled() => return,
+            _ = watch.signaled() => return None,
         }
     };
     context.metrics.connection_detected(protocol);
@@ -466,22 +491,13 @@ async fn handle_connection(
         Protocol::Http1 | Protocol::H2 => slot.set_http(),
     }
     tracing::debug!(%client_addr, ?orig_dst, direction, protocol = protocol.as_str(), "accepted");
-    let io = io.replay(prefix);
-
-    match protocol {
-        Protocol::Opaque => {
-            forward_opaque(io, orig_dst, client_addr, context.connect_timeout).await
-        }
-        Protocol::Http1 | Protocol::H2 => {
-            let meta = Arc::new(ConnMeta {
-                direction: context.direction,
-                client_addr,
-                local_addr,
-                orig_dst,
-            });
-            serve_http(context, protocol, io, meta, slot, watch).await;
-        }
-    }
+    let meta = ConnMeta {
+        direction: context.direction,
+        client_addr,
+        local_addr,
+        orig_dst,
+    };
+    Some((io.replay(prefix), protocol, meta))
 }
 
 /// Where a transparent connection was going (`None` in explicit mode), or `None` in the outer
@@ -532,15 +548,16 @@ async fn forward_opaque(
     }
 }
 
-/// Serves an HTTP/1 or h2 connection through the direction's stack.
-async fn serve_http(
-    context: &DirectionContext,
+/// Serves an HTTP/1 or h2 connection through the direction's stack. Not itself `async`, so
+/// that the connection's task does not hold `io` beside the future that serves it.
+fn serve_http<'a>(
+    context: &'a DirectionContext,
     protocol: Protocol,
     io: ClientIo<TcpStream>,
     meta: Arc<ConnMeta>,
     slot: &Arc<ConnSlot>,
-    watch: &Watch,
-) {
+    watch: &'a Watch,
+) -> impl Future<Output = ()> + Send + 'a {
     // Request heads are bounded where they are read: HTTP/1 heads in time and size,
     // h2 header blocks in time (h2 bounds their size itself).
     let idle_timeout = context.head_limits.idle_timeout.is_some();
@@ -567,5 +584,7 @@ async fn serve_http(
         &context.head_limits,
         &context.http1,
     )
-    .await;
 }
+
+#[cfg(test)]
+mod future_sizes;

@@ -5,6 +5,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 
+use futures::future::Either;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
@@ -21,20 +23,26 @@ use crate::config::Http1Codec;
 use crate::meta::Protocol;
 use crate::shutdown::Watch;
 
-/// Serves one client connection with hyper until it closes. When shutdown starts, HTTP/1
+/// Serves one client connection (HTTP/1 on the proxy's codec or hyper's, as configured; h2
+/// with hyper) until it closes. When shutdown starts, HTTP/1
 /// closes after the response in flight and HTTP/2 sends GOAWAY and finishes its streams.
 /// HTTP/1 request heads are bounded in time and size by the connection's IO
 /// ([`HeadGuard`](super::head::HeadGuard)): hyper's own header-read timeout is off (it would
 /// count idle time between requests too) and its head size limit sits above
 /// `limits.max_bytes` as a backstop only. h2 header lists are bounded by `SETTINGS_MAX_HEADER_LIST_SIZE`.
-pub async fn serve_connection<I, S, RB>(
+///
+/// Not itself `async`: the connection's task holds just the future of the path taken, and the
+/// hyper paths (h2, and HTTP/1 when `MESHTRACE_HTTP1_CODEC=hyper`) are boxed so that the task
+/// of the common HTTP/1 connection is not sized for them.
+pub fn serve_connection<'a, I, S, RB>(
     protocol: Protocol,
     io: I,
     service: ConnectionService<S>,
-    watch: &Watch,
+    watch: &'a Watch,
     limits: &HeadLimits,
-    http1: &Http1Server,
-) where
+    http1: &'a Http1Server,
+) -> impl Future<Output = ()> + Send + 'a
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<ProxyBody>, Response = Response<RB>, Error = Infallible>
         + Send
@@ -48,40 +56,54 @@ pub async fn serve_connection<I, S, RB>(
             max_head_bytes: limits.max_bytes,
             max_fields: MAX_HEADER_FIELDS,
         };
-        return h1::server::serve_h1(io, &service, watch, &limits, &http1.heads).await;
+        let serve = h1::server::serve_h1(io, service, watch, limits, &http1.heads);
+        return Either::Left(serve);
     }
+    Either::Right(Box::pin(serve_hyper(protocol, io, service, watch, *limits)))
+}
+
+/// [`serve_connection`] with hyper.
+async fn serve_hyper<I, S, RB>(
+    protocol: Protocol,
+    io: I,
+    service: ConnectionService<S>,
+    watch: &Watch,
+    limits: HeadLimits,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<ProxyBody>, Response = Response<RB>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    let limits = &limits;
     let io = TokioIo::new(io);
     let service = HyperBodies(service);
     let signaled = watch.signaled();
     let result = match protocol {
-        // Boxed so that the (more common) HTTP/1 connection's task is not sized for h2.
         Protocol::H2 if streams::single_threaded_runtime() => {
-            Box::pin(async {
-                let (streams, executor) = ConnectionStreams::new();
-                let connection = hyper::server::conn::http2::Builder::new(executor)
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(h2_header_list_size(limits))
-                    .serve_connection(io, service);
-                let connection = std::pin::pin!(connection);
-                streams::drive(connection, streams, signaled, |connection| {
-                    connection.graceful_shutdown()
-                })
-                .await
+            let (streams, executor) = ConnectionStreams::new();
+            let connection = hyper::server::conn::http2::Builder::new(executor)
+                .timer(TokioTimer::new())
+                .max_header_list_size(h2_header_list_size(limits))
+                .serve_connection(io, service);
+            let connection = std::pin::pin!(connection);
+            streams::drive(connection, streams, signaled, |connection| {
+                connection.graceful_shutdown()
             })
             .await
         }
         // With several runtime threads, one connection's streams run in parallel.
         Protocol::H2 => {
-            Box::pin(async {
-                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(h2_header_list_size(limits))
-                    .serve_connection(io, service);
-                let connection = std::pin::pin!(connection);
-                until_done(connection, signaled, |connection| {
-                    connection.graceful_shutdown()
-                })
-                .await
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(h2_header_list_size(limits))
+                .serve_connection(io, service);
+            let connection = std::pin::pin!(connection);
+            until_done(connection, signaled, |connection| {
+                connection.graceful_shutdown()
             })
             .await
         }

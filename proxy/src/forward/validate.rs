@@ -4,9 +4,12 @@
 //! differs from `Host`, and a target or `Host` carrying userinfo. The client gets a 400 with
 //! `meshtrace-proxy-error`; no CLIENT span starts, since nothing is sent.
 
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::future::{ready, Either, Ready};
+use futures::future::Either;
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Version};
@@ -36,7 +39,7 @@ where
 {
     type Response = S::Response;
     type Error = ForwardError;
-    type Future = Either<S::Future, Ready<Result<S::Response, ForwardError>>>;
+    type Future = Either<S::Future, Refused<S::Response>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
         self.inner.poll_ready(cx)
@@ -49,8 +52,26 @@ where
         };
         match checked {
             Ok(()) => Either::Left(self.inner.call(request)),
-            Err(error) => Either::Right(ready(Err(ForwardError::InvalidHost(error)))),
+            Err(error) => Either::Right(Refused {
+                error,
+                response: PhantomData,
+            }),
         }
+    }
+}
+
+/// The future of a refused request: its error, without room for the response it never has
+/// (every request's future would otherwise be sized for one).
+pub struct Refused<R> {
+    error: HostError,
+    response: PhantomData<fn() -> R>,
+}
+
+impl<R> Future for Refused<R> {
+    type Output = Result<R, ForwardError>;
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Err(ForwardError::InvalidHost(self.error)))
     }
 }
 

@@ -3,16 +3,17 @@
 //! ([`OnUpgrade`]), and the interim (1xx) responses an upstream sends before its final one
 //! ([`Informational`]).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::super::BoxError;
 
@@ -166,19 +167,138 @@ async fn upgraded(
 /// Extension on a request that came through the codec's server: where the upstream side relays
 /// interim (1xx, not 101) response heads, as bytes ready to write, so that the client sees
 /// them before the final response. The server writes them in order; none after the final head.
-#[derive(Clone, Debug)]
-pub struct Informational(mpsc::UnboundedSender<Bytes>);
+///
+/// It points into its connection's one [`Relayed`], which every exchange of the connection
+/// reuses: a request costs no allocation for it, and a head sent for an exchange that is over
+/// is dropped.
+#[derive(Debug)]
+pub struct Informational {
+    relay: Arc<Relay>,
+    exchange: u64,
+}
+
+/// The interim heads of a connection's current exchange, shared by its server ([`Relayed`])
+/// and the exchange's [`Informational`] handles. Locked only by its own connection's task.
+#[derive(Debug, Default)]
+struct Relay(Mutex<RelayState>);
+
+#[derive(Debug, Default)]
+struct RelayState {
+    /// Which exchange the heads belong to; handles of earlier ones are ignored.
+    exchange: u64,
+    /// The current exchange's [`Informational`] handles (its end of the relay is closed at 0).
+    senders: usize,
+    heads: VecDeque<Bytes>,
+    waker: Option<Waker>,
+}
+
+impl Relay {
+    fn state(&self) -> MutexGuard<'_, RelayState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 impl Informational {
-    /// The sender for a request's extensions and the receiver its server reads.
-    pub fn channel() -> (Informational, mpsc::UnboundedReceiver<Bytes>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Informational(tx), rx)
+    /// A sender for a request's extensions and the receiver its server reads.
+    pub fn channel() -> (Informational, Relayed) {
+        let relayed = Relayed::default();
+        (relayed.begin(), relayed)
     }
 
     /// Relays one interim head; dropped when the client's exchange is over.
     pub fn send(&self, head: Bytes) {
-        let _ = self.0.send(head);
+        let mut state = self.relay.state();
+        if state.exchange == self.exchange {
+            state.heads.push_back(head);
+            let waker = state.waker.take();
+            drop(state);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl Clone for Informational {
+    fn clone(&self) -> Self {
+        let mut state = self.relay.state();
+        if state.exchange == self.exchange {
+            state.senders += 1;
+        }
+        Informational {
+            relay: self.relay.clone(),
+            exchange: self.exchange,
+        }
+    }
+}
+
+impl Drop for Informational {
+    fn drop(&mut self) {
+        let mut state = self.relay.state();
+        if state.exchange == self.exchange {
+            state.senders -= 1;
+            if state.senders == 0 {
+                let waker = state.waker.take();
+                drop(state);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+        }
+    }
+}
+
+/// A connection's receiving end of the interim heads its exchanges relay, one exchange at a
+/// time: [`Relayed::begin`] starts one (and forgets the heads of any before).
+#[derive(Debug, Default)]
+pub struct Relayed {
+    relay: Arc<Relay>,
+}
+
+impl Relayed {
+    /// Starts the next exchange: the heads sent through the returned handle (and its clones)
+    /// are received here until [`Relayed::end`] or the next `begin`.
+    pub fn begin(&self) -> Informational {
+        let mut state = self.relay.state();
+        state.exchange += 1;
+        state.senders = 1;
+        state.heads.clear();
+        state.waker = None;
+        Informational {
+            relay: self.relay.clone(),
+            exchange: state.exchange,
+        }
+    }
+
+    /// Ends the current exchange: heads sent for it from now on are dropped.
+    pub fn end(&self) {
+        let mut state = self.relay.state();
+        state.exchange += 1;
+        state.senders = 0;
+        state.heads = VecDeque::new();
+        state.waker = None;
+    }
+
+    /// The next head of the current exchange, in order; `None` once none is queued and no
+    /// handle of the exchange remains (or it ended).
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.relay.state();
+            if let Some(head) = state.heads.pop_front() {
+                return Poll::Ready(Some(head));
+            }
+            if state.senders == 0 {
+                return Poll::Ready(None);
+            }
+            state.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The next head already queued, if any.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        self.relay.state().heads.pop_front()
     }
 }
 
@@ -218,5 +338,55 @@ mod tests {
         let (sender, on_upgrade) = pending();
         drop(sender);
         assert!(on_upgrade.upgraded().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn relay_keeps_each_exchange_apart() {
+        let (first, mut relayed) = Informational::channel();
+        first.send(Bytes::from_static(b"100"));
+        let copy = first.clone();
+        copy.send(Bytes::from_static(b"103"));
+        assert_eq!(relayed.recv().await.as_deref(), Some(&b"100"[..]));
+        assert_eq!(relayed.try_recv().as_deref(), Some(&b"103"[..]));
+        // A head sent after its exchange ended, or for an exchange before the current one,
+        // never reaches the client.
+        relayed.end();
+        first.send(Bytes::from_static(b"late"));
+        let second = relayed.begin();
+        copy.send(Bytes::from_static(b"stale"));
+        assert_eq!(relayed.try_recv(), None);
+        second.send(Bytes::from_static(b"102"));
+        assert_eq!(relayed.recv().await.as_deref(), Some(&b"102"[..]));
+        // The earlier exchange's handles going away do not close the current one.
+        drop((first, copy));
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(10), relayed.recv());
+        assert!(
+            pending.await.is_err(),
+            "the current exchange's handle is still there"
+        );
+    }
+
+    #[tokio::test]
+    async fn relay_closes_when_the_exchanges_handles_are_gone() {
+        let (informational, mut relayed) = Informational::channel();
+        let copy = informational.clone();
+        let waiting = tokio::spawn(async move {
+            let mut received = Vec::new();
+            while let Some(head) = relayed.recv().await {
+                received.push(head);
+            }
+            received
+        });
+        tokio::task::yield_now().await;
+        drop(informational);
+        copy.send(Bytes::from_static(b"100"));
+        tokio::task::yield_now().await;
+        drop(copy);
+        // A guard against a receiver never woken, not a measure of speed.
+        let received = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+        let received = received
+            .expect("woken once no handle remains")
+            .expect("receiver");
+        assert_eq!(received, [Bytes::from_static(b"100")]);
     }
 }

@@ -5,7 +5,7 @@
 //! given back while none of the head has arrived, so an idle connection holds none), parse it,
 //! copy the head's bytes into the request's parts and give the buffer back; attach the body
 //! ([`RecvBody`], which owns the read side until the body's end) or none; call the service,
-//! relaying the 1xx heads it sends on the request's [`Informational`] channel; write the final
+//! relaying the 1xx heads it sends through the request's [`Informational`](super::exchange::Informational); write the final
 //! head and its body; then read the next head from the bytes left past the body. While a
 //! response is written nothing is read, so pipelined requests are answered in order (RFC 9112
 //! §9.3.2). The connection persists per RFC 9112 §9.3 (the request's `Connection`, its version,
@@ -29,11 +29,11 @@ use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::body::{RecvBody, Returned};
 use super::error::HeadError;
-use super::exchange::{pending, BoxRead, BoxWrite, Informational, UpgradeSender, Upgraded};
+use super::exchange::{pending, BoxRead, BoxWrite, Relayed, UpgradeSender, Upgraded};
 use super::fields::{
     request_parts, response_framing, write_response_head, write_status_line, OutFraming,
     RequestFacts,
@@ -41,7 +41,7 @@ use super::fields::{
 use super::framing::{request_body, BodyFraming};
 use super::head::{parse_request_deferring_host, Field, Limits, Method, RequestHead, Version};
 use super::pool::{HeadBuf, HeadPool, HeadStorage};
-use super::send::send_message;
+use super::send::BodySender;
 use crate::forward::validate::RefusedHost;
 use crate::forward::BoxError;
 use crate::meta::ErrorType;
@@ -65,6 +65,8 @@ struct Conn {
     /// The client ended its stream after pipelining requests (a half-close): they are still
     /// answered.
     ended: bool,
+    /// Where the exchanges' 1xx heads come from; made at the first HTTP/1.1 request.
+    relayed: Option<Relayed>,
 }
 
 /// A parsed request head.
@@ -94,45 +96,101 @@ enum Next {
 /// ([`HeadGuard`](crate::forward::head::HeadGuard)), `limits.max_head_bytes` should sit above
 /// the guard's (a backstop, as hyper's limit was), so that an oversized head gets the guard's
 /// answer (`request_head_too_large`) on either path.
-pub async fn serve_h1<I, S, B, RB>(
+///
+/// Not itself `async`: the returned future holds the connection's two sides, not `io` as well
+/// (the connection's task is sized by this future; see `app`'s `future_sizes` test).
+pub fn serve_h1<'a, I, S, B, RB>(
     io: I,
-    service: &S,
-    watch: &Watch,
-    limits: &Limits,
-    pool: &HeadPool,
-) where
+    service: S,
+    watch: &'a Watch,
+    limits: Limits,
+    pool: &'a HeadPool,
+) -> impl Future<Output = ()> + 'a
+where
     I: AsyncRead + AsyncWrite + Send + 'static,
-    S: hyper::service::Service<Request<B>, Response = Response<RB>>,
+    S: hyper::service::Service<Request<B>, Response = Response<RB>> + 'a,
     S::Error: Into<BoxError>,
-    B: From<RecvBody> + Default,
-    RB: Body<Data = Bytes>,
+    B: From<RecvBody> + Default + 'a,
+    RB: Body<Data = Bytes> + 'a,
     RB::Error: Into<BoxError>,
 {
     let (read, write) = tokio::io::split(io);
-    let mut conn = Conn {
+    let conn = Conn {
         read: Some(Box::pin(read)),
         write: Box::pin(write),
         buf: BytesMut::new(),
         unread: false,
         ended: false,
+        relayed: None,
     };
-    let mut signaled = std::pin::pin!(watch.signaled());
-    loop {
-        let parsed = match read_head(&mut conn, signaled.as_mut(), limits, pool).await {
-            Ok(parsed) => parsed,
-            Err(NoHead::Closed) => break,
-            Err(NoHead::Refused(error)) => {
-                refuse(&mut conn, error).await;
-                break;
+    serve(conn, service, watch, limits, pool)
+}
+
+/// The connection's loop. An `async` block rather than an `async fn`, which would keep its
+/// arguments twice (as passed, and as moved into its body).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn serve<'a, S, B, RB>(
+    mut conn: Conn,
+    service: S,
+    watch: &'a Watch,
+    limits: Limits,
+    pool: &'a HeadPool,
+) -> impl Future<Output = ()> + 'a
+where
+    S: hyper::service::Service<Request<B>, Response = Response<RB>> + 'a,
+    S::Error: Into<BoxError>,
+    B: From<RecvBody> + Default + 'a,
+    RB: Body<Data = Bytes> + 'a,
+    RB::Error: Into<BoxError>,
+{
+    async move {
+        let mut signaled = std::pin::pin!(watch.signaled());
+        let mut refused = None;
+        loop {
+            let parsed = match read_head(&mut conn, signaled.as_mut(), &limits, pool).await {
+                Ok(parsed) => parsed,
+                Err(NoHead::Closed) => break,
+                Err(NoHead::Refused(error)) => {
+                    refused = Some(error);
+                    break;
+                }
+            };
+            let (request, mut exchange) = begin(&mut conn, parsed, &limits);
+            // Each value lives in the narrowest scope, which is what lets the compiler lay the
+            // phases of an exchange over each other in the connection's future: the call's future
+            // only until the response head, the response's body in its place after.
+            let head;
+            let body = std::pin::pin!({
+                let response = {
+                    let call = std::pin::pin!(service.call(request));
+                    let watching = Watching {
+                        returned: &mut exchange.returned,
+                        pool,
+                        limit: limits.max_head_bytes,
+                    };
+                    respond(call, &mut conn, watching).await
+                };
+                let Ok(response) = response else {
+                    break;
+                };
+                let (parts, body) = response.into_parts();
+                head = response_head(&mut conn, parts, &body, &exchange, watch);
+                body
+            });
+            match finish(&mut conn, head, body, exchange).await {
+                Next::KeepAlive if !watch.is_signaled() => {}
+                Next::KeepAlive | Next::Close => break,
+                Next::Upgraded => return,
             }
-        };
-        match exchange(&mut conn, parsed, service, watch, limits, pool).await {
-            Next::KeepAlive if !watch.is_signaled() => {}
-            Next::KeepAlive | Next::Close => break,
-            Next::Upgraded => return,
         }
+        if let Some(error) = refused {
+            refuse(&mut conn, error).await;
+        }
+        close(conn).await;
     }
-    close(conn).await;
 }
 
 /// Reads and parses the next head: first from the bytes left past the last message, then from
@@ -205,28 +263,32 @@ fn parse(
     Ok(Some(Parsed { parts, head }))
 }
 
-/// One request and its response.
-async fn exchange<S, B, RB>(
+/// What an exchange keeps of its request while the service answers it: little, since the
+/// connection's future holds it.
+struct Exchange {
+    head: bool,
+    connect: bool,
+    version: Version,
+    /// The request's `Connection` (and version) let the connection persist.
+    keep_alive: bool,
+    /// Where the read side comes back from the request's body.
+    returned: Option<oneshot::Receiver<Returned>>,
+    upgrade: Option<UpgradeSender>,
+}
+
+/// Turns a parsed head into the request for the service (its body attached, the 1xx relay and
+/// the upgrade hand-off in its extensions).
+fn begin<B: From<RecvBody> + Default>(
     conn: &mut Conn,
     parsed: Parsed,
-    service: &S,
-    watch: &Watch,
     limits: &Limits,
-    pool: &HeadPool,
-) -> Next
-where
-    S: hyper::service::Service<Request<B>, Response = Response<RB>>,
-    S::Error: Into<BoxError>,
-    B: From<RecvBody> + Default,
-    RB: Body<Data = Bytes>,
-    RB::Error: Into<BoxError>,
-{
+) -> (Request<B>, Exchange) {
     let Parsed { mut parts, head } = parsed;
     let (body, returned) = request_body_of(conn, request_body(&head), limits);
-    let (informational, mut relayed) = Informational::channel();
     // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2).
     if head.version == Version::Http11 {
-        parts.extensions.insert(informational);
+        let relayed = conn.relayed.get_or_insert_with(Relayed::default);
+        parts.extensions.insert(relayed.begin());
     }
     let connect = head.method == Method::Connect;
     let upgrade = (connect || head.connection.upgrade).then(|| {
@@ -234,40 +296,92 @@ where
         parts.extensions.insert(on_upgrade);
         sender
     });
-    let call = service.call(Request::from_parts(parts, body));
-    let mut returned = returned;
-    let watch_client = Watching {
-        returned: &mut returned,
-        pool,
-        limit: limits.max_head_bytes,
-    };
-    let Ok(response) = respond(call, &mut relayed, conn, watch_client).await else {
-        return Next::Close;
-    };
-    drop(relayed);
-    let (mut parts, body) = response.into_parts();
-    let status = parts.status;
-    if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
-        return hand_over(conn, &parts, returned, upgrade).await;
-    }
-    let facts = RequestFacts {
+    let exchange = Exchange {
         head: head.method == Method::Head,
         connect,
-        http10: head.version == Version::Http10,
+        version: head.version,
+        keep_alive: head.connection.keep_alive,
+        returned,
+        upgrade,
+    };
+    (Request::from_parts(parts, body), exchange)
+}
+
+/// The response head to write, after the 1xx heads still queued.
+struct ResponseHead {
+    out: BytesMut,
+    /// A 101, or a 2xx to CONNECT: the connection is handed over after the head.
+    switch: bool,
+    framing: OutFraming,
+    keep_alive: bool,
+}
+
+/// Serializes the final head, and decides whether the connection persists (RFC 9112 §9.3).
+fn response_head<RB: Body>(
+    conn: &mut Conn,
+    mut parts: http::response::Parts,
+    body: &RB,
+    exchange: &Exchange,
+    watch: &Watch,
+) -> ResponseHead {
+    // Interim heads the service relayed as it answered leave before the final one.
+    let mut out = BytesMut::new();
+    if let Some(relayed) = conn.relayed.as_mut() {
+        while let Some(head) = relayed.try_recv() {
+            out.extend_from_slice(&head);
+        }
+        relayed.end();
+    }
+    let status = parts.status;
+    if status == StatusCode::SWITCHING_PROTOCOLS || (exchange.connect && status.is_success()) {
+        write_response_head(&parts, OutFraming::None, &mut out);
+        let (framing, keep_alive) = (OutFraming::None, false);
+        return ResponseHead {
+            out,
+            switch: true,
+            framing,
+            keep_alive,
+        };
+    }
+    let facts = RequestFacts {
+        head: exchange.head,
+        connect: exchange.connect,
+        http10: exchange.version == Version::Http10,
     };
     let framing = response_framing(&parts, &body.size_hint(), facts);
-    let keep_alive = head.connection.keep_alive
+    let keep_alive = exchange.keep_alive
         && framing != OutFraming::Close
         && !connection_close(&parts.headers)
         && !watch.is_signaled();
-    mark_persistence(&mut parts.headers, head.version, keep_alive);
-    let mut out = BytesMut::new();
+    mark_persistence(&mut parts.headers, exchange.version, keep_alive);
     write_response_head(&parts, framing, &mut out);
-    drop(parts);
+    ResponseHead {
+        out,
+        switch: false,
+        framing,
+        keep_alive,
+    }
+}
+
+/// Writes the response, or hands the connection over.
+async fn finish<RB>(
+    conn: &mut Conn,
+    head: ResponseHead,
+    body: Pin<&mut RB>,
+    exchange: Exchange,
+) -> Next
+where
+    RB: Body<Data = Bytes>,
+    RB::Error: Into<BoxError>,
+{
+    if head.switch {
+        return hand_over(conn, head.out, exchange.returned, exchange.upgrade).await;
+    }
     // The head leaves with the body's first frame when that is ready at once.
-    let sent = send_message(&mut conn.write, out.freeze(), body, framing).await;
-    let reusable = take_back(conn, returned);
-    if sent.is_err() || !keep_alive || !reusable {
+    let mut sender = BodySender::new(head.out.freeze(), body, head.framing);
+    let sent = std::future::poll_fn(|cx| sender.poll_send(cx, conn.write.as_mut())).await;
+    let reusable = take_back(conn, exchange.returned);
+    if sent.is_err() || !head.keep_alive || !reusable {
         return Next::Close;
     }
     Next::KeepAlive
@@ -314,12 +428,12 @@ fn take_back(conn: &mut Conn, returned: Option<oneshot::Receiver<Returned>>) -> 
     complete
 }
 
-/// Awaits the service's response, writing the 1xx heads it relays before it. A client that
-/// goes away meanwhile (end of stream with no request pipelined, as hyper's server without
-/// half-close) cancels the call: `Err`, and the connection closes.
+/// Awaits the service's response, writing the 1xx heads it relays before it (those still
+/// queued when it comes leave with it, see [`finish`]). A client that goes away meanwhile (end
+/// of stream with no request pipelined, as hyper's server without half-close) cancels the
+/// call: `Err`, and the connection closes.
 async fn respond<F, R, E>(
-    call: F,
-    relayed: &mut mpsc::UnboundedReceiver<Bytes>,
+    mut call: Pin<&mut F>,
     conn: &mut Conn,
     mut client: Watching<'_>,
 ) -> Result<Response<R>, ()>
@@ -327,35 +441,44 @@ where
     F: Future<Output = Result<Response<R>, E>>,
     E: Into<BoxError>,
 {
-    let mut call = std::pin::pin!(call);
-    let (mut relaying, mut watching) = (true, true);
+    let mut watching = true;
     let write = &mut conn.write;
+    let mut relayed = conn.relayed.as_mut();
     let response = loop {
-        let gone = client.gone(
-            &mut conn.read,
-            &mut conn.buf,
-            &mut conn.unread,
-            &mut conn.ended,
-        );
-        tokio::select! {
+        let relaying = relayed.is_some();
+        // Only the head leaves the `select!`: nothing else is held while it is written.
+        let head = tokio::select! {
             biased;
-            head = relayed.recv(), if relaying => match head {
-                Some(head) => write_informational(write, &head).await?,
-                None => relaying = false,
-            },
+            head = next_head(&mut relayed), if relaying => head,
             response = call.as_mut() => break response,
-            gone = gone, if watching => match gone {
+            gone = client.gone(
+                &mut conn.read,
+                &mut conn.buf,
+                &mut conn.unread,
+                &mut conn.ended,
+            ), if watching => match gone {
                 true => return Err(()),
-                false => watching = false,
+                false => {
+                    watching = false;
+                    continue;
+                }
             },
+        };
+        match head {
+            Some(head) => write_informational(write, &head).await?,
+            None => relayed = None,
         }
     };
-    while let Ok(head) = relayed.try_recv() {
-        write_informational(write, &head).await?;
-    }
     response.map_err(|error| {
         tracing::debug!(error = %error.into(), "the service failed a request; closing");
     })
+}
+
+async fn next_head(relayed: &mut Option<&mut Relayed>) -> Option<Bytes> {
+    match relayed {
+        Some(relayed) => relayed.recv().await,
+        None => None,
+    }
 }
 
 /// Watches the client while a response is awaited: reads ahead (into a lent buffer, kept only
@@ -436,10 +559,11 @@ async fn write_informational(write: &mut BoxWrite, head: &[u8]) -> Result<(), ()
     write.flush().await.map_err(drop)
 }
 
-/// Writes a 101 (or a 2xx to CONNECT) and hands the connection to the request's upgrade.
+/// Writes a 101 (or a 2xx to CONNECT), `head`, and hands the connection to the request's
+/// upgrade.
 async fn hand_over(
     conn: &mut Conn,
-    parts: &http::response::Parts,
+    head: BytesMut,
     returned: Option<oneshot::Receiver<Returned>>,
     upgrade: Option<UpgradeSender>,
 ) -> Next {
@@ -450,9 +574,7 @@ async fn hand_over(
     let Some(read) = conn.read.take() else {
         return Next::Close;
     };
-    let mut out = BytesMut::new();
-    write_response_head(parts, OutFraming::None, &mut out);
-    if conn.write.write_all(&out).await.is_err() || conn.write.flush().await.is_err() {
+    if conn.write.write_all(&head).await.is_err() || conn.write.flush().await.is_err() {
         return Next::Close;
     }
     let write = std::mem::replace(&mut conn.write, Box::pin(tokio::io::sink()));

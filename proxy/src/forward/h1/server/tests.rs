@@ -63,7 +63,7 @@ where
             let service = Handler(handler.clone(), server_calls.clone());
             let (watch, pool) = (watch.clone(), server_pool.clone());
             tokio::spawn(async move {
-                serve_h1(stream, &service, &watch, &Limits::default(), &pool).await;
+                serve_h1(stream, &service, &watch, Limits::default(), &pool).await;
             });
         }
     });
@@ -706,7 +706,7 @@ where
             let service = ConnectionService::new(stack, meta, admission.admit(), Some(exchanges));
             let (watch, pool) = (watch.clone(), server_pool.clone());
             tokio::spawn(async move {
-                serve_h1(io, &service, &watch, &codec_limits, &pool).await;
+                serve_h1(io, &service, &watch, codec_limits, &pool).await;
             });
         }
     });
