@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::body::ProxyBody;
 use super::connect::connect;
 use super::error::ForwardError;
-use super::h1::client::{Connection, InFlight};
+use super::h1::client::{Connection, InFlight, Outgoing};
 use super::h1::fields::RawHead;
 use super::h1::pool::HeadPool;
 use super::h1::Limits;
@@ -348,40 +348,62 @@ where
     /// A request the codec's server read (it carries its [`RawHead`]) goes over the codec's
     /// client, which writes its head back as received; one hyper's server read goes over
     /// hyper's client, the only one that knows the header case hyper kept for it.
-    pub async fn send_http1(
-        self: &Arc<Self>,
-        affinity: &Affinity<B>,
-        addrs: &[SocketAddr],
+    pub fn send_http1<'a>(
+        self: &'a Arc<Self>,
+        affinity: &'a Affinity<B>,
+        addrs: &'a [SocketAddr],
         request: Request<B>,
-    ) -> Result<(SocketAddr, Response<ProxyBody>), ForwardError> {
+    ) -> impl Future<Output = Result<(SocketAddr, Response<ProxyBody>), ForwardError>> + 'a {
+        // Each path's future holds the request once: boxed for hyper's (rare: only with
+        // `MESHTRACE_HTTP1_CODEC=hyper`), made `Outgoing` (its head already written) for the
+        // codec's. Every request in flight keeps this future, so its size is memory per request.
         if request.extensions().get::<RawHead>().is_none() {
-            let (addr, response) = self.send_hyper_http1(affinity, addrs, request).await?;
-            return Ok((addr, response.map(ProxyBody::Hyper)));
+            let hyper = Box::pin(self.send_hyper_http1(affinity, addrs, request));
+            return futures::future::Either::Left(async move {
+                let (addr, response) = hyper.await?;
+                Ok((addr, response.map(ProxyBody::Hyper)))
+            });
         }
-        let reused = addrs.iter().find_map(|&addr| {
-            let conn = affinity
-                .take_http1(addr)
-                .or_else(|| self.take_idle_http1(addr))?;
-            Some((addr, conn))
-        });
-        let (addr, conn) = match reused {
-            Some(reused) => reused,
-            None => {
-                let timeout = self.connect_timeout;
-                Box::pin(first_connected(addrs, |addr| {
-                    Connection::connect(addr, timeout)
-                }))
-                .await?
-            }
-        };
-        let limits = Limits {
-            max_head_bytes: self.max_header_bytes,
-            ..Limits::default()
-        };
-        let (response, in_flight) = conn.send(request, &limits, &self.heads).await?;
-        // Free again once this exchange completes (request sent, response body read).
-        affinity.keep_http1(self, addr, in_flight);
-        Ok((addr, response))
+        futures::future::Either::Right(self.send_codec_http1(
+            affinity,
+            addrs,
+            Outgoing::new(request),
+        ))
+    }
+
+    /// [`Pool::send_http1`] over the codec's client.
+    fn send_codec_http1<'a>(
+        self: &'a Arc<Self>,
+        affinity: &'a Affinity<B>,
+        addrs: &'a [SocketAddr],
+        mut out: Outgoing<B>,
+    ) -> impl Future<Output = Result<(SocketAddr, Response<ProxyBody>), ForwardError>> + 'a {
+        async move {
+            let reused = addrs.iter().find_map(|&addr| {
+                let conn = affinity
+                    .take_http1(addr)
+                    .or_else(|| self.take_idle_http1(addr))?;
+                Some((addr, conn))
+            });
+            let (addr, conn) = match reused {
+                Some(reused) => reused,
+                None => {
+                    let timeout = self.connect_timeout;
+                    Box::pin(first_connected(addrs, |addr| {
+                        Connection::connect(addr, timeout)
+                    }))
+                    .await?
+                }
+            };
+            let limits = Limits {
+                max_head_bytes: self.max_header_bytes,
+                ..Limits::default()
+            };
+            let (response, after) = conn.exchange(&mut out, &limits, &self.heads).await?;
+            // Free again once this exchange completes (request sent, response body read).
+            affinity.keep_http1(self, addr, out.in_flight(after));
+            Ok((addr, response))
+        }
     }
 
     /// [`Pool::send_http1`] over hyper's client. A connection that turns out to be closed

@@ -82,51 +82,49 @@ impl Connection {
     /// connection; the [`InFlight`] gives the connection back once the exchange is over.
     /// A 101 (or a 2xx to CONNECT) hands the connection to the response's
     /// [`exchange::OnUpgrade`] instead. The response head is read into a buffer of `heads`.
-    pub async fn send<B>(
-        mut self,
+    pub fn send<'a, B>(
+        self,
         request: Request<B>,
-        limits: &Limits,
-        heads: &HeadPool,
-    ) -> Result<(Response<ProxyBody>, InFlight), ForwardError>
+        limits: &'a Limits,
+        heads: &'a HeadPool,
+    ) -> impl Future<Output = Result<(Response<ProxyBody>, InFlight), ForwardError>> + 'a
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let (mut parts, body) = request.into_parts();
-        let framing = fields::request_framing(&parts, &body.size_hint());
-        let mut head = BytesMut::with_capacity(head_size(&parts));
-        fields::write_request_head(&parts, framing, &mut head);
-        let interim = InterimTo {
-            client: parts.extensions.remove::<Informational>(),
-            gate: parts.extensions.remove::<Interim>(),
-        };
-        let exchange = Exchange {
-            method: codec_method(&parts.method),
-            keep_alive: parts.version == Version::HTTP_11 && !asks_close(&parts.headers),
-        };
-        // The request's head buffer (its RawHead) goes now, before the response arrives.
-        drop(parts);
-        let mut sender = BodySender::new(head.freeze(), body, framing);
-        let mut lent = None;
-        let (head, sent) = self
-            .exchange_head(&mut sender, limits, &interim, heads, &mut lent)
-            .await?;
-        let Some(lent) = lent else {
-            // A parsed head was read into a lent buffer.
-            return Err(ForwardError::Upstream(
-                "response head without its buffer".into(),
-            ));
-        };
-        let (response, after) = self.response(head, lent, sent, exchange, limits)?;
-        let state = match after {
-            After::Ready(state) => state,
-            After::SendRest {
-                returned,
-                write,
-                keep_alive,
-            } => State::Sending(send_rest(sender, write, returned, keep_alive)),
-        };
-        Ok((response, InFlight(state)))
+        let mut out = Outgoing::new(request);
+        async move {
+            let (response, after) = self.exchange(&mut out, limits, heads).await?;
+            Ok((response, out.in_flight(after)))
+        }
+    }
+
+    /// [`Connection::send`] of a request already made [`Outgoing`]; the request stays with the
+    /// caller (one copy of it in the caller's future, not two), which turns the returned
+    /// [`After`] into the connection's [`InFlight`] with [`Outgoing::in_flight`].
+    pub fn exchange<'a, B>(
+        mut self,
+        out: &'a mut Outgoing<B>,
+        limits: &'a Limits,
+        heads: &'a HeadPool,
+    ) -> impl Future<Output = Result<(Response<ProxyBody>, After), ForwardError>> + 'a
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        async move {
+            let mut lent = None;
+            let (head, sent) = self
+                .exchange_head(&mut out.sender, limits, &out.interim, heads, &mut lent)
+                .await?;
+            let Some(lent) = lent else {
+                // A parsed head was read into a lent buffer.
+                return Err(ForwardError::Upstream(
+                    "response head without its buffer".into(),
+                ));
+            };
+            self.response(head, lent, sent, out.exchange, limits)
+        }
     }
 
     /// Sends the request while reading the response, until the final response head arrived
@@ -207,7 +205,7 @@ impl Connection {
             };
             let _ = handoff.send(upgraded);
             let response = Response::from_parts(parts, ProxyBody::Empty);
-            return Ok((response, After::Ready(State::Done(None))));
+            return Ok((response, After(Next::Ready(State::Done(None)))));
         }
         let framing = response_body(exchange.method, &head);
         let keep_alive = exchange.keep_alive
@@ -219,24 +217,27 @@ impl Connection {
             let reusable = sent && keep_alive && buf.is_empty();
             let conn = reusable.then_some(Connection { read, write });
             let response = Response::from_parts(parts, ProxyBody::Empty);
-            return Ok((response, After::Ready(State::Done(conn))));
+            return Ok((response, After(Next::Ready(State::Done(conn)))));
         }
         let (done, returned) = oneshot::channel();
         let body = RecvBody::new(framing, read, buf, done).max_trailer_bytes(limits.max_head_bytes);
         let after = if sent {
-            After::Ready(State::Reading {
+            Next::Ready(State::Reading {
                 returned,
                 write,
                 keep_alive,
             })
         } else {
-            After::SendRest {
+            Next::SendRest {
                 returned,
                 write,
                 keep_alive,
             }
         };
-        Ok((Response::from_parts(parts, ProxyBody::H1(body)), after))
+        Ok((
+            Response::from_parts(parts, ProxyBody::H1(body)),
+            After(after),
+        ))
     }
 }
 
@@ -268,8 +269,57 @@ impl InterimTo {
     }
 }
 
-/// What becomes of the connection after the response head.
-enum After {
+/// A request ready to leave on an upstream connection: its head written (the request's parts,
+/// with their `RawHead`, are gone), its body to stream.
+pub struct Outgoing<B> {
+    sender: BodySender<B>,
+    interim: InterimTo,
+    exchange: Exchange,
+}
+
+impl<B> Outgoing<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    pub fn new(request: Request<B>) -> Outgoing<B> {
+        let (mut parts, body) = request.into_parts();
+        let framing = fields::request_framing(&parts, &body.size_hint());
+        let mut head = BytesMut::with_capacity(head_size(&parts));
+        fields::write_request_head(&parts, framing, &mut head);
+        let interim = InterimTo {
+            client: parts.extensions.remove::<Informational>(),
+            gate: parts.extensions.remove::<Interim>(),
+        };
+        let exchange = Exchange {
+            method: codec_method(&parts.method),
+            keep_alive: parts.version == Version::HTTP_11 && !asks_close(&parts.headers),
+        };
+        Outgoing {
+            sender: BodySender::new(head.freeze(), body, framing),
+            interim,
+            exchange,
+        }
+    }
+
+    /// The connection after its exchange's response head: what [`Connection::exchange`] said,
+    /// with the rest of the request body sent by a task of its own when it was not sent yet.
+    pub fn in_flight(self, after: After) -> InFlight {
+        InFlight(match after.0 {
+            Next::Ready(state) => state,
+            Next::SendRest {
+                returned,
+                write,
+                keep_alive,
+            } => State::Sending(send_rest(self.sender, write, returned, keep_alive)),
+        })
+    }
+}
+
+/// What becomes of the connection after the response head (see [`Outgoing::in_flight`]).
+pub struct After(Next);
+
+enum Next {
     Ready(State),
     /// The request body is still being sent: a task finishes it.
     SendRest {
