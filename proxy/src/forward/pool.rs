@@ -371,7 +371,12 @@ where
         ))
     }
 
-    /// [`Pool::send_http1`] over the codec's client.
+    /// [`Pool::send_http1`] over the codec's client. An `async` block rather than an `async
+    /// fn`, which would keep `out` twice.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
     fn send_codec_http1<'a>(
         self: &'a Arc<Self>,
         affinity: &'a Affinity<B>,

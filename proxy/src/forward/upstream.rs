@@ -313,7 +313,7 @@ mod tests {
     }
 
     /// The most the future of one request may take: 2,496 bytes with rustc 1.95, of which the
-    /// pool's HTTP/1 send takes 1,208 (it was 4,096 when an `async fn` and an `async` block
+    /// pool's HTTP/1 send takes 1,256 (it was 4,096 when an `async fn` and an `async` block
     /// each kept another copy of the request and of the send, and 3,112 while the pool's send
     /// and the codec client's kept the request as well as the request made ready to send).
     const REQUEST_FUTURE_BOUND: usize = 2816;

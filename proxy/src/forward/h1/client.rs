@@ -102,29 +102,27 @@ impl Connection {
     /// [`Connection::send`] of a request already made [`Outgoing`]; the request stays with the
     /// caller (one copy of it in the caller's future, not two), which turns the returned
     /// [`After`] into the connection's [`InFlight`] with [`Outgoing::in_flight`].
-    pub fn exchange<'a, B>(
+    pub async fn exchange<B>(
         mut self,
-        out: &'a mut Outgoing<B>,
-        limits: &'a Limits,
-        heads: &'a HeadPool,
-    ) -> impl Future<Output = Result<(Response<ProxyBody>, After), ForwardError>> + 'a
+        out: &mut Outgoing<B>,
+        limits: &Limits,
+        heads: &HeadPool,
+    ) -> Result<(Response<ProxyBody>, After), ForwardError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        async move {
-            let mut lent = None;
-            let (head, sent) = self
-                .exchange_head(&mut out.sender, limits, &out.interim, heads, &mut lent)
-                .await?;
-            let Some(lent) = lent else {
-                // A parsed head was read into a lent buffer.
-                return Err(ForwardError::Upstream(
-                    "response head without its buffer".into(),
-                ));
-            };
-            self.response(head, lent, sent, out.exchange, limits)
-        }
+        let mut lent = None;
+        let (head, sent) = self
+            .exchange_head(&mut out.sender, limits, &out.interim, heads, &mut lent)
+            .await?;
+        let Some(lent) = lent else {
+            // A parsed head was read into a lent buffer.
+            return Err(ForwardError::Upstream(
+                "response head without its buffer".into(),
+            ));
+        };
+        self.response(head, lent, sent, out.exchange, limits)
     }
 
     /// Sends the request while reading the response, until the final response head arrived
