@@ -1194,9 +1194,14 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
+    // A backlog of 4,096 (tokio's `bind` uses 1,024): when a proxy opens 1,000 upstream
+    // connections at once, a full accept queue would drop SYNs, and the retransmission after 1 s
+    // would meet the proxy's 1 s connect timeout (a 504 counted against the proxy).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .expect("bind");
+    let listener = socket.listen(4096).expect("listen");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
         loop {
