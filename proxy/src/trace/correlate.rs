@@ -408,15 +408,16 @@ impl Correlator {
     }
 
     /// Sweeps every `period` on the current tokio runtime for as long as the correlator lives
-    /// (the task holds it weakly). Outside a runtime nothing is started.
-    pub fn sweep_periodically(self: &Arc<Self>, period: Duration) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+    /// (the task holds it weakly, and ends with it). Outside a runtime nothing is started.
+    pub fn sweep_periodically(
+        self: &Arc<Self>,
+        period: Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
         let correlator = Arc::downgrade(self);
-        runtime.spawn(async move {
-            let mut interval =
-                tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        Some(runtime.spawn(async move {
+            let start = tokio::time::Instant::now() + period;
+            let mut interval = tokio::time::interval_at(start, period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
@@ -425,7 +426,7 @@ impl Correlator {
                     None => break,
                 }
             }
-        });
+        }))
     }
 
     /// Bytes of heap the registry holds for its own storage (slots, id table, queues), from

@@ -596,3 +596,30 @@ fn a_remembered_tracestate_is_its_own_copy() {
     assert_eq!(kept, &state);
     assert_ne!(kept.as_bytes().as_ptr(), state.as_bytes().as_ptr());
 }
+
+#[tokio::test]
+async fn the_periodic_sweep_forgets_ids_and_ends_with_the_correlator() {
+    let (c, clock) = correlator(CorrelateSettings::default());
+    drop(c.register(plain(1, Some("id"))));
+    clock.advance(10 * SEC);
+    let sweeper = c
+        .sweep_periodically(Duration::from_millis(5))
+        .expect("inside a runtime");
+    // Waits for the sweeper (not timing it): up to a generous deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while c.stats().request_ids > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never swept");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(20), sweeper)
+        .await
+        .expect("the sweeper ends with the correlator")
+        .unwrap();
+}
+
+#[test]
+fn no_sweeper_outside_a_runtime() {
+    let (c, _) = correlator(CorrelateSettings::default());
+    assert!(c.sweep_periodically(SWEEP_PERIOD).is_none());
+}
