@@ -23,8 +23,15 @@
 //! shard (a few of them, each briefly) because the application's outbound request may be
 //! served by another thread than its inbound one. Nothing is allocated per request in steady
 //! state (ids up to [`INLINE_ID`] bytes are stored inline), and a request's id is hashed once
-//! (`IdKey`); memory is bounded by [`CorrelateSettings::max_in_flight`] and
-//! [`CorrelateSettings::max_recent`], the oldest entries being evicted and counted.
+//! (`IdKey`).
+//!
+//! Memory: a request is one 112-byte `Record`, its context and id stored once: in a slot while
+//! it is in flight, then moved to a chunked queue (`Recent`) while its id is remembered; the id
+//! table holds 4-byte references to records. It is bounded by
+//! [`CorrelateSettings::max_in_flight`] and [`CorrelateSettings::max_recent`], the oldest
+//! entries being evicted and counted, and goes back after a burst: chunks of the queue as their
+//! ids expire, and the rest by [`Correlator::sweep`], which also expires ids when no traffic
+//! comes (the proxy sweeps every [`SWEEP_PERIOD`]).
 //!
 //! Time is injected ([`Clock`]) so the whole structure is tested without I/O or sleeping.
 
