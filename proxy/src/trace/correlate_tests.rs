@@ -1,6 +1,7 @@
 //! Unit tests of the correlate step: every source, the bounds, and the guard's lifetime, on an
 //! injected clock.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use super::*;
@@ -453,4 +454,172 @@ fn sources_name_themselves() {
         Inferred::SoleInFlight(context(1)).parent(),
         Some(&context(1))
     );
+}
+
+#[test]
+fn a_sweep_forgets_ids_whose_window_ended_without_further_traffic() {
+    let (c, clock) = correlator(CorrelateSettings::default());
+    drop(c.register(plain(1, Some("done"))));
+    let _open = c.register(plain(2, Some("open")));
+    clock.advance(9 * SEC);
+    c.sweep();
+    assert_eq!(c.stats().request_ids, 2, "window not over");
+    clock.advance(SEC);
+    c.sweep();
+    assert_eq!(c.stats().request_ids, 1, "only the one in flight stays");
+    assert_eq!(c.infer(Some(b"open")), Inferred::RequestId(context(2)));
+    assert_eq!(c.lock(0).recent.len(), 0);
+}
+
+/// The registry's own storage, shard 0, and that it holds nothing.
+fn storage_after_sweep(c: &Correlator) -> usize {
+    c.sweep();
+    let shard = c.lock(0);
+    assert_eq!((shard.live, shard.ids.len(), shard.recent.len()), (0, 0, 0));
+    shard.heap_bytes()
+}
+
+#[test]
+fn memory_goes_back_after_a_burst() {
+    let (c, clock) = correlator(CorrelateSettings::default());
+    let guards: Vec<_> = (0..5_000u32)
+        .map(|n| c.register(plain(n, Some(&format!("burst-{n}")))))
+        .collect();
+    let _ws = c.register(upgrade(0));
+    let peak = c.heap_bytes();
+    assert!(peak > 5_000 * std::mem::size_of::<Record>(), "{peak}");
+    drop(guards);
+    drop(_ws);
+    // Ids remembered for the window: the memory stays while they are.
+    c.sweep();
+    assert_eq!(c.stats().request_ids, 5_000);
+    clock.advance(10 * SEC);
+    let after = storage_after_sweep(&c);
+    assert!(after <= 1024, "{after} bytes kept after a burst of {peak}");
+    let shard = c.lock(0);
+    assert!(shard.slots.capacity() <= KEEP, "{}", shard.slots.capacity());
+    assert!(shard.free.capacity() <= KEEP);
+    assert!(shard.ids.capacity() <= KEEP);
+    assert!(shard.candidates.capacity() <= KEEP);
+    drop(shard);
+    // And it works as before.
+    let _next = c.register(plain(7, Some("next")));
+    assert_eq!(c.infer(Some(b"next")), Inferred::RequestId(context(7)));
+    assert_eq!(c.infer(None), Inferred::SoleInFlight(context(7)));
+}
+
+#[test]
+fn steady_traffic_does_not_make_a_sweep_reallocate() {
+    let (c, clock) = correlator(CorrelateSettings::default());
+    let mut guards: VecDeque<_> = (0..500u32).map(|n| c.register(plain(n, None))).collect();
+    for n in 500..5_000u32 {
+        guards.pop_front();
+        guards.push_back(c.register(plain(n, Some(&format!("steady-{n}")))));
+        if n % 500 == 0 {
+            clock.advance(SEC);
+            let before = c.lock(0).heap_bytes();
+            c.sweep();
+            assert_eq!(c.lock(0).heap_bytes(), before, "at {n}");
+        }
+    }
+}
+
+#[test]
+fn a_long_request_pins_slots_only_until_it_ends() {
+    let (c, clock) = correlator(CorrelateSettings::default());
+    let mut burst: Vec<_> = (0..1_000u32).map(|n| c.register(plain(n, None))).collect();
+    let long = burst.pop();
+    drop(burst);
+    c.sweep();
+    assert_eq!(c.lock(0).slots.len(), 1_000, "pinned by the last slot");
+    // New requests take the lowest slots meanwhile, so the end can be cut once it is free.
+    let short: Vec<_> = (0..10u32).map(|n| c.register(plain(n, None))).collect();
+    drop(long);
+    clock.advance(SEC);
+    c.sweep();
+    let shard = c.lock(0);
+    assert_eq!(shard.live, 10);
+    assert!(shard.slots.len() <= 10, "{}", shard.slots.len());
+    assert!(shard.slots.capacity() <= 20, "{}", shard.slots.capacity());
+    drop(shard);
+    drop(short);
+    assert_eq!(c.infer(None), Inferred::Background);
+}
+
+#[test]
+fn a_stale_guard_does_not_end_a_request_in_a_slot_made_anew() {
+    let (c, _) = correlator(CorrelateSettings {
+        max_in_flight: 100,
+        ..CorrelateSettings::default()
+    });
+    let evicted = c.register(plain(0, None));
+    let rest: Vec<_> = (1..=100u32).map(|n| c.register(plain(n, None))).collect();
+    assert_eq!(c.stats().evicted_in_flight, 1);
+    drop(rest);
+    // Every slot is cut, the evicted guard's among them.
+    c.sweep();
+    assert_eq!(c.lock(0).slots.capacity(), 0);
+    let _new = c.register(plain(200, None));
+    drop(evicted);
+    assert_eq!(c.infer(None), Inferred::SoleInFlight(context(200)));
+    assert_eq!(c.stats().in_flight, 1);
+}
+
+#[test]
+fn one_record_per_request_in_112_bytes() {
+    assert!(std::mem::size_of::<Record>() <= 112);
+    let (c, _) = correlator(CorrelateSettings::default());
+    let guard = c.register(plain(1, Some("one")));
+    drop(guard);
+    let shard = c.lock(0);
+    // The finished request moved from its slot to `recent`: no copy left in the slot.
+    assert_eq!((shard.recent.len(), shard.live, shard.ids.len()), (1, 0, 1));
+    assert!(shard.slots.iter().all(|record| record.state == 0));
+}
+
+#[test]
+fn a_remembered_tracestate_is_its_own_copy() {
+    let (c, _) = correlator(CorrelateSettings::default());
+    let head = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\ntracestate: k=v\r\n\r\n");
+    let state = HeaderValue::from_maybe_shared(head.slice(28..31)).unwrap();
+    let mut parent = context(1);
+    parent.trace_state = Some(state.clone());
+    drop(c.register(Registration {
+        request_id: Some(b"ts"),
+        context: parent.clone(),
+        candidate: true,
+    }));
+    assert_eq!(c.infer(Some(b"ts")), Inferred::RequestId(parent));
+    let shard = c.lock(0);
+    let record = shard.recent.front().unwrap();
+    let kept = record.trace_state.as_deref().unwrap();
+    assert_eq!(kept, &state);
+    assert_ne!(kept.as_bytes().as_ptr(), state.as_bytes().as_ptr());
+}
+
+#[tokio::test]
+async fn the_periodic_sweep_forgets_ids_and_ends_with_the_correlator() {
+    let (c, clock) = correlator(CorrelateSettings::default());
+    drop(c.register(plain(1, Some("id"))));
+    clock.advance(10 * SEC);
+    let sweeper = c
+        .sweep_periodically(Duration::from_millis(5))
+        .expect("inside a runtime");
+    // Waits for the sweeper (not timing it): up to a generous deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while c.stats().request_ids > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never swept");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(20), sweeper)
+        .await
+        .expect("the sweeper ends with the correlator")
+        .unwrap();
+}
+
+#[test]
+fn no_sweeper_outside_a_runtime() {
+    let (c, _) = correlator(CorrelateSettings::default());
+    assert!(c.sweep_periodically(SWEEP_PERIOD).is_none());
 }

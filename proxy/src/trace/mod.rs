@@ -133,6 +133,10 @@ impl Tracer {
                 metrics.context_evicted.clone(),
             )
         });
+        if let Some(correlator) = &correlator {
+            // Expires remembered ids and gives memory back also when traffic stops.
+            correlator.sweep_periodically(correlate::SWEEP_PERIOD);
+        }
         Tracer {
             state: Arc::new(TracerState {
                 sample_rate: args.sample_rate.clamp(0.0, 1.0),
