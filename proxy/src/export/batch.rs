@@ -187,7 +187,7 @@ impl ExportTask {
     async fn run(mut self) {
         let max = self.batch.max_export_batch_size.max(1);
         let mut chunk: Vec<SpanRecord> = Vec::with_capacity(ENCODE_CHUNK.min(max));
-        let mut batch = self.encoder.start(max);
+        let mut batch = self.encoder.start();
         let mut flush_at: Option<Instant> = None;
         loop {
             let wanted = ENCODE_CHUNK.min(max - batch.len());
@@ -208,7 +208,7 @@ impl ExportTask {
             self.encode(&mut batch, &mut chunk);
             if batch.len() >= max || (flush_at.is_none() && !batch.is_empty()) {
                 flush_at = None;
-                let full = std::mem::replace(&mut batch, self.encoder.start(max));
+                let full = std::mem::replace(&mut batch, self.encoder.start());
                 self.export(full).await;
             } else if self.queue.len() >= ENCODE_CHUNK.min(max - batch.len()) {
                 // More is already queued: let the request path run before the next chunk.
@@ -304,7 +304,7 @@ impl ExportTask {
             self.encode(&mut batch, &mut chunk);
             if received == wanted {
                 // Full: send it and look for more.
-                let full = std::mem::replace(&mut batch, self.encoder.start(max));
+                let full = std::mem::replace(&mut batch, self.encoder.start());
                 self.export(full).await;
                 continue;
             }
@@ -312,7 +312,7 @@ impl ExportTask {
                 break;
             }
             tracing::debug!(spans = batch.len(), "flushing spans at shutdown");
-            let last = std::mem::replace(&mut batch, self.encoder.start(max));
+            let last = std::mem::replace(&mut batch, self.encoder.start());
             self.export(last).await;
         }
     }

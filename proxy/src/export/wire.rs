@@ -63,6 +63,8 @@ const ANY_INT: u32 = 3;
 
 /// The longest length prefix of one message: a 64-bit varint.
 const MAX_VARINT: usize = 10;
+/// Room reserved per span for the first spans of a batch when the last batch says nothing.
+const SPAN_BYTES_GUESS: usize = 512;
 /// Length-prefix bytes reserved in front of each span; most spans need exactly this many.
 const SPAN_LEN_GUESS: usize = 2;
 
@@ -91,20 +93,21 @@ impl BatchEncoder {
 
     /// One `ExportTraceServiceRequest` with all `spans` under the resource and scope.
     pub fn encode(&mut self, spans: &[SpanRecord]) -> Bytes {
-        let mut batch = self.start(spans.len());
+        let mut batch = self.start();
         self.append(&mut batch, spans);
         self.finish(batch)
     }
 
-    /// An empty batch for about `spans` spans. Spans are appended as they arrive
-    /// ([`BatchEncoder::append`]) and the request is completed by [`BatchEncoder::finish`].
-    /// Nothing is allocated until the first span arrives: an exporter waiting for spans holds
-    /// no buffer.
-    pub fn start(&self, spans: usize) -> EncodedBatch {
+    /// An empty batch. Spans are appended as they arrive ([`BatchEncoder::append`]) and the
+    /// request is completed by [`BatchEncoder::finish`]. Nothing is allocated until the first
+    /// span arrives (an exporter waiting for spans holds no buffer), and then room for a batch
+    /// like the last one: one allocation per batch under steady load, and a few hundred bytes,
+    /// not room for a full batch, for the odd span of an idle proxy.
+    pub fn start(&self) -> EncodedBatch {
         EncodedBatch {
             buf: Vec::new(),
             spans: 0,
-            expected_bytes: self.last_len.max(spans * 512),
+            expected_bytes: self.last_len,
         }
     }
 
@@ -115,7 +118,8 @@ impl BatchEncoder {
             // last, right before the spans, once their total length is known: room for it
             // first, and for the whole batch in one allocation.
             let headroom = self.headroom();
-            batch.buf.reserve_exact(headroom + batch.expected_bytes);
+            let first = spans.len() * SPAN_BYTES_GUESS;
+            batch.buf.reserve_exact(headroom + batch.expected_bytes.max(first));
             batch.buf.resize(headroom, 0);
         }
         for (i, span) in spans.iter().enumerate() {
@@ -842,14 +846,14 @@ mod tests {
         let records = records();
         assert!(records.len() >= 3, "needs pieces of different sizes");
         let whole = encoder.encode(&records);
-        let mut batch = encoder.start(1);
+        let mut batch = encoder.start();
         assert!(batch.is_empty());
         encoder.append(&mut batch, &records[..1]);
         encoder.append(&mut batch, &[]);
         encoder.append(&mut batch, &records[1..]);
         assert_eq!(batch.len(), records.len());
         assert_eq!(encoder.finish(batch), whole);
-        let empty = encoder.finish(encoder.start(0));
+        let empty = encoder.finish(encoder.start());
         let decoded = ExportTraceServiceRequest::decode(empty).unwrap();
         assert!(decoded.resource_spans[0].scope_spans[0].spans.is_empty());
     }
