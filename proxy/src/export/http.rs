@@ -13,7 +13,7 @@ use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
@@ -33,34 +33,60 @@ pub struct HttpPayload {
 }
 
 pub struct HttpTransport {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: ExportClient,
     uri: Uri,
     headers: Vec<(http::HeaderName, HeaderValue)>,
     gzip: bool,
 }
 
-impl HttpTransport {
-    pub fn new(config: &ExportConfig) -> Result<Self, ExportError> {
+/// The pooled client: with TLS for an `https` endpoint, without for `http` (no TLS
+/// configuration, trust anchors or crypto provider is set up then: they would cost an exporter
+/// that never uses them start-up time and resident memory).
+enum ExportClient {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+impl ExportClient {
+    fn new(config: &ExportConfig) -> Result<Self, ExportError> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.timeout));
+        http.set_nodelay(true);
+        let builder = || {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder.pool_idle_timeout(Duration::from_secs(30));
+            builder
+        };
+        if config.endpoint.scheme_str() != Some("https") {
+            return Ok(ExportClient::Plain(builder().build(http)));
+        }
         let tls = rustls::ClientConfig::builder_with_provider(
             rustls::crypto::ring::default_provider().into(),
         )
         .with_safe_default_protocol_versions()?
         .with_root_certificates(root_store(config.certificate.as_deref())?)
         .with_no_client_auth();
-        let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_connect_timeout(Some(config.timeout));
-        http.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_or_http()
+            .https_only()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        Ok(ExportClient::Tls(builder().build(connector)))
+    }
+
+    fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+        match self {
+            ExportClient::Plain(client) => client.request(request),
+            ExportClient::Tls(client) => client.request(request),
+        }
+    }
+}
+
+impl HttpTransport {
+    pub fn new(config: &ExportConfig) -> Result<Self, ExportError> {
         Ok(Self {
-            client,
+            client: ExportClient::new(config)?,
             uri: config.endpoint.clone(),
             headers: config.headers.clone(),
             gzip: config.compression == Compression::Gzip,

@@ -119,7 +119,9 @@ impl BatchEncoder {
             // first, and for the whole batch in one allocation.
             let headroom = self.headroom();
             let first = spans.len() * SPAN_BYTES_GUESS;
-            batch.buf.reserve_exact(headroom + batch.expected_bytes.max(first));
+            batch
+                .buf
+                .reserve_exact(headroom + batch.expected_bytes.max(first));
             batch.buf.resize(headroom, 0);
         }
         for (i, span) in spans.iter().enumerate() {

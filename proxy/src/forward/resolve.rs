@@ -1,7 +1,7 @@
 //! Name resolution for explicit (forward-proxy) mode, where requests name their destination.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hickory_resolver::config::ResolverConfig;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -9,25 +9,31 @@ use hickory_resolver::TokioResolver;
 
 use super::error::ForwardError;
 
-/// A shared DNS resolver (system configuration and hosts file, with caching).
-#[derive(Clone)]
+/// A shared DNS resolver (system configuration and hosts file, with caching), built when the
+/// first name is resolved: a proxy whose requests never name a host (inbound, transparent
+/// outbound) never sets one up, nor holds its caches.
+#[derive(Clone, Default)]
 pub struct Resolver {
-    /// `None` when no resolver could be built: only IP literals resolve.
-    inner: Option<Arc<TokioResolver>>,
+    /// Inside, `None` when no resolver could be built: only IP literals resolve.
+    inner: Arc<OnceLock<Option<TokioResolver>>>,
 }
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resolver")
-            .field("enabled", &self.inner.is_some())
+            .field("built", &self.inner.get().map(Option::is_some))
             .finish()
     }
 }
 
 impl Resolver {
-    /// Uses `/etc/resolv.conf` and `/etc/hosts`; without a usable resolv.conf, only IP literals
-    /// and the hosts file resolve.
+    /// Uses `/etc/resolv.conf` and `/etc/hosts` (read at the first name resolved); without a
+    /// usable resolv.conf, only IP literals and the hosts file resolve.
     pub fn from_system() -> Self {
+        Resolver::default()
+    }
+
+    fn build() -> Option<TokioResolver> {
         let resolver = TokioResolver::builder_tokio()
             .and_then(|builder| builder.build())
             .or_else(|error| {
@@ -39,12 +45,10 @@ impl Resolver {
                 .build()
             });
         match resolver {
-            Ok(resolver) => Resolver {
-                inner: Some(Arc::new(resolver)),
-            },
+            Ok(resolver) => Some(resolver),
             Err(error) => {
                 tracing::error!(%error, "DNS resolver unavailable; only IP addresses resolve");
-                Resolver { inner: None }
+                None
             }
         }
     }
@@ -59,7 +63,7 @@ impl Resolver {
         if let Ok(ip) = literal.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        let Some(resolver) = &self.inner else {
+        let Some(resolver) = self.inner.get_or_init(Resolver::build) else {
             return Err(ForwardError::Dns {
                 host: host.to_string(),
                 reason: "no DNS resolver".to_string(),
@@ -98,6 +102,10 @@ mod tests {
             resolver.resolve("[::1]", 8080).await.unwrap(),
             ["[::1]:8080".parse().unwrap()]
         );
+        assert!(
+            resolver.inner.get().is_none(),
+            "literals need no resolver: none is built"
+        );
         let localhost = resolver.resolve("localhost", 81).await.unwrap();
         assert!(localhost
             .iter()
@@ -105,5 +113,9 @@ mod tests {
         assert!(localhost
             .iter()
             .all(|addr| addr.ip().is_loopback() && addr.port() == 81));
+        assert!(
+            resolver.clone().inner.get().is_some(),
+            "built at the first name, shared by the clones"
+        );
     }
 }
