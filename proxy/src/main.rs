@@ -10,7 +10,8 @@ use meshtrace_proxy::config::{Config, Invocation, LogFormat};
 use meshtrace_proxy::init;
 
 /// jemalloc with a background thread: pages freed after a burst go back to the OS within its
-/// decay time (10 s; `_RJEM_MALLOC_CONF=dirty_decay_ms:N` changes it), where glibc malloc keeps
+/// decay time (5 s, set at build time in `.cargo/config.toml`; `_RJEM_MALLOC_CONF=dirty_decay_ms:N`
+/// changes it at run time), where glibc malloc keeps
 /// them, and it executes fewer instructions per request (benches/README.md, "Memory at 1,000
 /// connections: allocator").
 #[cfg(feature = "jemalloc")]
