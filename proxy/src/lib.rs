@@ -20,6 +20,7 @@ pub mod init;
 pub mod listen;
 pub mod meta;
 pub mod metrics;
+pub mod periodic;
 pub mod shutdown;
 pub mod span;
 pub mod trace;

@@ -321,21 +321,8 @@ where
             max_header_bytes,
             heads: HeadPool::new(HEAD_POOL_CAP, HEAD_BUF_BYTES, HEAD_BUF_RETAIN_BYTES),
         });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let weak = Arc::downgrade(&pool);
-            let period = (idle_timeout / 2).max(Duration::from_millis(100));
-            runtime.spawn(async move {
-                let mut ticks = tokio::time::interval(period);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticks.tick().await;
-                    match weak.upgrade() {
-                        Some(pool) => pool.evict_idle(),
-                        None => return,
-                    }
-                }
-            });
-        }
+        let period = (idle_timeout / 2).max(Duration::from_millis(100));
+        crate::periodic::every(&pool, period, Pool::evict_idle);
         pool
     }
 

@@ -420,20 +420,7 @@ impl Correlator {
         self: &Arc<Self>,
         period: Duration,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let correlator = Arc::downgrade(self);
-        Some(runtime.spawn(async move {
-            let start = tokio::time::Instant::now() + period;
-            let mut interval = tokio::time::interval_at(start, period);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                interval.tick().await;
-                match correlator.upgrade() {
-                    Some(correlator) => correlator.sweep(),
-                    None => break,
-                }
-            }
-        }))
+        crate::periodic::every(self, period, Correlator::sweep)
     }
 
     /// Bytes of heap the registry holds for its own storage (slots, id table, queues), from
