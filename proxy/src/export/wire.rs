@@ -101,13 +101,12 @@ impl BatchEncoder {
     /// An empty batch. Spans are appended as they arrive ([`BatchEncoder::append`]) and the
     /// request is completed by [`BatchEncoder::finish`]. Nothing is allocated until the first
     /// span arrives (an exporter waiting for spans holds no buffer), and then room for a batch
-    /// like the last one: one allocation per batch under steady load, and a few hundred bytes,
-    /// not room for a full batch, for the odd span of an idle proxy.
+    /// like the last one finished: one allocation per batch under steady load, and a few
+    /// hundred bytes, not room for a full batch, for the odd span of an idle proxy.
     pub fn start(&self) -> EncodedBatch {
         EncodedBatch {
             buf: Vec::new(),
             spans: 0,
-            expected_bytes: self.last_len,
         }
     }
 
@@ -119,9 +118,7 @@ impl BatchEncoder {
             // first, and for the whole batch in one allocation.
             let headroom = self.headroom();
             let first = spans.len() * SPAN_BYTES_GUESS;
-            batch
-                .buf
-                .reserve_exact(headroom + batch.expected_bytes.max(first));
+            batch.buf.reserve_exact(headroom + self.last_len.max(first));
             batch.buf.resize(headroom, 0);
         }
         for (i, span) in spans.iter().enumerate() {
@@ -181,8 +178,6 @@ pub struct EncodedBatch {
     /// Empty until the first span, then the headroom for the prefix and the spans.
     buf: Vec<u8>,
     spans: usize,
-    /// Room reserved for the spans when the first arrives.
-    expected_bytes: usize,
 }
 
 impl EncodedBatch {

@@ -7,9 +7,9 @@
 //! A connection holds no buffer while idle, nor while it waits for the response: the response
 //! head is read into a buffer lent by the [`HeadPool`] once its first bytes arrive, a copy of
 //! only the head's bytes goes with the response (its `RawHead`) and the buffer goes back to the
-//! pool; the response body hands the read side back with nothing buffered. A connection can carry another
-//! request ([`InFlight::try_idle`]) only when its request body was sent whole, its response
-//! body read to the end, and both sides allow keep-alive; otherwise it is closed.
+//! pool; the response body hands the read side back with nothing buffered. A connection can
+//! carry another request ([`InFlight::try_idle`]) only when its request body was sent whole,
+//! its response body read to the end, and both sides allow keep-alive; otherwise it is closed.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -184,10 +184,7 @@ impl Connection {
         let head_bytes = Bytes::copy_from_slice(&storage.bytes[..head.end]);
         let mut parts = fields::response_parts(head_bytes, &head, &storage.fields)
             .map_err(|error| ForwardError::Upstream(error.into()))?;
-        let buf = match &storage.bytes[head.end..] {
-            [] => BytesMut::new(),
-            rest => BytesMut::from(rest),
-        };
+        let buf = storage.rest_after(head.end);
         drop(lent);
         let switched = head.status == 101
             || (exchange.method == head::Method::Connect && (200..300).contains(&head.status));

@@ -198,6 +198,15 @@ impl Relay {
     }
 }
 
+/// Wakes the receiver waiting on `state`, if one is, after releasing the lock.
+fn wake_receiver(mut state: MutexGuard<'_, RelayState>) {
+    let waker = state.waker.take();
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 impl Informational {
     /// A sender for a request's extensions and the receiver its server reads.
     pub fn channel() -> (Informational, Relayed) {
@@ -210,11 +219,7 @@ impl Informational {
         let mut state = self.relay.state();
         if state.exchange == self.exchange {
             state.heads.push_back(head);
-            let waker = state.waker.take();
-            drop(state);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+            wake_receiver(state);
         }
     }
 }
@@ -238,11 +243,7 @@ impl Drop for Informational {
         if state.exchange == self.exchange {
             state.senders -= 1;
             if state.senders == 0 {
-                let waker = state.waker.take();
-                drop(state);
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
+                wake_receiver(state);
             }
         }
     }

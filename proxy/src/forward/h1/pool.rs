@@ -10,6 +10,7 @@ use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::exchange::BoxRead;
@@ -31,6 +32,17 @@ struct Shared {
     free_rx: Receiver<HeadStorage>,
     initial_bytes: usize,
     retain_bytes: usize,
+}
+
+impl HeadStorage {
+    /// The bytes read past a head that ends at `end`, in a buffer of their own (unallocated
+    /// when there are none), so that the lent buffer can go back to its pool.
+    pub fn rest_after(&self, end: usize) -> BytesMut {
+        match &self.bytes[end..] {
+            [] => BytesMut::new(),
+            rest => BytesMut::from(rest),
+        }
+    }
 }
 
 /// A bounded pool of [`HeadStorage`]s; cheap to clone (one per listener, shared by its tasks).

@@ -234,10 +234,7 @@ async fn read_head(
         let storage: &mut HeadStorage = head;
         let parsed = parse(&storage.bytes, &mut storage.fields, limits).map_err(NoHead::Refused)?;
         if let Some(parsed) = parsed {
-            conn.buf = match &storage.bytes[parsed.head.end..] {
-                [] => BytesMut::new(),
-                rest => BytesMut::from(rest),
-            };
+            conn.buf = storage.rest_after(parsed.head.end);
             // The lent buffer goes back to the pool here.
             return Ok(parsed);
         }
